@@ -1,0 +1,27 @@
+# Two commands for a newcomer: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cmlm gwas --bfile data/mdp --pheno data/mdp.pheno.tsv --pheno-name EarHT --pcs 3 --out results/mdp
+	@echo "Results are in results/ (results/mdp.EarHT.sumstats.tsv, .compression.tsv, .model.json, .groups.tsv, results/mdp.log)"
+
+test: $(STAMP)
+	$(BIN)/ruff check cmlm_cli tests
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check cmlm_cli tests
+
+clean:
+	rm -rf $(VENV) results .pytest_cache
