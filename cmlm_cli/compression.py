@@ -1,0 +1,154 @@
+"""The compression search: fit the null model at each group count, choose one.
+
+Each level cuts the clustering tree of all genotyped individuals into q
+groups and builds the group kinship over all members of each group (as GAPIT
+does); groups without an analysed individual for the trait are then dropped,
+so ``groups_used`` can be smaller than ``groups``. The chosen level maximises
+the likelihood; on an exact tie the level with fewer groups wins (more
+compression for the same fit). GAPIT's own rule is available as
+``choose="gapit"`` for comparisons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmlm_cli.errors import CmlmError
+from cmlm_cli.grouping import cut_tree, group_kinship
+from cmlm_cli.null_model import NullModel, fit_null
+
+CHOICE_RULES = ("best", "gapit")
+GAPIT_STEP = 50
+
+
+@dataclass(frozen=True)
+class Level:
+    """One compression level: the requested count, the fit and the groups.
+
+    Attributes
+    ----------
+    groups : int
+        Clusters cut from the tree of all genotyped individuals.
+    model : NullModel
+        Fit on the analysed individuals (``model.q`` groups used).
+    labels : ndarray, shape (n_analysed,), int
+        Group of each analysed individual in the fit's numbering.
+    cluster_labels : ndarray, shape (n_analysed,), int
+        The same individuals' cluster numbers before unused clusters were
+        dropped (``0..groups-1``, as written to the groups file).
+    """
+
+    groups: int
+    model: NullModel
+    labels: np.ndarray
+    cluster_labels: np.ndarray
+
+
+def parse_groups(spec: str | None, n: int, p: int) -> list[int]:
+    """The group counts to try, largest first.
+
+    Parameters
+    ----------
+    spec : str or None
+        One count (``"81"``), a list (``"281,231,81"``) or a range
+        ``FROM:TO:BY`` (both ends included where the step lands on them).
+        None gives GAPIT's grid: n, n - 50, n - 100, ... while above ``p``.
+    n : int
+        Individuals that are clustered (all genotyped ones).
+    p : int
+        Fixed effects, for the default grid.
+
+    Returns
+    -------
+    list of int
+        Distinct counts in decreasing order.
+    """
+    if spec is None:
+        counts = list(range(n, p, -GAPIT_STEP))
+    else:
+        try:
+            if ":" in spec:
+                start, stop, step = (int(x) for x in spec.split(":"))
+                if step == 0:
+                    raise ValueError
+                step = abs(step) if stop >= start else -abs(step)
+                counts = list(range(start, stop + (1 if step > 0 else -1), step))
+            else:
+                counts = [int(x) for x in spec.split(",")]
+        except ValueError:
+            msg = (
+                f"--groups {spec!r} is not a count, a list like 281,231,81 "
+                "or a range FROM:TO:BY with a non-zero step"
+            )
+            raise CmlmError(msg) from None
+    bad = [c for c in counts if not 1 <= c <= n]
+    if bad or not counts:
+        msg = (
+            f"--groups {spec!r} asks for {bad[0] if bad else 'no'} groups; "
+            f"a count must be between 1 and the {n} genotyped individuals"
+        )
+        raise CmlmError(msg)
+    return sorted(set(counts), reverse=True)
+
+
+def fit_level(
+    y: np.ndarray,
+    X: np.ndarray,
+    K: np.ndarray,
+    tree: np.ndarray,
+    analysed: np.ndarray,
+    groups: int,
+    *,
+    group_kinship_method: str,
+    method: str,
+    solver: str,
+) -> Level:
+    """Fit one compression level.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n_a,)
+    X : ndarray, shape (n_a, p)
+    K : ndarray, shape (n, n)
+        Kinship of all genotyped individuals.
+    tree : ndarray, shape (n - 1, 4)
+        Their clustering tree.
+    analysed : ndarray, shape (n_a,), int
+        Rows of ``K`` of the analysed individuals, in the order of ``y``.
+    groups : int
+    group_kinship_method, method, solver : str
+    """
+    everyone = cut_tree(tree, groups)
+    Kc_all = group_kinship(K, everyone, how=group_kinship_method)
+    cluster_labels = everyone[analysed]
+    used, labels = np.unique(cluster_labels, return_inverse=True)
+    Kc = Kc_all[np.ix_(used, used)]
+    model = fit_null(y, X, labels, Kc, method=method, solver=solver)
+    return Level(groups, model, labels, cluster_labels)
+
+
+def choose(levels: Sequence[Level], *, rule: str = "best") -> int:
+    """Index of the chosen level in ``levels`` (ordered by decreasing groups).
+
+    ``best``: the largest likelihood; exact ties go to fewer groups.
+    ``gapit``: GAPIT 4.1's rule, read from its source (DESIGN.md appendix):
+    with c the row of the smallest -2logL, take c if it is the first row or
+    also has the largest vg; otherwise take c if it lies less than two rows
+    after the best of the other rows, else the first row.
+    """
+    neg2 = np.array([level.model.neg2logL for level in levels])
+    if rule == "best":
+        best = neg2.min()
+        return max(i for i, v in enumerate(neg2) if v == best)
+    if rule != "gapit":
+        msg = f"unknown choice rule {rule!r}; expected one of {', '.join(CHOICE_RULES)}"
+        raise ValueError(msg)
+    c = int(np.argmin(neg2))
+    vg = np.array([level.model.vg for level in levels])
+    if c == 0 or vg[c] == vg.max():
+        return c
+    others = np.where(np.arange(len(levels)) == c, np.inf, neg2)
+    return c if c - int(np.argmin(others)) < 2 else 0

@@ -1,0 +1,524 @@
+"""Fit the compressed mixed model under the null hypothesis (no SNP effect).
+
+The model is ``y = X b + Z u + e`` with ``u ~ N(0, vg Kc)`` and
+``e ~ N(0, ve I)``, where ``Z`` assigns each of the n individuals to one of
+q groups. Writing ``V = vg H`` with ``H = Z Kc Z' + d I`` and ``d = ve / vg``,
+everything the fit and the scan need is computed in a q-dimensional basis,
+never with an n x n matrix.
+
+Notes
+-----
+Let ``N = Z'Z = diag(n_1..n_q)`` and ``N^1/2 Kc N^1/2 = W S W'``. Then
+``U = Z N^-1/2 W`` has orthonormal columns and ``Z Kc Z' = U S U'``, so ``H``
+has eigenvalues ``s_k + d`` on the span of ``U`` and ``d`` on its complement:
+
+    a' H^-1 b = (U'a)' diag(D) (U'b) + a'b / d,   D = 1/(s+d) - 1/d
+    log|H|    = sum log(s_k + d) + (n - q) log d
+
+``U'a = W' N^-1/2 (Z'a)`` needs only group sums of ``a``. With ``U'y``, ``U'X``,
+``X'X``, ``X'y`` and ``y'y`` computed once, one evaluation of the likelihood
+costs O(q p^2). ``D`` is evaluated as ``-s / (d (s + d))``, which is the same
+number without the cancellation of the difference when ``d`` is large.
+
+With ``vg`` profiled out, the restricted log-likelihood is a function of
+``d`` alone (DESIGN.md §3):
+
+    -2 lR(d) = r log(2 pi yPy / r) + r + log|H| + log|X'H^-1X| - log|X'X|
+
+with ``r = n - p`` and ``yPy = y'H^-1y - y'H^-1X (X'H^-1X)^-1 X'H^-1y``; the
+``log|X'X|`` term puts the value on GAPIT's scale. ML replaces ``r`` by ``n``
+and drops both ``X`` determinants. The three solvers search for the same
+maximum: ``brent`` on the profile in ``log d``, ``em`` and ``newton``
+(average-information REML) on ``(vg, ve)``; every number reported is the
+profile at the ``d`` the solver found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+import scipy.sparse
+
+METHODS = ("reml", "ml")
+SOLVERS = ("brent", "em", "newton")
+
+# EMMA's grid over log(d), which GAPIT uses too: 101 points in [-10, 10].
+LOG_DELTA_RANGE = (-10.0, 10.0)
+GRID_STEPS = 100
+# Eigenvalues of N^1/2 Kc N^1/2 below this fraction of the largest are zero:
+# round-off leaves tiny negative values for a singular Kc (VanRaden is).
+EIGEN_RTOL = 1e-10
+EM_MAX_ITER = 50_000
+NEWTON_MAX_ITER = 200
+# Iterative solvers stop when an iteration moves log(vg) and log(ve) by less
+# than this: a change in -2 log L alone stops too early on a flat optimum.
+PARAMETER_TOL = 1e-10
+
+
+@dataclass(frozen=True)
+class NullModel:
+    """A fitted null model: variance components plus what the scan needs.
+
+    Attributes
+    ----------
+    method, solver : str
+        ``"reml"`` or ``"ml"``; ``"brent"``, ``"em"``, ``"newton"`` or ``"ols"``.
+    n, p, q : int
+        Individuals, fixed effects (with the intercept), groups (0 for GLM).
+    delta : float
+        ``ve / vg`` (``inf`` for the GLM).
+    vg, ve, h2 : float
+        Genetic and residual variance, ``vg / (vg + ve)``.
+    neg2logL : float
+        -2 log-likelihood (restricted for REML) on GAPIT's scale.
+    beta : ndarray, shape (p,)
+        GLS estimate of the fixed effects.
+    iterations : int
+        Likelihood evaluations (brent) or iterations (em, newton).
+    converged : bool
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+    labels : ndarray, shape (n,), int
+        Group of each individual, in ``0..q-1``.
+    counts : ndarray, shape (q,)
+        Group sizes ``n_g``.
+    W : ndarray, shape (q, q)
+        Eigenvectors of ``N^1/2 Kc N^1/2``.
+    s : ndarray, shape (q,)
+        Its eigenvalues, clipped at 0.
+    h_delta : float
+        The ``d`` in ``H = Z Kc Z' + d I`` (1 with ``q = 0``: the GLM's H = I).
+    h_scale : float
+        The variance that multiplies ``H`` in ``V``: ``vg``, or ``ve`` for the GLM.
+    """
+
+    method: str
+    solver: str
+    n: int
+    p: int
+    q: int
+    delta: float
+    vg: float
+    ve: float
+    h2: float
+    neg2logL: float
+    beta: np.ndarray
+    iterations: int
+    converged: bool
+    y: np.ndarray
+    X: np.ndarray
+    labels: np.ndarray
+    counts: np.ndarray
+    W: np.ndarray
+    s: np.ndarray
+    h_delta: float
+    h_scale: float
+
+    def basis(self) -> CompressedBasis:
+        """The rotation ``a -> U'a`` of this model's groups."""
+        return CompressedBasis(self.labels, self.counts, self.W, self.s)
+
+
+@dataclass(frozen=True)
+class CompressedBasis:
+    """The q-dimensional basis ``U = Z N^-1/2 W`` of a grouping and group kinship.
+
+    Attributes
+    ----------
+    labels : ndarray, shape (n,), int
+    counts : ndarray, shape (q,)
+    W : ndarray, shape (q, q)
+    s : ndarray, shape (q,)
+    """
+
+    labels: np.ndarray
+    counts: np.ndarray
+    W: np.ndarray
+    s: np.ndarray
+
+    @classmethod
+    def build(cls, labels: np.ndarray, Kc: np.ndarray) -> CompressedBasis:
+        """Eigen-decompose ``N^1/2 Kc N^1/2`` for groups ``labels``.
+
+        Parameters
+        ----------
+        labels : ndarray, shape (n,), int
+            Group of each individual; every group in ``0..q-1`` non-empty.
+        Kc : ndarray, shape (q, q)
+            Symmetric positive semi-definite group kinship.
+        """
+        labels = np.asarray(labels, dtype=np.int64)
+        q = Kc.shape[0]
+        counts = np.bincount(labels, minlength=q).astype(np.float64)
+        if counts.shape[0] != q or np.any(counts == 0):
+            msg = f"labels must use every group 0..{q - 1} at least once"
+            raise ValueError(msg)
+        root = np.sqrt(counts)
+        s, W = scipy.linalg.eigh(root[:, None] * Kc * root[None, :])
+        s = np.where(s > EIGEN_RTOL * max(s.max(), 0.0), s, 0.0)
+        return cls(labels, counts, W, s)
+
+    @property
+    def q(self) -> int:
+        return self.W.shape[0]
+
+    def group_sums(self, A: np.ndarray) -> np.ndarray:
+        """``Z'A``: sums of the rows of ``A`` within each group, shape (q, ...)."""
+        n = self.labels.shape[0]
+        Zt = scipy.sparse.csr_matrix((np.ones(n), (self.labels, np.arange(n))), shape=(self.q, n))
+        return np.asarray(Zt @ A)
+
+    def rotate(self, A: np.ndarray) -> np.ndarray:
+        """``U'A = W' N^-1/2 Z'A`` for ``A`` of shape (n,) or (n, k)."""
+        sums = self.group_sums(A)
+        scaled = sums / (np.sqrt(self.counts)[:, None] if sums.ndim == 2 else np.sqrt(self.counts))
+        return self.W.T @ scaled
+
+
+def eigen_gap(s: np.ndarray, d: float) -> np.ndarray:
+    """``1/(s+d) - 1/d`` without cancellation, shape of ``s``."""
+    return -s / (d * (s + d))
+
+
+class CompressedLikelihood:
+    """Sufficient statistics of one trait for likelihoods at any ``d``.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+        Fixed effects, intercept included, full column rank.
+    basis : CompressedBasis or None
+        None for the model without a random effect (H = I).
+    """
+
+    def __init__(self, y: np.ndarray, X: np.ndarray, basis: CompressedBasis | None):
+        self.y = np.asarray(y, dtype=np.float64)
+        self.X = np.asarray(X, dtype=np.float64)
+        self.n, self.p = self.X.shape
+        self.basis = basis
+        self.q = 0 if basis is None else basis.q
+        self.s = np.zeros(0) if basis is None else basis.s
+        self.Uy = np.zeros(0) if basis is None else basis.rotate(self.y)
+        self.UX = np.zeros((0, self.p)) if basis is None else basis.rotate(self.X)
+        self.XtX = self.X.T @ self.X
+        self.Xty = self.X.T @ self.y
+        self.yty = float(self.y @ self.y)
+        self.logdet_XtX = _logdet_pd(self.XtX)
+        # Rank of Kc: the EM update for vg divides by it.
+        self.rank_k = int(np.count_nonzero(self.s > 0))
+
+    def dof(self, method: str) -> int:
+        return self.n - self.p if method == "reml" else self.n
+
+    def profile(self, d: float) -> _Profile:
+        """GLS quantities at ``H = Z Kc Z' + d I``."""
+        D = eigen_gap(self.s, d)
+        A = self.UX.T @ (D[:, None] * self.UX) + self.XtX / d
+        XHy = self.UX.T @ (D * self.Uy) + self.Xty / d
+        yHy = float(self.Uy @ (D * self.Uy)) + self.yty / d
+        chol = scipy.linalg.cho_factor(A)
+        beta = scipy.linalg.cho_solve(chol, XHy)
+        yPy = yHy - float(XHy @ beta)
+        logdet_H = float(np.sum(np.log(self.s + d))) + (self.n - self.q) * np.log(d)
+        logdet_A = 2.0 * float(np.sum(np.log(np.diag(chol[0]))))
+        return _Profile(d, D, chol, beta, yPy, logdet_H, logdet_A)
+
+    def neg2loglik(self, d: float, method: str) -> float:
+        """-2 log L at ``d`` with the variance scale profiled out."""
+        pr = self.profile(d)
+        return self._neg2(pr, method)
+
+    def _neg2(self, pr: _Profile, method: str) -> float:
+        r = self.dof(method)
+        value = r * np.log(2.0 * np.pi * pr.yPy / r) + r + pr.logdet_H
+        if method == "reml":
+            value += pr.logdet_A - self.logdet_XtX
+        return float(value)
+
+    def moments(self, pr: _Profile, method: str) -> tuple[float, float, float, float]:
+        """Quadratic forms and traces that EM and AI-REML need, in H units.
+
+        Returns ``(q1, t1, q2, t2)``: ``y'P ZKZ' P y``, ``tr(P ZKZ')``,
+        ``y'P P y`` and ``tr P`` for ``P`` built from ``H`` (REML) or ``H^-1``
+        (ML, where ``P y`` is still ``H^-1`` times the GLS residual).
+        """
+        s, d = self.s, pr.d
+        Ur = self.Uy - self.UX @ pr.beta
+        rr = self.yty - 2.0 * float(self.Xty @ pr.beta) + float(pr.beta @ self.XtX @ pr.beta)
+        inv = 1.0 / (s + d)
+        q1 = float(np.sum(s * (Ur * inv) ** 2))
+        # 1/(s+d)^2 - 1/d^2 without cancellation.
+        gap2 = -s * (s + 2.0 * d) / (d * d * (s + d) ** 2)
+        q2 = float(np.sum(gap2 * Ur**2)) + rr / d**2
+        t1 = float(np.sum(s * inv))
+        t2 = float(np.sum(inv)) + (self.n - self.q) / d
+        if method == "reml":
+            M1 = self.UX.T @ ((s * inv**2)[:, None] * self.UX)
+            M2 = self.UX.T @ (gap2[:, None] * self.UX) + self.XtX / d**2
+            t1 -= float(np.trace(scipy.linalg.cho_solve(pr.chol, M1)))
+            t2 -= float(np.trace(scipy.linalg.cho_solve(pr.chol, M2)))
+        return q1, t1, q2, t2
+
+
+@dataclass(frozen=True)
+class _Profile:
+    d: float
+    D: np.ndarray
+    chol: tuple
+    beta: np.ndarray
+    yPy: float
+    logdet_H: float
+    logdet_A: float
+
+
+def _logdet_pd(A: np.ndarray) -> float:
+    chol = scipy.linalg.cho_factor(A)
+    return 2.0 * float(np.sum(np.log(np.diag(chol[0]))))
+
+
+def compressed_neg2loglik(
+    delta: float,
+    y: np.ndarray,
+    X: np.ndarray,
+    labels: np.ndarray,
+    Kc: np.ndarray,
+    *,
+    method: str = "reml",
+) -> float:
+    """-2 log L of the compressed model at ``d = delta`` (scale profiled out).
+
+    Parameters
+    ----------
+    delta : float
+        ``ve / vg``.
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+    labels : ndarray, shape (n,), int
+    Kc : ndarray, shape (q, q)
+    method : {"reml", "ml"}
+    """
+    lik = CompressedLikelihood(y, X, CompressedBasis.build(labels, Kc))
+    return lik.neg2loglik(delta, method)
+
+
+def fit_null(
+    y: np.ndarray,
+    X: np.ndarray,
+    labels: np.ndarray,
+    Kc: np.ndarray,
+    *,
+    method: str = "reml",
+    solver: str = "brent",
+) -> NullModel:
+    """Fit ``y = X b + Z u + e``, ``u ~ N(0, vg Kc)``, by REML or ML.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+        Trait, no missing values.
+    X : ndarray, shape (n, p)
+        Fixed effects including the intercept, full column rank.
+    labels : ndarray, shape (n,), int
+        Group of each individual in ``0..q-1``, every group used.
+    Kc : ndarray, shape (q, q)
+        Group kinship (``K`` itself with singleton groups: the ordinary MLM).
+    method : {"reml", "ml"}
+    solver : {"brent", "em", "newton"}
+
+    Returns
+    -------
+    NullModel
+    """
+    if method not in METHODS:
+        msg = f"unknown method {method!r}; expected one of {', '.join(METHODS)}"
+        raise ValueError(msg)
+    lik = CompressedLikelihood(y, X, CompressedBasis.build(labels, Kc))
+    if solver == "brent":
+        d, iterations, converged = _solve_brent(lik, method)
+    elif solver == "em":
+        d, iterations, converged = _solve_em(lik, method)
+    elif solver == "newton":
+        d, iterations, converged = _solve_newton(lik, method)
+    else:
+        msg = f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}"
+        raise ValueError(msg)
+    return _package(lik, d, method, solver, iterations, converged)
+
+
+def fit_glm(y: np.ndarray, X: np.ndarray, *, method: str = "reml") -> NullModel:
+    """The model without a random effect: ordinary least squares.
+
+    ``ve`` is ``RSS / (n - p)`` for REML and ``RSS / n`` for ML; ``neg2logL``
+    is the same formula as the mixed model with ``H = I``.
+    """
+    if method not in METHODS:
+        msg = f"unknown method {method!r}; expected one of {', '.join(METHODS)}"
+        raise ValueError(msg)
+    lik = CompressedLikelihood(y, X, None)
+    return _package(lik, 1.0, method, "ols", 1, True)
+
+
+def _package(
+    lik: CompressedLikelihood, d: float, method: str, solver: str, iterations: int, converged: bool
+) -> NullModel:
+    pr = lik.profile(d)
+    scale = pr.yPy / lik.dof(method)
+    glm = lik.basis is None
+    basis = lik.basis
+    return NullModel(
+        method=method,
+        solver=solver,
+        n=lik.n,
+        p=lik.p,
+        q=lik.q,
+        delta=float("inf") if glm else d,
+        vg=0.0 if glm else scale,
+        ve=scale if glm else d * scale,
+        h2=0.0 if glm else 1.0 / (1.0 + d),
+        neg2logL=lik._neg2(pr, method),
+        beta=pr.beta,
+        iterations=iterations,
+        converged=converged,
+        y=lik.y,
+        X=lik.X,
+        labels=np.zeros(lik.n, dtype=np.int64) if basis is None else basis.labels,
+        counts=np.zeros(0) if basis is None else basis.counts,
+        W=np.zeros((0, 0)) if basis is None else basis.W,
+        s=lik.s,
+        h_delta=d,
+        h_scale=scale,
+    )
+
+
+def _solve_brent(lik: CompressedLikelihood, method: str) -> tuple[float, int, bool]:
+    """Grid over log d, then Brent on every bracketed maximum; keep the best.
+
+    The grid's two ends are candidates too, so an optimum on the boundary
+    (h2 near 0 or 1) is a legal answer rather than a failure.
+    """
+    lo, hi = LOG_DELTA_RANGE
+    grid = np.linspace(lo, hi, GRID_STEPS + 1)
+    values = np.array([lik.neg2loglik(np.exp(x), method) for x in grid])
+    evaluations = grid.size
+    best_x, best_v = grid[int(np.argmin(values))], float(values.min())
+    for i in range(1, grid.size - 1):
+        if values[i] <= values[i - 1] and values[i] <= values[i + 1]:
+            res = scipy.optimize.minimize_scalar(
+                lambda x: lik.neg2loglik(np.exp(x), method),
+                bounds=(grid[i - 1], grid[i + 1]),
+                method="bounded",
+                options={"xatol": 1e-10},
+            )
+            evaluations += int(res.nfev)
+            if res.fun < best_v:
+                best_x, best_v = float(res.x), float(res.fun)
+    return float(np.exp(best_x)), evaluations, True
+
+
+def _start(lik: CompressedLikelihood, method: str) -> tuple[float, float]:
+    """Starting values for the iterative solvers: the GLS residual variance
+    split half and half between vg and ve (no information from the grid, so
+    that agreement with ``brent`` is a real check)."""
+    total = lik.profile(1.0).yPy / lik.dof(method)
+    return total / 2.0, total / 2.0
+
+
+def _neg2_full(lik: CompressedLikelihood, vg: float, ve: float, method: str) -> float:
+    """-2 log L at ``(vg, ve)`` without profiling the scale."""
+    pr = lik.profile(ve / vg)
+    r = lik.dof(method)
+    # log|V| = n log vg + log|H| and log|X'V^-1X| = log|A| - p log vg, so the
+    # powers of vg add up to r for REML (n - p) and ML (n) alike.
+    value = r * np.log(2.0 * np.pi) + r * np.log(vg) + pr.logdet_H + pr.yPy / vg
+    if method == "reml":
+        value += pr.logdet_A - lik.logdet_XtX
+    return float(value)
+
+
+def _solve_em(lik: CompressedLikelihood, method: str) -> tuple[float, int, bool]:
+    """EM for (vg, ve) in the compressed basis (DESIGN.md §3).
+
+    ``vg <- vg + vg^2 (y'P ZKcZ' P y - tr(P ZKcZ')) / rank(Kc)`` and
+    ``ve <- ve + ve^2 (y'P P y - tr P) / n`` with ``P`` built from ``V``;
+    no ``Kc^-1`` is needed. ``P_V = P_H / vg`` turns the H-unit moments into
+    V units. Monotone but slow near a boundary.
+    """
+    vg, ve = _start(lik, method)
+    rank = max(lik.rank_k, 1)
+    for iteration in range(1, EM_MAX_ITER + 1):
+        pr = lik.profile(ve / vg)
+        q1, t1, q2, t2 = lik.moments(pr, method)
+        vg_new = vg + (q1 - vg * t1) / rank
+        ve_new = ve + (ve / vg) ** 2 * (q2 - vg * t2) / lik.n
+        vg_new, ve_new = max(vg_new, vg * 1e-6), max(ve_new, ve * 1e-6)
+        moved = max(abs(np.log(vg_new / vg)), abs(np.log(ve_new / ve)))
+        vg, ve = vg_new, ve_new
+        if moved < PARAMETER_TOL:
+            return ve / vg, iteration, True
+    return ve / vg, EM_MAX_ITER, False
+
+
+def _solve_newton(lik: CompressedLikelihood, method: str) -> tuple[float, int, bool]:
+    """Average-information Newton-Raphson on ``(vg, ve)`` with step halving.
+
+    Score ``-1/2 [tr(P V_i) - y'P V_i P y]`` and AI matrix
+    ``1/2 y'P V_i P V_j P y`` for ``V_1 = Z Kc Z'``, ``V_2 = I``, all from
+    rotated vectors (ML uses ``V^-1`` where REML uses ``P``). Steps that would
+    make a component non-positive are shortened, so a boundary optimum is
+    approached from inside.
+    """
+    theta = np.array(_start(lik, method))
+    current = _neg2_full(lik, theta[0], theta[1], method)
+    for iteration in range(1, NEWTON_MAX_ITER + 1):
+        score, info = _score_and_ai(lik, theta, method)
+        try:
+            step = np.linalg.solve(info, score)
+        except np.linalg.LinAlgError:
+            step = score * theta**2
+        scale = 1.0
+        while True:
+            candidate = theta + scale * step
+            if np.all(candidate > 0):
+                value = _neg2_full(lik, candidate[0], candidate[1], method)
+                if value <= current:
+                    break
+            scale /= 2.0
+            if scale < 1e-12:
+                return theta[1] / theta[0], iteration, True
+        converged = np.max(np.abs(np.log(candidate / theta))) < PARAMETER_TOL
+        theta, current = candidate, value
+        if converged:
+            return theta[1] / theta[0], iteration, True
+    return theta[1] / theta[0], NEWTON_MAX_ITER, False
+
+
+def _score_and_ai(
+    lik: CompressedLikelihood, theta: np.ndarray, method: str
+) -> tuple[np.ndarray, np.ndarray]:
+    vg = theta[0]
+    pr = lik.profile(theta[1] / vg)
+    q1, t1, q2, t2 = lik.moments(pr, method)
+    # Score of log L in V units: P_V = P_H / vg.
+    score = -0.5 * np.array([t1 / vg - q1 / vg**2, t2 / vg - q2 / vg**2])
+    # v = P_V y = H^-1 r / vg; a_1 = Z Kc Z' v, a_2 = v, described by U'a and X'a.
+    s, d = lik.s, pr.d
+    Uv = (lik.Uy - lik.UX @ pr.beta) / (s + d) / vg
+    Ua = [s * Uv, Uv]
+    Xa = [lik.UX.T @ (s * Uv), np.zeros(lik.p)]
+    vv = q2 / vg**2
+    gram = np.array([[np.sum(s * s * Uv**2), np.sum(s * Uv**2)], [np.sum(s * Uv**2), vv]])
+    info = np.empty((2, 2))
+    for i in range(2):
+        for j in range(i, 2):
+            hij = float(Ua[i] @ (pr.D * Ua[j])) + gram[i, j] / d
+            if method == "reml":
+                xi = lik.UX.T @ (pr.D * Ua[i]) + Xa[i] / d
+                xj = lik.UX.T @ (pr.D * Ua[j]) + Xa[j] / d
+                hij -= float(xi @ scipy.linalg.cho_solve(pr.chol, xj))
+            info[i, j] = info[j, i] = 0.5 * hij / vg
+    # Newton on -2 log L: step = info^-1 score maximises log L.
+    return score, info

@@ -1,0 +1,531 @@
+"""``run_gwas``: the whole analysis, one step after another.
+
+read (bed/bim/fam, phenotypes, covariates, ID lists) -> kinship and
+principal components over all kept genotyped individuals -> clustering tree
+-> per trait: the compression search and the chosen null model -> one
+streaming pass over the SNP blocks that tests every trait -> the files.
+
+Everything the user gave is checked before the first heavy step, so bad
+input costs seconds and leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cmlm_cli import __version__, compression, grouping, kinship, plink, sumstats, tables
+from cmlm_cli.dosage import allele_frequency
+from cmlm_cli.errors import CmlmError
+from cmlm_cli.null_model import fit_glm, fit_null
+from cmlm_cli.scan import Scanner
+
+log = logging.getLogger("cmlm")
+
+MODELS = ("cmlm", "mlm", "glm")
+SNP_VARIANCES = ("auto", "null", "refit")
+
+
+@dataclass(frozen=True)
+class GwasOptions:
+    """Settings of a run; the defaults are the documented defaults of ``cmlm gwas``."""
+
+    pheno_names: tuple[str, ...] | None = None
+    covar: str | None = None
+    covar_names: tuple[str, ...] | None = None
+    pcs: int = 0
+    maf: float = 0.0
+    keep: str | None = None
+    extract: str | None = None
+    kinship: str = "vanraden"
+    impute: str = "mean"
+    cluster: str = "average"
+    group_kinship: str = "mean"
+    groups: str | None = None
+    model: str = "cmlm"
+    method: str = "reml"
+    solver: str = "brent"
+    snp_variance: str = "auto"
+    choose: str = "best"
+    block_size: int = 2000
+    threads: int | None = None
+    missing_code: str = "-9"
+    gzip: bool = False
+
+    def variance_for(self, model: str) -> str:
+        """``auto``: P3D with the null vg for mixed models, OLS for the GLM."""
+        if self.snp_variance != "auto":
+            return self.snp_variance
+        return "refit" if model == "glm" else "null"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The genotypes and the tables, aligned to the kept samples of the .fam.
+
+    Attributes
+    ----------
+    bfile : plink.Bfile
+    samples : ndarray, shape (n,), int
+        Kept rows of the .fam, in .fam order.
+    snps : ndarray, shape (m,), int
+        Kept SNPs (after --extract and --maf), in .bim order.
+    traits : ndarray, shape (n, t)
+    trait_names : tuple of str
+    covariates : ndarray, shape (n, c)
+    covariate_names : tuple of str
+    """
+
+    bfile: plink.Bfile
+    samples: np.ndarray
+    snps: np.ndarray
+    traits: np.ndarray
+    trait_names: tuple[str, ...]
+    covariates: np.ndarray
+    covariate_names: tuple[str, ...]
+
+
+@dataclass
+class TraitResult:
+    """What a trait's files are made of."""
+
+    name: str
+    analysed: np.ndarray
+    levels: list[compression.Level]
+    chosen: int
+    model: object
+    lambda_gc: float = float("nan")
+    files: list[str] = field(default_factory=list)
+
+
+def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
+    """Read and check every input; apply --keep, --extract and --maf."""
+    bfile = plink.open_bfile(bfile_prefix)
+    log.info("%s: %d samples, %d SNPs", bfile_prefix, bfile.n_samples, bfile.n_snps)
+    samples = np.arange(bfile.n_samples)
+    if options.keep:
+        wanted = set(tables.read_sample_list(options.keep))
+        keep = np.array([(f, i) in wanted for f, i in zip(bfile.fid, bfile.iid, strict=True)])
+        if not keep.any():
+            msg = f"{options.keep}: none of its FID IID pairs is in {bfile_prefix}.fam"
+            raise CmlmError(msg)
+        _log_dropped("samples", "not in --keep", bfile.iid[~keep])
+        samples = samples[keep]
+    snps = np.arange(bfile.n_snps)
+    if options.extract:
+        wanted_snps = set(tables.read_snp_list(options.extract))
+        extract = np.isin(bfile.snp, list(wanted_snps))
+        if not extract.any():
+            msg = f"{options.extract}: none of its SNP ids is in {bfile_prefix}.bim"
+            raise CmlmError(msg)
+        _log_dropped("SNPs", "not in --extract", bfile.snp[~extract])
+        snps = snps[extract]
+
+    missing = tuple(dict.fromkeys((*tables.DEFAULT_MISSING[:3], "", options.missing_code)))
+    fid, iid = bfile.fid[samples], bfile.iid[samples]
+    table = tables.select_columns(
+        tables.read_table(pheno, missing=missing, what="phenotype"), options.pheno_names
+    )
+    traits, matched = tables.align_rows(table, fid, iid)
+    log.info(
+        "%s: %d rows, %d match kept samples; traits %s",
+        pheno,
+        table.fid.size,
+        matched,
+        ", ".join(table.names),
+    )
+    covariates = np.zeros((samples.size, 0))
+    covariate_names: tuple[str, ...] = ()
+    if options.covar:
+        ctable = tables.select_columns(
+            tables.read_table(options.covar, missing=missing, what="covariate"),
+            options.covar_names,
+        )
+        covariates, cmatched = tables.align_rows(ctable, fid, iid)
+        covariate_names = ctable.names
+        log.info(
+            "%s: %d rows match kept samples; covariates %s",
+            options.covar,
+            cmatched,
+            ", ".join(covariate_names),
+        )
+    elif options.covar_names:
+        msg = "--covar-name needs --covar FILE"
+        raise CmlmError(msg)
+
+    if options.maf > 0:
+        snps = _filter_maf(bfile, samples, snps, options)
+    if snps.size == 0:
+        msg = "no SNP is left after the filters; check --extract and --maf"
+        raise CmlmError(msg)
+    return Inputs(bfile, samples, snps, traits, table.names, covariates, covariate_names)
+
+
+def _filter_maf(
+    bfile: plink.Bfile, samples: np.ndarray, snps: np.ndarray, options: GwasOptions
+) -> np.ndarray:
+    """Drop SNPs whose minor allele frequency over the kept samples is below --maf."""
+    maf = np.empty(snps.size)
+    start = 0
+    for _, G in plink.iter_blocks(
+        bfile,
+        snps=snps,
+        samples=samples,
+        block_size=options.block_size,
+        num_threads=options.threads,
+    ):
+        af = allele_frequency(G)
+        maf[start : start + af.size] = np.minimum(af, 1.0 - af)
+        start += af.size
+    passing = np.nan_to_num(maf, nan=0.0) >= options.maf
+    _log_dropped(
+        "SNPs", f"minor allele frequency below --maf {options.maf}", bfile.snp[snps[~passing]]
+    )
+    return snps[passing]
+
+
+def _log_dropped(what: str, reason: str, ids: np.ndarray) -> None:
+    if ids.size:
+        log.info("dropped %d %s (%s): %s", ids.size, what, reason, " ".join(map(str, ids)))
+
+
+def build_relationship(inputs: Inputs, options: GwasOptions) -> kinship.Relationship:
+    """Kinship of the kept samples (computed or read) and their principal components."""
+    bfile, samples = inputs.bfile, inputs.samples
+
+    def blocks():
+        for _, G in plink.iter_blocks(
+            bfile,
+            snps=inputs.snps,
+            samples=samples,
+            block_size=options.block_size,
+            num_threads=options.threads,
+        ):
+            yield G
+
+    if options.kinship in kinship.KINSHIP_METHODS:
+        rel = kinship.relationship(
+            blocks(), method=options.kinship, impute=options.impute, n_pcs=options.pcs
+        )
+        log.info(
+            "kinship %s from %d SNPs over %d samples", options.kinship, rel.n_snps, samples.size
+        )
+        return rel
+    K = _read_user_kinship(options.kinship, bfile.fid[samples], bfile.iid[samples])
+    pcs = np.zeros((samples.size, 0))
+    if options.pcs:
+        pcs = kinship.relationship(
+            blocks(), method="vanraden", impute=options.impute, n_pcs=options.pcs
+        ).pcs
+    log.info("kinship read from %s for %d samples", options.kinship, samples.size)
+    return kinship.Relationship(K=K, pcs=pcs, n_snps=0)
+
+
+def _read_user_kinship(path: str, fid: np.ndarray, iid: np.ndarray) -> np.ndarray:
+    kfid, kiid, K = tables.read_kinship(path)
+    # A square text table has one ID per individual, which must match the IID.
+    by_pair = {(f, i): r for r, (f, i) in enumerate(zip(kfid, kiid, strict=True))}
+    by_iid = {i: r for r, i in enumerate(kiid)}
+    rows = [
+        by_pair.get((f, i), by_iid.get(i) if np.array_equal(kfid, kiid) else None)
+        for f, i in zip(fid, iid, strict=True)
+    ]
+    absent = [i for i, r in zip(iid, rows, strict=True) if r is None]
+    if absent:
+        msg = (
+            f"{path}: {len(absent)} analysed samples are not in the kinship file "
+            f"(e.g. {absent[0]!r}); its IDs must match the .fam"
+        )
+        raise CmlmError(msg)
+    index = np.array(rows)
+    return K[np.ix_(index, index)]
+
+
+def fit_trait(
+    name: str,
+    y_all: np.ndarray,
+    covariates: np.ndarray,
+    rel: kinship.Relationship,
+    tree: np.ndarray | None,
+    inputs: Inputs,
+    options: GwasOptions,
+) -> TraitResult:
+    """The compression search and the chosen null model of one trait."""
+    fixed = np.column_stack([np.ones(y_all.size), covariates, rel.pcs])
+    analysed = np.flatnonzero(~np.isnan(y_all) & ~np.isnan(fixed).any(axis=1))
+    iid = inputs.bfile.iid[inputs.samples]
+    _log_dropped(
+        "samples",
+        f"{name} or a covariate missing",
+        iid[np.setdiff1d(np.arange(y_all.size), analysed)],
+    )
+    y, X = y_all[analysed], fixed[analysed]
+    p = X.shape[1]
+    if analysed.size < p + 3:
+        msg = (
+            f"trait {name}: only {analysed.size} individuals have the trait and every "
+            f"covariate; at least {p + 3} are needed for {p} fixed effects"
+        )
+        raise CmlmError(msg)
+    if np.ptp(y) == 0:
+        msg = f"trait {name} has the same value for every analysed individual"
+        raise CmlmError(msg)
+    if np.linalg.matrix_rank(X) < p:
+        msg = (
+            f"trait {name}: the covariates and principal components are collinear with "
+            "each other or the intercept; remove the redundant ones"
+        )
+        raise CmlmError(msg)
+
+    levels: list[compression.Level] = []
+    if options.model == "glm":
+        model = fit_glm(y, X, method=options.method)
+        return TraitResult(name, analysed, levels, 0, model)
+    if options.model == "mlm":
+        K = rel.K[np.ix_(analysed, analysed)]
+        labels = np.arange(analysed.size)
+        model = fit_null(y, X, labels, K, method=options.method, solver=options.solver)
+        levels.append(compression.Level(analysed.size, model, labels, analysed))
+        return TraitResult(name, analysed, levels, 0, model)
+    assert tree is not None
+    for count in compression.parse_groups(options.groups, inputs.samples.size, p):
+        level = compression.fit_level(
+            y,
+            X,
+            rel.K,
+            tree,
+            analysed,
+            count,
+            group_kinship_method=options.group_kinship,
+            method=options.method,
+            solver=options.solver,
+        )
+        log.info(
+            "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
+            name,
+            count,
+            level.model.q,
+            level.model.neg2logL,
+            level.model.vg,
+            level.model.ve,
+            level.model.h2,
+        )
+        levels.append(level)
+    chosen = compression.choose(levels, rule=options.choose)
+    return TraitResult(name, analysed, levels, chosen, levels[chosen].model)
+
+
+def scan_traits(results: list[TraitResult], inputs: Inputs, out: str, options: GwasOptions) -> None:
+    """One pass over the SNP blocks, testing every trait, streaming to the files."""
+    bfile = inputs.bfile
+    scanners = [
+        Scanner(r.model, impute=options.impute, variance=options.variance_for(options.model))
+        for r in results
+    ]
+    suffix = ".sumstats.tsv.gz" if options.gzip else ".sumstats.tsv"
+    paths = [f"{out}.{r.name}{suffix}" for r in results]
+    chi2: list[list[np.ndarray]] = [[] for _ in results]
+    with contextlib.ExitStack() as stack:
+        # Every file is atomic; the stack hands an exception to each of them,
+        # so one failure removes all the temporary files.
+        handles = [
+            stack.enter_context(sumstats.atomic_open(p, compress=options.gzip)) for p in paths
+        ]
+        for handle in handles:
+            handle.write("\t".join(sumstats.SUMSTATS_COLUMNS) + "\n")
+        done = 0
+        for snp_index, G in plink.iter_blocks(
+            bfile,
+            snps=inputs.snps,
+            samples=inputs.samples,
+            block_size=options.block_size,
+            num_threads=options.threads,
+        ):
+            for k, (result, scanner) in enumerate(zip(results, scanners, strict=True)):
+                res = scanner.scan(G[result.analysed])
+                columns = {
+                    "chromosome": bfile.chrom[snp_index],
+                    "base_pair_location": bfile.pos[snp_index],
+                    "effect_allele": bfile.a1[snp_index],
+                    "other_allele": bfile.a2[snp_index],
+                    "beta": res.beta,
+                    "standard_error": res.se,
+                    "effect_allele_frequency": res.af,
+                    "p_value": res.p,
+                    "variant_id": bfile.snp[snp_index],
+                    "n": np.full(snp_index.size, result.analysed.size),
+                    "t_statistic": res.t,
+                    "df": res.df,
+                    "n_missing_calls": res.n_miss,
+                }
+                handles[k].writelines(sumstats.sumstats_rows(columns))
+                chi2[k].append(res.t**2)
+            done += snp_index.size
+            log.debug("scanned %d of %d SNPs", done, inputs.snps.size)
+    for result, path, values in zip(results, paths, chi2, strict=True):
+        stats = np.concatenate(values)
+        stats = stats[np.isfinite(stats)]
+        # lambda_GC on the 1-df chi-square scale (t^2), as PLINK reports it.
+        result.lambda_gc = float(np.median(stats) / 0.4549364231195724) if stats.size else np.nan
+        result.files.append(path)
+
+
+def write_trait_files(result: TraitResult, inputs: Inputs, out: str, options: GwasOptions) -> None:
+    """The compression profile, the chosen model and the groups of one trait."""
+    name, model = result.name, result.model
+    profile = [
+        (
+            lvl.groups,
+            lvl.model.q,
+            lvl.model.neg2logL,
+            lvl.model.vg,
+            lvl.model.ve,
+            lvl.model.h2,
+            i == result.chosen,
+        )
+        for i, lvl in enumerate(result.levels)
+    ]
+    if options.model == "glm":
+        profile = [(0, 0, model.neg2logL, model.vg, model.ve, model.h2, True)]
+    path = f"{out}.{name}.compression.tsv"
+    sumstats.write_table(path, sumstats.COMPRESSION_COLUMNS, profile)
+    result.files.append(path)
+
+    fixed_names = [
+        "intercept",
+        *inputs.covariate_names,
+        *(f"PC{k + 1}" for k in range(options.pcs)),
+    ]
+    content = {
+        "trait": name,
+        "model": options.model,
+        "groups": result.levels[result.chosen].groups if result.levels else 0,
+        "groups_used": model.q,
+        "neg2logL": model.neg2logL,
+        "vg": model.vg,
+        "ve": model.ve,
+        "delta": model.delta,
+        "h2": model.h2,
+        "method": model.method,
+        "solver": model.solver,
+        "iterations": model.iterations,
+        "converged": model.converged,
+        "n": model.n,
+        "p": model.p,
+        "fixed_effects": dict(zip(fixed_names, model.beta.tolist(), strict=True)),
+        "snp_variance": options.variance_for(options.model),
+        "lambda_gc": result.lambda_gc,
+        "neg2logL_convention": "GAPIT: r log(2 pi yPy/r) + r + log|H| + log|X'H^-1X| - log|X'X|"
+        if model.method == "reml"
+        else "n log(2 pi yPy/n) + n + log|H|",
+        "options": asdict(options),
+        "version": __version__,
+    }
+    path = f"{out}.{name}.model.json"
+    sumstats.write_json(path, content)
+    result.files.append(path)
+
+    fid = inputs.bfile.fid[inputs.samples][result.analysed]
+    iid = inputs.bfile.iid[inputs.samples][result.analysed]
+    if result.levels:
+        group = result.levels[result.chosen].cluster_labels + 1
+    else:
+        group = np.zeros(result.analysed.size, dtype=np.int64)
+    path = f"{out}.{name}.groups.tsv"
+    rows = list(zip(fid, iid, group.tolist(), strict=True))
+    sumstats.write_table(path, ("FID", "IID", "group"), rows)
+    result.files.append(path)
+
+
+def check_options(options: GwasOptions) -> None:
+    """Reject option values that no input could make right."""
+    checks = [
+        (options.model, MODELS, "--model"),
+        (options.method, ("reml", "ml"), "--method"),
+        (options.solver, ("brent", "em", "newton"), "--solver"),
+        (options.impute, ("mean", "middle"), "--impute"),
+        (options.cluster, grouping.CLUSTER_METHODS, "--cluster"),
+        (options.group_kinship, grouping.GROUP_KINSHIPS, "--group-kinship"),
+        (options.snp_variance, SNP_VARIANCES, "--snp-variance"),
+        (options.choose, compression.CHOICE_RULES, "--choose"),
+    ]
+    for value, allowed, flag in checks:
+        if value not in allowed:
+            msg = f"{flag} {value!r} is not one of {', '.join(allowed)}"
+            raise CmlmError(msg)
+    if not 0 <= options.maf < 0.5:
+        msg = f"--maf {options.maf} must be at least 0 and below 0.5"
+        raise CmlmError(msg)
+    if options.block_size < 1:
+        msg = f"--block-size {options.block_size} must be a positive number of SNPs"
+        raise CmlmError(msg)
+    if options.pcs < 0:
+        msg = f"--pcs {options.pcs} must be 0 or more"
+        raise CmlmError(msg)
+
+
+def run_gwas(
+    bfile: str, pheno: str, out: str, options: GwasOptions | None = None
+) -> list[TraitResult]:
+    """Run the whole analysis and write its files.
+
+    Parameters
+    ----------
+    bfile : str
+        PLINK 1 prefix (``PREFIX.bed/.bim/.fam``).
+    pheno : str
+        Phenotype table (``FID IID trait...``).
+    out : str
+        Output prefix; files are ``OUT.TRAIT.sumstats.tsv`` and friends.
+    options : GwasOptions
+
+    Returns
+    -------
+    list of TraitResult
+    """
+    options = options or GwasOptions()
+    check_options(options)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = now - clock
+        clock = now
+        log.info("%s took %.2f s", step, timings[step])
+
+    inputs = load_inputs(bfile, pheno, options)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    lap("reading inputs")
+    rel = build_relationship(inputs, options)
+    lap("kinship")
+    tree = grouping.linkage(rel.K, method=options.cluster) if options.model == "cmlm" else None
+    lap("clustering")
+    results = [
+        fit_trait(name, inputs.traits[:, k], inputs.covariates, rel, tree, inputs, options)
+        for k, name in enumerate(inputs.trait_names)
+    ]
+    lap("null models")
+    scan_traits(results, inputs, out, options)
+    lap("scan")
+    for result in results:
+        write_trait_files(result, inputs, out, options)
+        log.info(
+            "%s: n %d, groups %d, -2logL %.6f, vg %.6g, ve %.6g, h2 %.4f, lambda_GC %.4f",
+            result.name,
+            result.model.n,
+            result.model.q,
+            result.model.neg2logL,
+            result.model.vg,
+            result.model.ve,
+            result.model.h2,
+            result.lambda_gc,
+        )
+    lap("writing")
+    return results

@@ -1,0 +1,306 @@
+"""The PLINK 1 boundary: check a .bed/.bim/.fam trio and read A1 dosages.
+
+:func:`open_bfile` parses the .fam and .bim and checks the .bed header and
+size before any genotype is read, so that a broken or mismatched trio fails
+at once with a message naming the file, instead of deep inside a scan.
+Genotypes are then read through bed-reader in blocks of SNPs, as float64 A1
+allele counts (0, 1, 2; bim column 5 is A1) with ``NaN`` for a missing call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from bed_reader import open_bed
+
+from cmlm_cli.errors import CmlmError
+from cmlm_cli.tables import read_text_lines
+
+_FAM_FIELDS = ("FID", "IID", "father", "mother", "sex", "phenotype")
+_BIM_FIELDS = ("chromosome", "SNP", "cM", "position", "A1", "A2")
+_BED_MAGIC = b"\x6c\x1b"
+_SNP_MAJOR = 0x01
+_INDIVIDUAL_MAJOR = 0x00
+
+
+@dataclass(frozen=True, eq=False)
+class Bfile:
+    """A checked PLINK 1 fileset: the .fam and .bim columns, and where the .bed is.
+
+    All arrays are read-only.
+
+    Attributes
+    ----------
+    prefix : str
+        The path without extension, as given.
+    fid, iid : ndarray, shape (n,), str
+        .fam columns 1-2; FID+IID is unique.
+    chrom : ndarray, shape (m,), str
+        .bim column 1 as written ("1", "X", "scaffold_12").
+    snp : ndarray, shape (m,), str
+        .bim column 2, the SNP IDs.
+    cm : ndarray, shape (m,), float64
+        .bim column 3, genetic position.
+    pos : ndarray, shape (m,), int64
+        .bim column 4, base-pair position.
+    a1, a2 : ndarray, shape (m,), str
+        .bim columns 5-6; dosages count ``a1``.
+    """
+
+    prefix: str
+    fid: np.ndarray
+    iid: np.ndarray
+    chrom: np.ndarray
+    snp: np.ndarray
+    cm: np.ndarray
+    pos: np.ndarray
+    a1: np.ndarray
+    a2: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples n (lines of the .fam)."""
+        return len(self.iid)
+
+    @property
+    def n_snps(self) -> int:
+        """Number of SNPs m (lines of the .bim)."""
+        return len(self.snp)
+
+
+def open_bfile(prefix: str | os.PathLike[str]) -> Bfile:
+    """Check a PLINK 1 fileset and read its .fam and .bim.
+
+    Parameters
+    ----------
+    prefix : str or path-like
+        Path of the fileset without extension: ``data/mdp`` for
+        ``data/mdp.bed``, ``data/mdp.bim`` and ``data/mdp.fam``.
+
+    Returns
+    -------
+    Bfile
+
+    Raises
+    ------
+    CmlmError
+        A file of the trio is missing; a .fam or .bim line does not have 6
+        fields; a .bim position is not an integer or a cM not a number; the
+        .fam or .bim is empty; the same FID+IID is on two .fam lines; the .bed
+        does not start with PLINK 1's magic bytes, is individual-major, or its
+        size does not match the n samples and m SNPs of the .fam and .bim.
+    """
+    prefix = str(prefix)
+    paths = {ext: Path(f"{prefix}.{ext}") for ext in ("bed", "bim", "fam")}
+    absent = [f"'{path}'" for path in paths.values() if not path.is_file()]
+    if absent:
+        hint = ""
+        if prefix.endswith((".bed", ".bim", ".fam")):
+            hint = f"; did you mean '{prefix[:-4]}'?"
+        msg = (
+            f"PLINK file{'s' if len(absent) > 1 else ''} {', '.join(absent)} not found; "
+            f"--bfile takes the prefix without extension (data/mdp for data/mdp.bed, .bim, "
+            f".fam){hint}"
+        )
+        raise CmlmError(msg)
+    fid, iid = _read_fam(paths["fam"])
+    chrom, snp, cm, pos, a1, a2 = _read_bim(paths["bim"])
+    _check_bed(paths["bed"], n=len(iid), m=len(snp))
+    arrays = (fid, iid, chrom, snp, cm, pos, a1, a2)
+    for array in arrays:
+        array.flags.writeable = False
+    return Bfile(prefix, *arrays)
+
+
+def _fields(path: Path, names: tuple[str, ...]) -> list[tuple[int, list[str]]]:
+    """Split each non-blank line on whitespace, checking the field count."""
+    what = path.suffix
+    numbered = []
+    for number, line in enumerate(read_text_lines(path, what=what), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != len(names):
+            msg = (
+                f"{what} file '{path}', line {number}: found {len(fields)} fields, expected "
+                f"{len(names)} ({' '.join(names)}) separated by spaces or tabs"
+            )
+            raise CmlmError(msg)
+        numbered.append((number, fields))
+    if not numbered:
+        msg = f"{what} file '{path}' is empty; expected one line per {names[1]}"
+        raise CmlmError(msg)
+    return numbered
+
+
+def _read_fam(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    numbered = _fields(path, _FAM_FIELDS)
+    first_line: dict[tuple[str, str], int] = {}
+    for number, fields in numbered:
+        key = (fields[0], fields[1])
+        if key in first_line:
+            msg = (
+                f".fam file '{path}': sample '{key[0]} {key[1]}' (FID IID) is on line "
+                f"{first_line[key]} and again on line {number}; FID+IID must be unique"
+            )
+            raise CmlmError(msg)
+        first_line[key] = number
+    fid, iid = np.array([fields[:2] for _, fields in numbered], dtype=str).T.copy()
+    return fid, iid
+
+
+def _read_bim(path: Path) -> tuple[np.ndarray, ...]:
+    numbered = _fields(path, _BIM_FIELDS)
+    cm = np.empty(len(numbered))
+    pos = np.empty(len(numbered), dtype=np.int64)
+    for k, (number, fields) in enumerate(numbered):
+        try:
+            pos[k] = int(fields[3])
+        except (ValueError, OverflowError):
+            msg = (
+                f".bim file '{path}', line {number}: position (column 4) is '{fields[3]}', "
+                "expected an integer base-pair position"
+            )
+            raise CmlmError(msg) from None
+        try:
+            cm[k] = float(fields[2])
+        except ValueError:
+            msg = (
+                f".bim file '{path}', line {number}: cM (column 3) is '{fields[2]}', "
+                "expected a number (0 if unknown)"
+            )
+            raise CmlmError(msg) from None
+    chrom, snp, a1, a2 = np.array(
+        [[f[0], f[1], f[4], f[5]] for _, f in numbered], dtype=str
+    ).T.copy()
+    return chrom, snp, cm, pos, a1, a2
+
+
+def _check_bed(path: Path, *, n: int, m: int) -> None:
+    with path.open("rb") as handle:
+        head = handle.read(3)
+    if len(head) < 3 or head[:2] != _BED_MAGIC:
+        found = (
+            f"has only {len(head)} bytes"
+            if len(head) < 3
+            else f"starts with 0x{head[0]:02x} 0x{head[1]:02x}"
+        )
+        msg = (
+            f".bed file '{path}' is not a PLINK 1 .bed: it {found}, expected the magic bytes "
+            "0x6c 0x1b and a mode byte; make it with plink --make-bed"
+        )
+        raise CmlmError(msg)
+    if head[2] == _INDIVIDUAL_MAJOR:
+        msg = (
+            f".bed file '{path}' is individual-major (old PLINK layout); convert it to "
+            f"SNP-major with plink --bfile {path.with_suffix('')} --make-bed --out NEWPREFIX"
+        )
+        raise CmlmError(msg)
+    if head[2] != _SNP_MAJOR:
+        msg = (
+            f".bed file '{path}' has mode byte 0x{head[2]:02x}, expected 0x01 (SNP-major); "
+            "it is not a PLINK 1 .bed"
+        )
+        raise CmlmError(msg)
+    expected = 3 + m * -(-n // 4)
+    actual = path.stat().st_size
+    if actual != expected:
+        msg = (
+            f".bed file '{path}' has {actual} bytes, expected {expected} = 3 + m * ceil(n / 4) "
+            f"for the n = {n} samples of the .fam and m = {m} SNPs of the .bim; the .bed is "
+            "truncated or does not belong to this .fam/.bim"
+        )
+        raise CmlmError(msg)
+
+
+def _as_index(indices: np.ndarray | slice) -> np.ndarray | slice:
+    return indices if isinstance(indices, slice) else np.asarray(indices, dtype=np.intp)
+
+
+def read_dosages(
+    bfile: Bfile,
+    snps: np.ndarray | slice,
+    *,
+    samples: np.ndarray | None = None,
+    num_threads: int | None = None,
+) -> np.ndarray:
+    """Read A1 dosages of some SNPs.
+
+    Parameters
+    ----------
+    bfile : Bfile
+    snps : slice or ndarray of int, shape (B,)
+        SNPs (.bim rows, 0-based) to read; columns follow this order.
+    samples : ndarray of int, shape (n_sel,), optional
+        Samples (.fam rows, 0-based) in any order; rows follow this order.
+        All samples in .fam order if ``None``.
+    num_threads : int, optional
+        Threads for decoding; bed-reader's default (all cores, or the
+        ``NUM_THREADS`` environment variable) if ``None``.
+
+    Returns
+    -------
+    ndarray, shape (n_sel, B), float64, Fortran order
+        Counts of the .bim A1 allele (0, 1, 2), ``NaN`` where missing.
+    """
+    rows = slice(None) if samples is None else _as_index(samples)
+    bed = open_bed(
+        f"{bfile.prefix}.bed",
+        iid_count=bfile.n_samples,
+        sid_count=bfile.n_snps,
+        # Positions and cM are left out: bed-reader would cast them to int32
+        # and float32 on every open, and it never needs them for reading.
+        properties={
+            "fid": bfile.fid,
+            "iid": bfile.iid,
+            "chromosome": bfile.chrom,
+            "sid": bfile.snp,
+            "allele_1": bfile.a1,
+            "allele_2": bfile.a2,
+        },
+        count_A1=True,
+        num_threads=num_threads,
+    )
+    return bed.read(index=np.s_[rows, _as_index(snps)], dtype="float64", num_threads=num_threads)
+
+
+def iter_blocks(
+    bfile: Bfile,
+    *,
+    snps: np.ndarray | None = None,
+    samples: np.ndarray | None = None,
+    block_size: int = 1000,
+    num_threads: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream SNP blocks, so that memory stays at n_sel x block_size dosages.
+
+    Parameters
+    ----------
+    bfile : Bfile
+    snps : ndarray of int, shape (m_sel,), optional
+        Sorted .bim rows to read; all SNPs if ``None``.
+    samples : ndarray of int, shape (n_sel,), optional
+        .fam rows in any order, as in :func:`read_dosages`.
+    block_size : int
+        Most SNPs read at once.
+    num_threads : int, optional
+        As in :func:`read_dosages`.
+
+    Yields
+    ------
+    snp_indices : ndarray of int, shape (B,)
+        The .bim rows of this block, B <= block_size.
+    G : ndarray, shape (n_sel, B), float64
+        Their dosages, as :func:`read_dosages` returns them.
+    """
+    if block_size < 1:
+        msg = f"block_size must be at least 1, got {block_size}"
+        raise ValueError(msg)
+    indices = np.arange(bfile.n_snps) if snps is None else np.asarray(snps, dtype=np.intp)
+    for start in range(0, len(indices), block_size):
+        block = indices[start : start + block_size]
+        yield block, read_dosages(bfile, block, samples=samples, num_threads=num_threads)

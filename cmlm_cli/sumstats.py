@@ -1,0 +1,136 @@
+"""Writers for everything a run produces, each file complete or absent.
+
+Every file goes to a temporary name beside its destination and is renamed
+into place only once it is complete, so an interrupted run never leaves a
+truncated file that looks finished.
+
+The summary statistics use the GWAS-SSF column names and order
+(chromosome, base_pair_location, effect_allele, other_allele, beta,
+standard_error, effect_allele_frequency, p_value, variant_id, n) followed by
+extra columns. The effect allele is the bim's A1 (column 5), the allele whose
+copies the dosage counts, as in PLINK and GEMMA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+SUMSTATS_COLUMNS = (
+    "chromosome",
+    "base_pair_location",
+    "effect_allele",
+    "other_allele",
+    "beta",
+    "standard_error",
+    "effect_allele_frequency",
+    "p_value",
+    "variant_id",
+    "n",
+    "t_statistic",
+    "df",
+    "n_missing_calls",
+)
+COMPRESSION_COLUMNS = ("groups", "groups_used", "neg2logL", "vg", "ve", "h2", "chosen")
+MISSING = "NA"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, *, compress: bool = False) -> Iterator[IO[str]]:
+    """Open ``path`` for writing text; it appears only if the block completes.
+
+    Parameters
+    ----------
+    path : str or Path
+    compress : bool
+        gzip the content (with a fixed header time, so that the same content
+        gives the same bytes).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            if compress:
+                with (
+                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+                    io.TextIOWrapper(gz, encoding="utf-8", newline="\n") as text,
+                ):
+                    yield text
+            else:
+                with io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as text:
+                    yield text
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def format_float(values: np.ndarray, digits: int = 10) -> list[str]:
+    """Numbers as text with ``digits`` significant digits, ``NA`` for NaN."""
+    return [MISSING if not np.isfinite(v) else f"{v:.{digits}g}" for v in values.tolist()]
+
+
+def sumstats_rows(columns: dict[str, np.ndarray]) -> list[str]:
+    """Tab-separated lines (with newline) for one block of SNPs.
+
+    Parameters
+    ----------
+    columns : dict
+        Arrays of shape (B,) keyed by :data:`SUMSTATS_COLUMNS`.
+    """
+    text = []
+    for name in SUMSTATS_COLUMNS:
+        values = columns[name]
+        if values.dtype.kind == "f":
+            digits = 6 if name == "effect_allele_frequency" else 10
+            text.append(format_float(values, digits))
+        else:
+            text.append([str(v) for v in values.tolist()])
+    return ["\t".join(fields) + "\n" for fields in zip(*text, strict=True)]
+
+
+def write_table(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Write a small tab-separated table atomically; floats with 10 digits."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return MISSING if not np.isfinite(v) else f"{v:.10g}"
+        if isinstance(v, bool):
+            return "TRUE" if v else "FALSE"
+        return str(v)
+
+    with atomic_open(path) as out:
+        out.write("\t".join(header) + "\n")
+        for row in rows:
+            out.write("\t".join(cell(v) for v in row) + "\n")
+
+
+def write_json(path: str | Path, content: dict[str, Any]) -> None:
+    """Write ``content`` as indented JSON atomically (NaN/inf as null)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.floating, float)):
+            return float(v) if np.isfinite(v) else None
+        if isinstance(v, np.integer):
+            return int(v)
+        if isinstance(v, np.bool_):
+            return bool(v)
+        return v
+
+    with atomic_open(path) as out:
+        json.dump(clean(content), out, indent=2)
+        out.write("\n")

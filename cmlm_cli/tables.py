@@ -1,0 +1,592 @@
+"""Text inputs other than the genotypes: phenotype and covariate tables,
+sample and SNP lists, and kinship matrices supplied by the user.
+
+Every reader here checks its file once, completely, and turns each problem
+into a :class:`~cmlm_cli.errors.CmlmError` that names the file and the
+1-based line, says what was expected and what was found, and how to fix it.
+Files may be gzip-compressed (recognised by their first bytes, whatever the
+extension), may start with a UTF-8 byte-order mark and may have Windows line
+ends; blank lines are skipped everywhere. :func:`read_text_lines` is the one
+place that knows these rules, and the PLINK reader uses it too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from cmlm_cli.errors import CmlmError
+
+DEFAULT_MISSING = ("NA", "NaN", "nan", "-9", "")
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# Entries of a text kinship are rounded decimals, so an element-wise relative
+# test would reject matrices whose near-zero entries differ in the last
+# printed digit; asymmetry is therefore measured against the largest entry.
+_KINSHIP_SYMMETRY_RTOL = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """A table of numbers keyed by sample, as read from a text file.
+
+    Attributes
+    ----------
+    path : str
+        The file it was read from, for messages.
+    fid, iid : ndarray, shape (r,), str
+        Family and individual IDs, in file order (FID = IID for GAPIT's
+        one-ID ``Taxa`` layout).
+    names : tuple of str, length k
+        Names of the value columns.
+    values : ndarray, shape (r, k), float64
+        The values, ``NaN`` where missing. Read-only.
+    """
+
+    path: str
+    fid: np.ndarray
+    iid: np.ndarray
+    names: tuple[str, ...]
+    values: np.ndarray
+
+
+def read_text_lines(path: str | os.PathLike[str], *, what: str) -> list[str]:
+    """All lines of a text file, without line ends or a byte-order mark.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Plain or gzip-compressed text file, UTF-8 (ASCII is UTF-8).
+    what : str
+        What the file is, for messages (e.g. ``"phenotype"``, ``".fam"``).
+
+    Returns
+    -------
+    list of str
+        Line ``i`` of the file (1-based) is element ``i - 1``; blank lines are
+        kept so that callers can report line numbers.
+
+    Raises
+    ------
+    CmlmError
+        The file is missing or unreadable, a corrupt gzip stream, or not
+        UTF-8 text.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        msg = f"{what} file '{path}' not found"
+        raise CmlmError(msg) from None
+    except OSError as err:
+        msg = f"cannot read {what} file '{path}': {err.strerror}"
+        raise CmlmError(msg) from None
+    if data.startswith(_GZIP_MAGIC):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as err:
+            msg = f"{what} file '{path}' starts like gzip but cannot be decompressed ({err})"
+            raise CmlmError(msg) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        msg = (
+            f"{what} file '{path}', line {line}: byte 0x{data[err.start]:02x} is not UTF-8 "
+            "text; save the file as UTF-8 (or plain ASCII)"
+        )
+        raise CmlmError(msg) from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _split(line: str, tabs: bool) -> list[str]:
+    # With tabs an empty field is a value (missing), so fields cannot be
+    # merged; stray spaces around a field are still forgiven.
+    if tabs:
+        return [field.strip() for field in line.split("\t")]
+    return line.split()
+
+
+def _parse_floats(
+    tokens: list[list[str]], missing: Sequence[str]
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Parse a rectangle of text fields, codes in ``missing`` becoming NaN.
+
+    Returns the (r, k) float64 array and the (row, column) of the first field
+    that is neither a missing code nor a number, or ``None``. A field that
+    spells NaN without being a missing code counts as not a number, so that
+    only declared codes can make a value missing.
+    """
+    text = np.array(tokens, dtype=str)
+    values = np.full(text.shape, np.nan)
+    given = ~np.isin(text, np.array(missing, dtype=str))
+    try:
+        values[given] = text[given].astype(np.float64)
+    except ValueError:
+        for r, c in np.argwhere(given):
+            try:
+                float(text[r, c])
+            except ValueError:
+                return values, (int(r), int(c))
+    undeclared = np.argwhere(given & np.isnan(values))
+    if len(undeclared):
+        return values, (int(undeclared[0, 0]), int(undeclared[0, 1]))
+    return values, None
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+def read_table(
+    path: str | os.PathLike[str],
+    *,
+    missing: Sequence[str] = DEFAULT_MISSING,
+    what: str = "phenotype",
+) -> Table:
+    """Read a phenotype or covariate table.
+
+    The first non-blank line is a header: ``FID IID`` (any case; PLINK 2's
+    ``#FID`` too) followed by the value column names, or GAPIT's layout with a
+    single ``Taxa`` ID column, which gives FID = IID = taxa. If the header
+    contains a tab, every line is split on single tabs (so an empty field is a
+    missing value); otherwise on runs of whitespace.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The table, plain or gzip-compressed.
+    missing : sequence of str
+        Field texts that mean a missing value, compared exactly (``-9`` is
+        missing, ``-9.0`` is the number).
+    what : str
+        The word used for the values in messages (``"phenotype"``,
+        ``"covariate"``).
+
+    Returns
+    -------
+    Table
+        r rows in file order, k value columns, ``NaN`` where missing.
+
+    Raises
+    ------
+    CmlmError
+        Missing or empty file; header without ``FID IID``/``Taxa``; no value
+        columns, an empty or duplicated column name; a line with the wrong
+        number of fields; an empty ID; a value that is neither a number nor a
+        missing code; an infinite value; the same FID+IID on two lines.
+    """
+    path = str(path)
+    lines = read_text_lines(path, what=what)
+    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        msg = f"{what} file '{path}' is empty; expected a header line 'FID IID <names>'"
+        raise CmlmError(msg)
+    where = f"{what} file '{path}'"
+    header_line, header = numbered[0]
+    tabs = "\t" in header
+    columns = _split(header, tabs)
+    if columns[0].lower() == "taxa":
+        n_ids = 1
+    elif [c.lower() for c in columns[:2]] in (["fid", "iid"], ["#fid", "iid"]):
+        n_ids = 2
+    else:
+        msg = (
+            f"{where}, line {header_line}: the header starts with '{' '.join(columns[:2])}'; "
+            f"expected 'FID IID' (or GAPIT's 'Taxa') followed by the {what} names; "
+            "add a header line if the file has none"
+        )
+        raise CmlmError(msg)
+    names = tuple(columns[n_ids:])
+    if not names:
+        msg = f"{where}, line {header_line}: the header has ID columns but no {what} columns"
+        raise CmlmError(msg)
+    seen_names: dict[str, int] = {}
+    for number, name in enumerate(columns, start=1):
+        if not name:
+            msg = f"{where}, line {header_line}: column {number} of the header has no name"
+            raise CmlmError(msg)
+        if name in seen_names:
+            msg = (
+                f"{where}, line {header_line}: column name '{name}' appears twice "
+                f"(columns {seen_names[name]} and {number}); rename one of them"
+            )
+            raise CmlmError(msg)
+        seen_names[name] = number
+
+    line_of: list[int] = []
+    ids: list[tuple[str, str]] = []
+    tokens: list[list[str]] = []
+    seen_ids: dict[tuple[str, str], int] = {}
+    for number, line in numbered[1:]:
+        fields = _split(line, tabs)
+        if len(fields) != len(columns):
+            hint = "" if tabs else "; write missing values as NA rather than leaving them out"
+            msg = (
+                f"{where}, line {number}: found {len(fields)} fields, expected {len(columns)} "
+                f"as in the header ({' '.join(columns)}){hint}"
+            )
+            raise CmlmError(msg)
+        key = (fields[0], fields[n_ids - 1])
+        if not all(key):
+            msg = f"{where}, line {number}: the sample ID is empty; every row needs its ID"
+            raise CmlmError(msg)
+        if key in seen_ids:
+            msg = (
+                f"{where}: sample '{key[0]} {key[1]}' (FID IID) appears on line "
+                f"{seen_ids[key]} and again on line {number}; keep one row per sample"
+            )
+            raise CmlmError(msg)
+        seen_ids[key] = number
+        line_of.append(number)
+        ids.append(key)
+        tokens.append(fields[n_ids:])
+    if not ids:
+        msg = f"{where} has a header but no data rows"
+        raise CmlmError(msg)
+
+    values, bad = _parse_floats(tokens, missing)
+    if bad is not None:
+        r, c = bad
+        codes = ", ".join(f"'{m}'" for m in missing)
+        msg = (
+            f"{where}, line {line_of[r]}: column '{names[c]}' has the value '{tokens[r][c]}', "
+            f"which is not a number; if it marks a missing value, declare it as a missing "
+            f"code (the missing codes are {codes})"
+        )
+        raise CmlmError(msg)
+    infinite = np.argwhere(np.isinf(values))
+    if len(infinite):
+        r, c = infinite[0]
+        msg = (
+            f"{where}, line {line_of[r]}: column '{names[c]}' has the infinite value "
+            f"'{tokens[r][c]}'; expected a finite number or a missing code"
+        )
+        raise CmlmError(msg)
+    fid, iid = np.array(ids, dtype=str).T.copy()
+    return Table(path, _frozen(fid), _frozen(iid), names, _frozen(values))
+
+
+def select_columns(table: Table, names: Sequence[str] | None) -> Table:
+    """Keep some value columns of a table, in the order asked for.
+
+    Parameters
+    ----------
+    table : Table
+    names : sequence of str, or None
+        Column names; ``None`` keeps all columns. A single string is one name.
+
+    Returns
+    -------
+    Table
+        Same rows, the k' chosen columns.
+
+    Raises
+    ------
+    CmlmError
+        ``names`` is empty (``None`` means all), a name is not a column of
+        the table (the message lists the columns), or is asked for twice.
+    """
+    if names is None:
+        return table
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if not names:
+        msg = (
+            f"the list of column names for '{table.path}' is empty; name at least one of "
+            f"its columns: {', '.join(table.names)}"
+        )
+        raise CmlmError(msg)
+    for k, name in enumerate(names):
+        if name not in table.names:
+            msg = (
+                f"column '{name}' is not in '{table.path}'; its columns are: "
+                f"{', '.join(table.names)}"
+            )
+            raise CmlmError(msg)
+        if name in names[:k]:
+            msg = f"column '{name}' of '{table.path}' is asked for twice"
+            raise CmlmError(msg)
+    index = [table.names.index(name) for name in names]
+    return replace(table, names=names, values=_frozen(table.values[:, index]))
+
+
+def align_rows(table: Table, fid: np.ndarray, iid: np.ndarray) -> tuple[np.ndarray, int]:
+    """Put the table's rows in the order of the given samples (the .fam).
+
+    Parameters
+    ----------
+    table : Table
+        r rows, k columns.
+    fid, iid : ndarray, shape (n,), str
+        The samples to align to, usually columns 1-2 of the .fam.
+
+    Returns
+    -------
+    values : ndarray, shape (n, k), float64
+        Row i holds the table's values for sample i, all ``NaN`` if the
+        sample is not in the table. A new, writeable array.
+    n_matched : int
+        How many table rows matched a sample (rows for samples that are not
+        given are dropped).
+
+    Raises
+    ------
+    CmlmError
+        No row matches; the message shows a table ID and a sample ID.
+    """
+    row_of = {key: r for r, key in enumerate(zip(table.fid, table.iid, strict=True))}
+    rows = np.array([row_of.get(key, -1) for key in zip(fid, iid, strict=True)], dtype=np.intp)
+    found = rows >= 0
+    n_matched = int(found.sum())
+    if n_matched == 0:
+        example_table = f"'{table.fid[0]} {table.iid[0]}'"
+        example_fam = f"'{fid[0]} {iid[0]}'" if len(fid) else "none (no samples)"
+        hint = ""
+        if set(table.iid) & set(iid):
+            hint = " (the IIDs overlap, so the FIDs differ)"
+        msg = (
+            f"no row of '{table.path}' matches a genotyped sample{hint}: e.g. table ID "
+            f"{example_table}, .fam ID {example_fam} (FID IID); the IDs must match "
+            "columns 1-2 of the .fam"
+        )
+        raise CmlmError(msg)
+    values = np.full((len(rows), len(table.names)), np.nan)
+    values[found] = table.values[rows[found]]
+    return values, n_matched
+
+
+def _fields_by_line(path: str | os.PathLike[str], what: str) -> list[tuple[int, list[str]]]:
+    """Whitespace-split non-blank lines with their 1-based numbers; error if none."""
+    lines = read_text_lines(path, what=what)
+    numbered = [(i, line.split()) for i, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        msg = f"{what} file '{path}' is empty"
+        raise CmlmError(msg)
+    return numbered
+
+
+def read_sample_list(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """Read a ``--keep``/``--remove`` style list of samples.
+
+    Parameters
+    ----------
+    path : str or path-like
+        One sample per line: ``FID IID`` (further columns ignored), or a
+        single ID, which is used as both FID and IID. A first line starting
+        with ``FID``/``#FID``/``IID``/``#IID`` is a header and skipped.
+
+    Returns
+    -------
+    list of (str, str)
+        (FID, IID) pairs in file order.
+
+    Raises
+    ------
+    CmlmError
+        The file is missing or has no samples.
+    """
+    numbered = _fields_by_line(path, "sample list")
+    if numbered[0][1][0].lstrip("#").upper() in ("FID", "IID"):
+        numbered = numbered[1:]
+    if not numbered:
+        msg = f"sample list file '{path}' has a header but no samples"
+        raise CmlmError(msg)
+    return [(fields[0], fields[0] if len(fields) == 1 else fields[1]) for _, fields in numbered]
+
+
+def read_snp_list(path: str | os.PathLike[str]) -> list[str]:
+    """Read an ``--extract`` style list of SNP IDs (the first column of each line).
+
+    Raises
+    ------
+    CmlmError
+        The file is missing or empty.
+    """
+    return [fields[0] for _, fields in _fields_by_line(path, "SNP list")]
+
+
+def read_kinship(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a kinship matrix supplied by the user.
+
+    Two formats are accepted:
+
+    * GCTA binary: ``path`` is a prefix with ``PREFIX.grm.bin`` (float32 lower
+      triangle including the diagonal, row by row, as GCTA ``--make-grm``
+      writes it) and ``PREFIX.grm.id`` (``FID IID`` per line). The full
+      ``PREFIX.grm.bin`` name is accepted too.
+    * A square text table (GAPIT's layout): a header with a first-column label
+      (e.g. ``taxa``) and the n IDs, then n lines ``ID v1 ... vn`` with the
+      rows in the header's order; tab- or whitespace-separated. FID = IID = ID.
+
+    Returns
+    -------
+    fid, iid : ndarray, shape (n,), str
+    K : ndarray, shape (n, n), float64
+        Symmetric (a text table is symmetrised after the check below).
+
+    Raises
+    ------
+    CmlmError
+        Missing files, a ``.grm.bin`` of the wrong size, a table that is not
+        square or whose row IDs differ from its header, non-numeric or
+        non-finite entries, duplicated IDs, or asymmetry beyond 1e-6 of the
+        largest entry (the first asymmetric pair is named).
+    """
+    name = str(path)
+    for suffix in (".grm.bin", ".grm.id"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    grm_bin, grm_id = Path(name + ".grm.bin"), Path(name + ".grm.id")
+    if grm_bin.is_file() and grm_id.is_file():
+        return _read_gcta(grm_bin, grm_id)
+    if Path(path).is_file():
+        return _read_square_table(str(path))
+    if grm_bin.exists() or grm_id.exists():
+        absent = grm_id if grm_bin.exists() else grm_bin
+        msg = (
+            f"kinship '{path}': '{absent}' not found; a GCTA kinship needs both "
+            ".grm.bin and .grm.id"
+        )
+        raise CmlmError(msg)
+    msg = (
+        f"kinship file '{path}' not found (nor '{grm_bin}' and '{grm_id}'); give a square "
+        "text table or the prefix of a GCTA .grm.bin/.grm.id pair"
+    )
+    raise CmlmError(msg)
+
+
+def _check_unique_ids(labels: list[str], positions: list[int], where: str, unit: str) -> None:
+    """Raise if a label repeats; ``positions`` say where each is, in ``unit``."""
+    first: dict[str, int] = {}
+    for label, position in zip(labels, positions, strict=True):
+        if label in first:
+            msg = (
+                f"{where}: ID '{label}' is listed twice ({unit} {first[label]} and "
+                f"{position}); each sample needs exactly one row and column"
+            )
+            raise CmlmError(msg)
+        first[label] = position
+
+
+def _read_gcta(grm_bin: Path, grm_id: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    numbered = _fields_by_line(grm_id, "kinship .grm.id")
+    for number, fields in numbered:
+        if len(fields) != 2:
+            msg = (
+                f"kinship .grm.id file '{grm_id}', line {number}: found {len(fields)} fields, "
+                "expected 2 (FID IID)"
+            )
+            raise CmlmError(msg)
+    ids = [(fields[0], fields[1]) for _, fields in numbered]
+    _check_unique_ids(
+        [f"{fid} {iid}" for fid, iid in ids],
+        [number for number, _ in numbered],
+        f"kinship .grm.id file '{grm_id}'",
+        "lines",
+    )
+    n = len(ids)
+    expected = 4 * n * (n + 1) // 2
+    actual = grm_bin.stat().st_size
+    if actual != expected:
+        msg = (
+            f"kinship file '{grm_bin}' has {actual} bytes, expected {expected} for the "
+            f"{n} samples of '{grm_id}' (float32 lower triangle with diagonal); are the "
+            ".grm.bin and .grm.id from the same GCTA run?"
+        )
+        raise CmlmError(msg)
+    lower = np.fromfile(grm_bin, dtype="<f4").astype(np.float64)
+    # np.tril_indices walks row by row, columns ascending: GCTA's order.
+    rows, cols = np.tril_indices(n)
+    bad = np.flatnonzero(~np.isfinite(lower))
+    if len(bad):
+        i, j = rows[bad[0]], cols[bad[0]]
+        msg = (
+            f"kinship file '{grm_bin}': the entry for ({ids[i][1]}, {ids[j][1]}) is "
+            f"{lower[bad[0]]}; a kinship must be finite"
+        )
+        raise CmlmError(msg)
+    K = np.empty((n, n))
+    K[rows, cols] = lower
+    K[cols, rows] = lower
+    fid, iid = np.array(ids, dtype=str).T.copy()
+    return fid, iid, K
+
+
+def _read_square_table(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    where = f"kinship file '{path}'"
+    lines = read_text_lines(path, what="kinship")
+    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        msg = f"{where} is empty"
+        raise CmlmError(msg)
+    header_line, header = numbered[0]
+    tabs = "\t" in header
+    ids = _split(header, tabs)[1:]
+    n = len(ids)
+    if n == 0:
+        msg = f"{where}, line {header_line}: expected a header 'label ID1 ... IDn', found no IDs"
+        raise CmlmError(msg)
+    _check_unique_ids(ids, list(range(2, n + 2)), f"{where}, line {header_line}", "columns")
+    body = numbered[1:]
+    if len(body) != n:
+        msg = (
+            f"{where} is not square: the header names {n} IDs but {len(body)} rows follow; "
+            "expected one row per ID"
+        )
+        raise CmlmError(msg)
+    tokens = []
+    for k, (number, line) in enumerate(body):
+        fields = _split(line, tabs)
+        if len(fields) != n + 1:
+            msg = (
+                f"{where}, line {number}: found {len(fields)} fields, expected {n + 1} "
+                "(the row ID and one value per header ID)"
+            )
+            raise CmlmError(msg)
+        if fields[0] != ids[k]:
+            msg = (
+                f"{where}, line {number}: the row is for '{fields[0]}', expected '{ids[k]}'; "
+                "rows must list the IDs in the header's order"
+            )
+            raise CmlmError(msg)
+        tokens.append(fields[1:])
+    K, bad = _parse_floats(tokens, ())
+    if bad is not None:
+        i, j = bad
+        msg = (
+            f"{where}, line {body[i][0]}: the entry for column '{ids[j]}' is "
+            f"'{tokens[i][j]}', which is not a number"
+        )
+        raise CmlmError(msg)
+    nonfinite = np.argwhere(~np.isfinite(K))
+    if len(nonfinite):
+        i, j = nonfinite[0]
+        msg = (
+            f"{where}, line {body[i][0]}: the entry for column '{ids[j]}' is "
+            f"'{tokens[i][j]}'; a kinship must be finite"
+        )
+        raise CmlmError(msg)
+    gap = np.abs(K - K.T)
+    tolerance = _KINSHIP_SYMMETRY_RTOL * np.abs(K).max()
+    asymmetric = np.argwhere(np.triu(gap > tolerance))
+    if len(asymmetric):
+        i, j = asymmetric[0]
+        msg = (
+            f"{where} is not symmetric: K[{ids[i]}, {ids[j]}] = {float(K[i, j])!r} (line "
+            f"{body[i][0]}) but K[{ids[j]}, {ids[i]}] = {float(K[j, i])!r} (line "
+            f"{body[j][0]}); expected equal values (within 1e-6 of the largest entry)"
+        )
+        raise CmlmError(msg)
+    K = (K + K.T) / 2
+    fid = np.array(ids, dtype=str)
+    return fid, fid.copy(), K
