@@ -193,6 +193,8 @@ def gwas(
     log = logging.getLogger("cmlm")
     log.info("cmlm %s, Python %s, %s", __version__, platform.python_version(), platform.platform())
     log.info("command: %s", shlex.join(["cmlm", *sys.argv[1:]]))
+    params = click.get_current_context().params
+    log.info("options in effect: %s", " ".join(f"{k}={v}" for k, v in params.items()))
     options = pipeline.GwasOptions(
         pheno_names=_comma_list(pheno_name),
         covar=covar,

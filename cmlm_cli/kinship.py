@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
-from scipy.linalg.blas import dsyrk
 
 from cmlm_cli import dosage
 from cmlm_cli.errors import CmlmError
@@ -52,7 +51,22 @@ class Relationship:
 class _Sums:
     """What one pass over the imputed blocks accumulates; see :func:`relationship`.
 
-    ``gram`` holds only its upper triangle until :meth:`finish_gram`.
+    Attributes
+    ----------
+    n : int
+        Individuals.
+    gram : ndarray, shape (n, n)
+        ``C = Xc Xc'``; only its upper triangle until :meth:`finish_gram`.
+    cross : ndarray, shape (n,)
+        ``v = Xc w`` with ``w = 2p - 1`` per SNP (EMMA IBS).
+    offset : float
+        ``w'w`` (EMMA IBS).
+    het : ndarray, shape (n,)
+        ``sum_l (1 - |x_il - 1|)`` over polymorphic SNPs (Zhang).
+    sum_pq : float
+        ``sum_l p_l (1 - p_l)`` over polymorphic SNPs.
+    n_snps, n_polymorphic : int
+        SNPs seen; those with ``0 < p < 1``.
     """
 
     n: int
@@ -80,7 +94,7 @@ class _Sums:
         polymorphic = (p > 0.0) & (p < 1.0)
         Xc = X - mean
         # syrk: half the flops of Xc @ Xc.T and no n x n temporary per block.
-        dsyrk(1.0, Xc.T, beta=1.0, c=self.gram, trans=1, overwrite_c=1)
+        scipy.linalg.blas.dsyrk(1.0, Xc.T, beta=1.0, c=self.gram, trans=1, overwrite_c=1)
         w = mean - 1.0
         self.cross += Xc @ w
         self.offset += float(w @ w)
@@ -139,7 +153,8 @@ def relationship(
       heterozygosities 1 - |x_il - 1|), its diagonal and its minimum; see
       :func:`_zhang`.
     - Loiselle (allele fractions u = x / 2 and their complements 1 - u, both
-      summed; missing counted after imputation, so none):
+      summed; GAPIT.kinship.loiselle counts missing calls after its own
+      imputation, so miss_l = 0):
       K = [2 sum_l (u_il - p_l)(u_jl - p_l) + 2 sum_l p_l (1 - p_l) / (2n - 1)]
       / (2 sum_l p_l (1 - p_l)) = C / (4 D) + 1 / (2n - 1), D = sum p(1 - p);
       negative values set to 0, diagonal 1.

@@ -163,6 +163,9 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     if snps.size == 0:
         msg = "no SNP is left after the filters; check --extract and --maf"
         raise CmlmError(msg)
+    if options.model == "cmlm":
+        # Checked now so that a bad --groups costs no kinship computation.
+        compression.parse_groups(options.groups, samples.size, 1)
     return Inputs(bfile, samples, snps, traits, table.names, covariates, covariate_names)
 
 

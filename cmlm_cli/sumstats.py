@@ -68,6 +68,11 @@ def atomic_open(path: str | Path, *, compress: bool = False) -> Iterator[IO[str]
             else:
                 with io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as text:
                     yield text
+        # mkstemp creates the file private (0600); give it the permissions an
+        # ordinary open() would have under the user's umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

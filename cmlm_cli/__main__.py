@@ -1,0 +1,5 @@
+"""``python -m cmlm_cli`` runs the command line."""
+
+from cmlm_cli.cli import main
+
+main()

@@ -1,0 +1,153 @@
+"""The command line: files written, exit codes and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cmlm_cli.cli import main
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["gwas", *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def mdp(tmp_path) -> Path:
+    """A writable copy of the example panel."""
+    for suffix in (".bed", ".bim", ".fam", ".pheno.tsv"):
+        shutil.copy(DATA / f"mdp{suffix}", tmp_path / f"mdp{suffix}")
+        (tmp_path / f"mdp{suffix}").chmod(0o644)
+    return tmp_path / "mdp"
+
+
+def test_gwas_writes_every_file(mdp, tmp_path):
+    out = tmp_path / "res" / "run"
+    result = run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--pheno-name",
+                 "EarHT,dpoll", "--groups", "281,131", "--out", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    for trait in ("EarHT", "dpoll"):
+        header = (tmp_path / "res" / f"run.{trait}.sumstats.tsv").read_text().split("\n")[0]
+        assert header.split("\t")[:10] == [
+            "chromosome", "base_pair_location", "effect_allele", "other_allele", "beta",
+            "standard_error", "effect_allele_frequency", "p_value", "variant_id", "n"]
+        lines = (tmp_path / "res" / f"run.{trait}.sumstats.tsv").read_text().splitlines()
+        assert len(lines) == 3094
+        profile = (tmp_path / "res" / f"run.{trait}.compression.tsv").read_text().splitlines()
+        assert profile[0] == "groups\tgroups_used\tneg2logL\tvg\tve\th2\tchosen"
+        assert [row.split("\t")[0] for row in profile[1:]] == ["281", "131"]
+        assert sum(row.endswith("TRUE") for row in profile[1:]) == 1
+        model = json.loads((tmp_path / "res" / f"run.{trait}.model.json").read_text())
+        assert model["groups"] in (281, 131)
+        assert model["vg"] + model["ve"] > 0
+        assert model["h2"] == pytest.approx(model["vg"] / (model["vg"] + model["ve"]))
+        groups = (tmp_path / "res" / f"run.{trait}.groups.tsv").read_text().splitlines()
+        assert groups[0] == "FID\tIID\tgroup"
+        assert len(groups) - 1 == model["n"]
+    log = (tmp_path / "res" / "run.log").read_text()
+    assert "dropped 2 samples" in log and "CML61" in log
+    assert "options in effect: bfile=" in log and "groups=281,131" in log
+
+
+def test_gzip_output_is_the_same_table(mdp, tmp_path):
+    import gzip
+
+    args = ["--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--pheno-name", "EarDia",
+            "--model", "mlm", "-q"]
+    assert run(*args, "--out", str(tmp_path / "plain")).exit_code == 0
+    assert run(*args, "--out", str(tmp_path / "gz"), "--gzip").exit_code == 0
+    plain = (tmp_path / "plain.EarDia.sumstats.tsv").read_bytes()
+    assert gzip.decompress((tmp_path / "gz.EarDia.sumstats.tsv.gz").read_bytes()) == plain
+
+
+def expect_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2
+    # Progress lines may come first; the error is one line, and the last.
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("cmlm: error: ")]
+    assert errors == [lines[-1]], result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def outputs(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("out"))
+
+
+def test_missing_bed(mdp, tmp_path):
+    (tmp_path / "mdp.bed").unlink()
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--out",
+                     str(tmp_path / "out")), "mdp.bed")
+    assert outputs(tmp_path) == []
+
+
+def test_wrong_magic(mdp, tmp_path):
+    data = bytearray((tmp_path / "mdp.bed").read_bytes())
+    data[0] = 0
+    (tmp_path / "mdp.bed").write_bytes(bytes(data))
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--out",
+                     str(tmp_path / "out")), "mdp.bed")
+    assert outputs(tmp_path) == []
+
+
+def test_bed_size_does_not_match_fam_and_bim(mdp, tmp_path):
+    fam = (tmp_path / "mdp.fam").read_text().splitlines()
+    (tmp_path / "mdp.fam").write_text("\n".join(fam[:-5]) + "\n")
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--out",
+                     str(tmp_path / "out")), "mdp.bed")
+    assert outputs(tmp_path) == []
+
+
+def test_phenotype_ids_match_nothing(mdp, tmp_path):
+    pheno = tmp_path / "other.tsv"
+    pheno.write_text("FID\tIID\tT\nx1\tx1\t1.0\nx2\tx2\t2.0\n")
+    expect_error(run("--bfile", str(mdp), "--pheno", str(pheno), "--out",
+                     str(tmp_path / "out")), "other.tsv")
+    assert outputs(tmp_path) == []
+
+
+def test_non_numeric_trait_names_the_line(mdp, tmp_path):
+    lines = (tmp_path / "mdp.pheno.tsv").read_text().splitlines()
+    fields = lines[5].split("\t")
+    fields[2] = "tall"
+    lines[5] = "\t".join(fields)
+    (tmp_path / "mdp.pheno.tsv").write_text("\n".join(lines) + "\n")
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--out",
+                     str(tmp_path / "out")), "mdp.pheno.tsv", "6", "tall")
+    assert outputs(tmp_path) == []
+
+
+def test_unknown_trait_name(mdp, tmp_path):
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--pheno-name",
+                     "Yield", "--out", str(tmp_path / "out")), "Yield", "EarHT")
+    assert outputs(tmp_path) == []
+
+
+def test_too_many_groups(mdp, tmp_path):
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--groups", "500",
+                     "--out", str(tmp_path / "out")), "500", "281")
+    assert outputs(tmp_path) == []
+
+
+def test_missing_code_is_configurable(mdp, tmp_path):
+    table = (tmp_path / "mdp.pheno.tsv").read_text().replace("\tNA", "\t-999")
+    (tmp_path / "coded.tsv").write_text(table)
+    args = ["--bfile", str(mdp), "--pheno-name", "EarHT", "--model", "glm", "-q"]
+    assert run(*args, "--pheno", f"{mdp}.pheno.tsv", "--out", str(tmp_path / "a")).exit_code == 0
+    result = run(*args, "--pheno", str(tmp_path / "coded.tsv"), "--missing-code", "-999",
+                 "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0
+    a = (tmp_path / "a.EarHT.sumstats.tsv").read_text()
+    assert a == (tmp_path / "b.EarHT.sumstats.tsv").read_text()
+    # Without the code, -999 is a (very short) plant.
+    run(*args, "--pheno", str(tmp_path / "coded.tsv"), "--out", str(tmp_path / "c"))
+    assert json.loads((tmp_path / "c.EarHT.model.json").read_text())["n"] == 281
+    assert np.isfinite(json.loads((tmp_path / "a.EarHT.model.json").read_text())["ve"])

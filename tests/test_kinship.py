@@ -1,0 +1,378 @@
+"""Tests of the block-accumulated kinships and principal components.
+
+Each kinship is held to a dense implementation written here from the
+formulas of DESIGN.md's Appendix (GAPIT 4.1), one pair of individuals at a
+time, on small random panels with missing calls and the awkward SNPs
+(monomorphic, all heterozygous, all missing). The streaming code reaches the
+same numbers through a single Gram matrix and per-SNP sums, so the two agree
+only to rounding: 1e-12 on entries of order 1. VanRaden is also compared with
+GAPIT's own kinship of the maize panel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bed_reader import open_bed
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cmlm_cli.errors import CmlmError
+from cmlm_cli.kinship import KINSHIP_METHODS, Relationship, relationship
+
+DATA = Path(__file__).parent.parent / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+IMPUTE_METHODS = ("mean", "middle")
+# Two formulas that are algebraically equal, evaluated in a different order on
+# entries of order 1: rounding stays far below this.
+TOL = 1e-12
+
+
+# --- dense implementations, straight from DESIGN.md's Appendix ------------------------------
+
+
+def impute_dense(G: np.ndarray, method: str) -> np.ndarray:
+    """Missing -> 1 ("middle", GAPIT) or -> the SNP's mean call (0 if it has none)."""
+    X = G.copy()
+    for col in X.T:
+        missing = np.isnan(col)
+        if method == "middle":
+            col[missing] = 1.0
+        elif missing.any():
+            col[missing] = col[~missing].mean() if (~missing).any() else 0.0
+    return X
+
+
+def polymorphic(X: np.ndarray) -> np.ndarray:
+    """SNPs with p = sum_i x_ij / (2n) not in {0, 1}."""
+    p = X.sum(axis=0) / (2 * X.shape[0])
+    return (p > 0) & (p < 1)
+
+
+def vanraden_dense(X: np.ndarray) -> np.ndarray:
+    X = X[:, polymorphic(X)]
+    p = X.sum(axis=0) / (2 * X.shape[0])
+    Z = X - 2 * p
+    return Z @ Z.T / (2 * np.sum(p * (1 - p)))
+
+
+def zhang_dense(X: np.ndarray) -> tuple[np.ndarray, set[str]]:
+    """Zhang's kinship, and which of its two adjustments were applied."""
+    X = X[:, polymorphic(X)]
+    n, m = X.shape
+    f = np.sum(1 - np.abs(X - 1), axis=1) / (2 * m)
+    top = 1 + (1 - f.min())
+    Xc = X - X.mean(axis=0)
+    K0 = Xc @ Xc.T
+    d = np.diag(K0)
+    DL, DU, fl = d.min(), d.max(), K0.min()
+    K = top * (K0 - fl) / (DU - fl)
+    Dmin = top * (DL - fl) / (DU - fl)
+    applied = set()
+    if Dmin < 1:
+        applied.add("Dmin")
+        for i in range(n):
+            for j in range(n):
+                if i == j:
+                    K[i, j] = (K[i, j] - Dmin + 1) / (0.5 * (top + 1 - Dmin))
+                else:
+                    K[i, j] = K[i, j] / Dmin
+    Omax = max(K[i, j] for i in range(n) for j in range(n) if i != j)
+    if Omax > top:
+        applied.add("Omax")
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    K[i, j] *= top / Omax
+    return K, applied
+
+
+def ibs_dense(X: np.ndarray) -> np.ndarray:
+    u = X / 2
+    n = X.shape[0]
+    K = np.ones((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                K[i, j] = np.mean(u[i] * u[j] + (1 - u[i]) * (1 - u[j]))
+    return K
+
+
+def loiselle_dense(X: np.ndarray) -> np.ndarray:
+    n = X.shape[0]
+    # GAPIT counts the missing calls after its own imputation, so none are left.
+    miss = np.isnan(X).sum(axis=0)
+    alleles = [X / 2, 1 - X / 2]
+    pbar = [a.mean(axis=0) for a in alleles]
+    pq = sum(pb * (1 - pb) for pb in pbar)
+    K = np.ones((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            first = sum(
+                np.sum((a[i] - pb) * (a[j] - pb)) for a, pb in zip(alleles, pbar, strict=True)
+            )
+            second = np.sum(pq / (2 * n - miss - 1))
+            K[i, j] = max((first + second) / np.sum(pq), 0.0)
+    return K
+
+
+def dense(X: np.ndarray, method: str) -> np.ndarray:
+    if method == "zhang":
+        return zhang_dense(X)[0]
+    return {"vanraden": vanraden_dense, "ibs": ibs_dense, "loiselle": loiselle_dense}[method](X)
+
+
+# --- panels ---------------------------------------------------------------------------------
+
+
+def random_panel(seed: int, n: int = 12, m: int = 30, *, shape: str = "random") -> np.ndarray:
+    """A small A1-dosage panel with 10 % missing calls and the awkward SNPs.
+
+    ``shape``: "random" (Hardy-Weinberg genotypes); "inbred" (homozygous
+    lines and one heterozygous, mostly missing line: Zhang's Dmin rescaling);
+    "duplicates" (two identical outlying individuals and one mostly missing:
+    Zhang's off-diagonal cap after the Dmin rescaling).
+    """
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.05, 0.95, m)
+    if shape == "inbred":
+        G = 2.0 * (rng.random((n, m)) < p)
+        G[-1] = rng.binomial(2, p)
+    else:
+        G = rng.binomial(2, p, size=(n, m)).astype(float)
+    G[rng.random((n, m)) < 0.1] = np.nan
+    if shape == "duplicates":
+        # Twins homozygous for every rare allele: the largest diagonal of K0.
+        G[0] = G[1] = np.where(p < 0.5, 2.0, 0.0)
+    if shape != "random":
+        G[-1, rng.random(m) < 0.6] = np.nan
+    G[:, 0] = 0.0  # monomorphic
+    G[:, 1] = 2.0  # monomorphic (the other allele)
+    G[:, 2] = 1.0  # all heterozygous: p = 1/2, so GAPIT keeps it
+    G[:, 3] = np.nan  # no call at all
+    G[:, 4] = 0.0
+    G[: n // 2, 4] = np.nan  # monomorphic, but not once "middle" fills in 1
+    return G
+
+
+CASES = [(seed, shape) for shape in ("random", "duplicates", "inbred") for seed in (1, 2)]
+
+
+def stream(G: np.ndarray, size: int):
+    """The panel as a one-shot generator of blocks of ``size`` SNPs."""
+    return (G[:, a : a + size] for a in range(0, G.shape[1], size))
+
+
+# --- against the dense definitions ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 1000])
+@pytest.mark.parametrize("impute", IMPUTE_METHODS)
+@pytest.mark.parametrize("method", KINSHIP_METHODS)
+@pytest.mark.parametrize(("seed", "shape"), CASES)
+def test_matches_dense_definition(seed, shape, method, impute, block_size):
+    G = random_panel(seed, shape=shape)
+    rel = relationship(stream(G, block_size), method=method, impute=impute)
+    expected = dense(impute_dense(G, impute), method)
+    np.testing.assert_allclose(rel.K, expected, rtol=0, atol=TOL)
+    assert rel.K.shape == (12, 12)
+    assert rel.K.dtype == np.float64
+    assert rel.pcs.shape == (12, 0)
+
+
+def test_cases_reach_every_branch_of_zhang():
+    applied = {
+        frozenset(zhang_dense(impute_dense(random_panel(seed, shape=shape), impute))[1])
+        for seed, shape in CASES
+        for impute in IMPUTE_METHODS
+    }
+    assert applied >= {frozenset(), frozenset({"Dmin"}), frozenset({"Dmin", "Omax"})}
+
+
+@pytest.mark.parametrize("impute", IMPUTE_METHODS)
+@pytest.mark.parametrize("method", KINSHIP_METHODS)
+def test_n_snps(method, impute):
+    G = random_panel(3)
+    X = impute_dense(G, impute)
+    expected = G.shape[1] if method == "ibs" else int(polymorphic(X).sum())
+    assert relationship(stream(G, 7), method=method, impute=impute).n_snps == expected
+
+
+def test_middle_imputation_makes_a_monomorphic_snp_polymorphic():
+    # GAPIT's missing -> 1 turns a SNP with a single called allele into a
+    # polymorphic one (137 of the maize panel's 139 monomorphic SNPs).
+    G = np.array([[0.0, 2.0], [0.0, 2.0], [np.nan, 2.0]])
+    with pytest.raises(CmlmError, match="none of the 2 SNPs is polymorphic"):
+        relationship([G], impute="mean")
+    assert relationship([G], impute="middle").n_snps == 1
+
+
+# --- invariants -----------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    cuts=st.lists(st.integers(0, 30), max_size=8),
+    method=st.sampled_from(KINSHIP_METHODS),
+    impute=st.sampled_from(IMPUTE_METHODS),
+)
+def test_block_cuts_and_orders_change_nothing(seed, cuts, method, impute):
+    """Cutting the stream anywhere (empty blocks included), and permuting the
+    individuals or the SNPs, changes no number beyond rounding."""
+    G = random_panel(seed)
+    whole = relationship([G], method=method, impute=impute, n_pcs=3)
+
+    cut = relationship(
+        iter(np.split(G, sorted(cuts), axis=1)), method=method, impute=impute, n_pcs=3
+    )
+    np.testing.assert_allclose(cut.K, whole.K, rtol=0, atol=TOL)
+    np.testing.assert_allclose(cut.pcs, whole.pcs, rtol=0, atol=1e-8)
+    assert cut.n_snps == whole.n_snps
+
+    rng = np.random.default_rng(seed)
+    rows, snps = rng.permutation(G.shape[0]), rng.permutation(G.shape[1])
+    permuted = relationship(stream(G[rows][:, snps], 4), method=method, impute=impute)
+    np.testing.assert_allclose(permuted.K, whole.K[np.ix_(rows, rows)], rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("impute", IMPUTE_METHODS)
+@pytest.mark.parametrize("method", KINSHIP_METHODS)
+def test_invariant_to_the_allele_coded(method, impute):
+    """GAPIT counts the major allele (x -> 2 - x of our A1 counts): every
+    definition gives the same K, and the PCs are the same (Xc -> -Xc)."""
+    for seed, shape in CASES:
+        G = random_panel(seed, shape=shape)
+        a1 = relationship(stream(G, 5), method=method, impute=impute, n_pcs=2)
+        a2 = relationship(stream(2.0 - G, 5), method=method, impute=impute, n_pcs=2)
+        np.testing.assert_allclose(a2.K, a1.K, rtol=0, atol=TOL)
+        np.testing.assert_allclose(a2.pcs, a1.pcs, rtol=0, atol=1e-8)
+
+
+# --- principal components -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_pcs", [1, 4, 11])
+@pytest.mark.parametrize("impute", IMPUTE_METHODS)
+def test_pcs_are_prcomp_scores(impute, n_pcs):
+    """R's prcomp(X)$x (centred, unscaled) is U S from the SVD of Xc; the
+    eigen route must agree up to the sign of each component."""
+    G = random_panel(5, n=12, m=40)
+    Xc = impute_dense(G, impute)
+    Xc -= Xc.mean(axis=0)
+    U, S, _ = np.linalg.svd(Xc, full_matrices=False)
+    expected = (U * S)[:, :n_pcs]
+
+    pcs = relationship(stream(G, 6), method="ibs", impute=impute, n_pcs=n_pcs).pcs
+    assert pcs.shape == (12, n_pcs)
+    signs = np.sign(np.sum(pcs * expected, axis=0))
+    np.testing.assert_allclose(pcs, expected * signs, rtol=0, atol=1e-8)
+    # The sign rule: each component's entry of largest magnitude is positive.
+    largest = pcs[np.abs(pcs).argmax(axis=0), np.arange(n_pcs)]
+    assert np.all(largest > 0)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_unknown_settings_are_programming_errors():
+    G = random_panel(1)
+    with pytest.raises(ValueError, match="unknown kinship 'gcta'"):
+        relationship([G], method="gcta")
+    with pytest.raises(ValueError, match="unknown imputation 'zero'"):
+        relationship([G], impute="zero")
+    with pytest.raises(ValueError, match="n_pcs must be >= 0"):
+        relationship([G], n_pcs=-1)
+    with pytest.raises(ValueError, match=r"every block must have shape \(12, B\)"):
+        relationship([G, G[:5]])
+
+
+@pytest.mark.parametrize("method", KINSHIP_METHODS)
+def test_no_polymorphic_snp(method):
+    G = np.array([[0.0, 2.0, np.nan], [0.0, 2.0, 2.0], [np.nan, 2.0, 2.0]])
+    with pytest.raises(CmlmError, match="none of the 3 SNPs is polymorphic among the 3"):
+        relationship(stream(G, 1), method=method, impute="mean")
+
+
+def test_bad_sizes():
+    G = random_panel(1)
+    with pytest.raises(CmlmError, match="cannot take 12 principal components from 12"):
+        relationship([G], n_pcs=12)
+    with pytest.raises(CmlmError, match="at least 2 individuals; the genotypes have 1"):
+        relationship([G[:1]])
+    with pytest.raises(CmlmError, match="stream was empty"):
+        relationship(iter([]))
+
+
+def test_result_is_frozen():
+    rel = relationship([random_panel(1)])
+    with pytest.raises(AttributeError):
+        rel.n_snps = 0  # type: ignore[misc]
+    assert isinstance(rel, Relationship)
+
+
+# --- against GAPIT on the maize panel -------------------------------------------------------
+
+
+def test_vanraden_matches_gapit_on_mdp():
+    """GAPIT 4.1's VanRaden of the 281 maize lines (missing -> 1).
+
+    GAPIT numericalises the 4-allele SNP PZB00063.1 from its HapMap calls as 0
+    for every homozygote (CC, AA, GG, TT) and 1 for heterozygotes and missing.
+    Our bed kept the two common alleles and set the 27 GG/TT/GT calls missing,
+    so GAPIT's column can only be rebuilt from the HapMap row (from the bed
+    alone, missing -> 1, the gap shrinks to about 8e-4). With it the two
+    kinships agree to rounding; without it they differ by about 1.8e-3
+    (shared/reference/README.md). A SNP's contribution to VanRaden does not
+    change when its alleles swap, so GAPIT's major-allele column can be put
+    in as it is.
+    """
+    bed_path = DATA / "mdp.bed"
+    reference = SHARED / "reference" / "gapit" / "kinship_VanRaden.tsv"
+    hapmap = SHARED / "data" / "mdp" / "gapit_original" / "mdp_genotype_test.hmp.txt"
+    for path in (bed_path, reference, hapmap):
+        if not path.exists():
+            pytest.skip(f"{path.name} is not available")
+
+    with open_bed(bed_path, count_A1=True) as bed:
+        G = bed.read(dtype="float64")
+        iid, sid = list(bed.iid), list(bed.sid)
+    with reference.open() as fh:
+        taxa = fh.readline().rstrip("\n").split("\t")[1:]
+    K_gapit = np.loadtxt(reference, delimiter="\t", skiprows=1, usecols=range(1, len(taxa) + 1))
+    row_taxa = np.loadtxt(reference, delimiter="\t", skiprows=1, usecols=0, dtype=str)
+    assert taxa == iid
+    assert list(row_taxa) == iid
+
+    K = relationship(stream(G, 500), method="vanraden", impute="middle").K
+    as_is = np.abs(K - K_gapit).max()
+    assert 1e-4 < as_is < 3e-3  # the known cause: PZB00063.1, below
+
+    j = sid.index("PZB00063.1")
+    from_bed = G.copy()
+    from_bed[:, j] = np.where(np.isnan(G[:, j]) | (G[:, j] == 1), 1.0, 0.0)
+    K = relationship([from_bed], method="vanraden", impute="middle").K
+    assert np.abs(K - K_gapit).max() > 1e-4  # the 26 GG/TT lines are missing in the bed
+
+    calls = gapit_calls(hapmap, "PZB00063.1", iid)
+    homozygous = np.array([c[0] == c[1] != "N" for c in calls])
+    G[:, j] = np.where(homozygous, 0.0, 1.0)
+    K = relationship(stream(G, 500), method="vanraden", impute="middle").K
+    np.testing.assert_allclose(K, K_gapit, rtol=0, atol=TOL)
+
+
+def gapit_calls(hapmap: Path, snp: str, taxa: list[str]) -> list[str]:
+    """The HapMap calls of one SNP, in the order of ``taxa``."""
+    with hapmap.open() as fh:
+        header = fh.readline().rstrip("\r\n").split("\t")
+        for line in fh:
+            fields = line.rstrip("\r\n").split("\t")
+            if fields[0] == snp:
+                by_taxon = dict(zip(header[11:], fields[11:], strict=True))
+                return [by_taxon[t] for t in taxa]
+    msg = f"{snp} is not in {hapmap}"
+    raise AssertionError(msg)
