@@ -35,12 +35,15 @@ profile at the ``d`` the solver found.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 import scipy.optimize
 import scipy.sparse
+
+log = logging.getLogger("cmlm")
 
 METHODS = ("reml", "ml")
 SOLVERS = ("brent", "em", "newton")
@@ -51,6 +54,8 @@ GRID_STEPS = 100
 # Eigenvalues of N^1/2 Kc N^1/2 below this fraction of the largest are zero:
 # round-off leaves tiny negative values for a singular Kc (VanRaden is).
 EIGEN_RTOL = 1e-10
+# Relative rounding error of a -2 log L value.
+ROUNDING = 1e-12
 EM_MAX_ITER = 50_000
 NEWTON_MAX_ITER = 200
 # Iterative solvers stop when an iteration moves log(vg) and log(ve) by less
@@ -232,6 +237,17 @@ class CompressedLikelihood:
         pr = self.profile(d)
         return self._neg2(pr, method)
 
+    def slope(self, d: float, method: str) -> float:
+        """Derivative of -2 log L (profiled) with respect to ``log d``.
+
+        ``d/dd [r log yPy + log|H| + log|X'H^-1X|] = tr P - r y'PPy / yPy``
+        (ML: ``tr H^-1 - n y'H^-1 H^-1 y / yPy`` with the GLS residual), the
+        same traces and quadratic forms as EM uses; times ``d`` for ``log d``.
+        """
+        pr = self.profile(d)
+        _, _, q2, t2 = self.moments(pr, method)
+        return d * (t2 - self.dof(method) * q2 / pr.yPy)
+
     def _neg2(self, pr: _Profile, method: str) -> float:
         r = self.dof(method)
         value = r * np.log(2.0 * np.pi * pr.yPy / r) + r + pr.logdet_H
@@ -346,6 +362,22 @@ def fit_null(
     else:
         msg = f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}"
         raise ValueError(msg)
+    if solver != "brent":
+        # EM and Newton are local searches from one start; say so when the
+        # profile grid has seen a better point (a second mode or a boundary).
+        grid_best = min(
+            lik.neg2loglik(np.exp(x), method) for x in np.linspace(*LOG_DELTA_RANGE, GRID_STEPS + 1)
+        )
+        found = lik.neg2loglik(d, method)
+        if grid_best < found - 1e-6:
+            log.warning(
+                "solver %s stopped at -2logL %.6f (h2 %.4f), but the grid over log d "
+                "reaches %.6f: a local optimum; --solver brent searches the whole grid",
+                solver,
+                found,
+                1 / (1 + d),
+                grid_best,
+            )
     return _package(lik, d, method, solver, iterations, converged)
 
 
@@ -397,25 +429,41 @@ def _package(
 def _solve_brent(lik: CompressedLikelihood, method: str) -> tuple[float, int, bool]:
     """Grid over log d, then Brent on every bracketed maximum; keep the best.
 
-    The grid's two ends are candidates too, so an optimum on the boundary
-    (h2 near 0 or 1) is a legal answer rather than a failure.
+    As EMMA does, each bracketed optimum is the root of the derivative of
+    the profile, found by Brent's root finder to machine precision (a search
+    on the function values alone stops at ~sqrt(eps) in log d, which moves
+    vg in the 7th digit). The grid's two ends are candidates too, so an
+    optimum on the boundary (h2 near 0 or 1) is a legal answer rather than
+    a failure.
     """
     lo, hi = LOG_DELTA_RANGE
     grid = np.linspace(lo, hi, GRID_STEPS + 1)
     values = np.array([lik.neg2loglik(np.exp(x), method) for x in grid])
     evaluations = grid.size
     best_x, best_v = grid[int(np.argmin(values))], float(values.min())
+
+    def slope(x: float) -> float:
+        return lik.slope(np.exp(x), method)
+
     for i in range(1, grid.size - 1):
-        if values[i] <= values[i - 1] and values[i] <= values[i + 1]:
-            res = scipy.optimize.minimize_scalar(
+        if not (values[i] <= values[i - 1] and values[i] <= values[i + 1]):
+            continue
+        a, b = grid[i - 1], grid[i + 1]
+        if slope(a) < 0 < slope(b):
+            x, result = scipy.optimize.brentq(slope, a, b, xtol=1e-13, full_output=True)
+            evaluations += 2 + result.function_calls
+        else:
+            found = scipy.optimize.minimize_scalar(
                 lambda x: lik.neg2loglik(np.exp(x), method),
-                bounds=(grid[i - 1], grid[i + 1]),
+                bounds=(a, b),
                 method="bounded",
                 options={"xatol": 1e-10},
             )
-            evaluations += int(res.nfev)
-            if res.fun < best_v:
-                best_x, best_v = float(res.x), float(res.fun)
+            x = float(found.x)
+            evaluations += int(found.nfev)
+        value = lik.neg2loglik(np.exp(x), method)
+        if value < best_v:
+            best_x, best_v = float(x), value
     return float(np.exp(best_x)), evaluations, True
 
 
@@ -484,7 +532,9 @@ def _solve_newton(lik: CompressedLikelihood, method: str) -> tuple[float, int, b
             candidate = theta + scale * step
             if np.all(candidate > 0):
                 value = _neg2_full(lik, candidate[0], candidate[1], method)
-                if value <= current:
+                # Near the optimum a good step changes -2 log L by less than
+                # its rounding error; accept those rather than stall.
+                if value <= current + ROUNDING * abs(current):
                     break
             scale /= 2.0
             if scale < 1e-12:

@@ -11,7 +11,9 @@ mistake in the compressed algebra cannot be repeated here.
 The optimum of the profile likelihood is located on a grid over ``log d`` in
 [-10, 10] (the range EMMA and GAPIT search) and then polished by a root of
 the analytic derivative, whose precision does not suffer the square-root loss
-of minimising a flat function value directly.
+of minimising a flat function value directly. The limits h2 = 0 (``d -> inf``)
+and h2 = 1 (``d = 0``) are candidates too: they are the true optimum when
+the likelihood keeps rising past the grid.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import scipy.stats
 
 LOG_DELTA_MIN = -10.0
 LOG_DELTA_MAX = 10.0
-GRID_POINTS = 401
+GRID_POINTS = 201
 METHODS = ("reml", "ml")
 
 
@@ -93,13 +95,7 @@ def dense_profile(H: np.ndarray, y: np.ndarray, X: np.ndarray, *, method: str) -
     if method == "reml":
         r = n - p
         P = Hinv - HiX @ np.linalg.solve(A, HiX.T)
-        value = (
-            r * np.log(2 * np.pi * yPy / r)
-            + r
-            + _logdet(H)
-            + _logdet(A)
-            - _logdet(X.T @ X)
-        )
+        value = r * np.log(2 * np.pi * yPy / r) + r + _logdet(H) + _logdet(A) - _logdet(X.T @ X)
         derivative = float(np.trace(P)) - r * yPPy / yPy
     else:
         r = n
@@ -148,11 +144,7 @@ def logpdf_neg2loglik(
     V = sigma2 * H
     value = -2 * scipy.stats.multivariate_normal.logpdf(y, mean=X @ beta, cov=V)
     if method == "reml":
-        value += (
-            -p * np.log(2 * np.pi)
-            + _logdet(X.T @ np.linalg.solve(V, X))
-            - _logdet(X.T @ X)
-        )
+        value += -p * np.log(2 * np.pi) + _logdet(X.T @ np.linalg.solve(V, X)) - _logdet(X.T @ X)
     return float(value)
 
 
@@ -178,15 +170,18 @@ def dense_fit(
     *,
     method: str = "reml",
 ) -> DenseFit:
-    """Maximise the profile likelihood over ``log d`` in [-10, 10].
+    """Maximise the profile likelihood over ``d`` in ``[0, inf]``.
 
-    A 401-point grid finds every basin; each interior grid minimum is refined
-    by Brent's root of the analytic derivative (``brentq`` to 1e-13 in
-    ``log d``) where it changes sign, by bounded Brent on the value
-    otherwise; the grid ends are candidates too (a boundary optimum, h2 -> 0
-    or 1, is a legal answer). The best candidate wins.
+    A 201-point grid over ``log d`` in [-10, 10] finds every basin; each
+    interior grid minimum is refined by Brent's root of the analytic
+    derivative (``brentq`` to 1e-13 in ``log d``) where it changes sign, by
+    bounded Brent on the value otherwise. The grid ends compete, and so do
+    the two limits, which are legal answers: ``d -> inf`` (h2 = 0), whose
+    -2 log L is the fixed-effects model's (``H = I``; the ``d`` terms cancel),
+    and ``d = 0`` (h2 = 1) when ``Z Kc Z'`` is itself positive definite.
     """
-    ZKZ = incidence(labels, Kc.shape[0]) @ Kc @ incidence(labels, Kc.shape[0]).T
+    Z = incidence(labels, Kc.shape[0])
+    ZKZ = Z @ Kc @ Z.T
     eye = np.eye(y.size)
 
     def profile(log_d: float) -> DenseProfile:
@@ -200,30 +195,42 @@ def dense_fit(
 
     grid = np.linspace(LOG_DELTA_MIN, LOG_DELTA_MAX, GRID_POINTS)
     values = np.array([value(x) for x in grid])
-    candidates = [grid[0], grid[-1]]
+    log_ds = [grid[0], grid[-1]]
     for i in range(1, grid.size - 1):
         if values[i] <= values[i - 1] and values[i] <= values[i + 1]:
             lo, hi = grid[i - 1], grid[i + 1]
             if slope(lo) < 0 < slope(hi):
-                candidates.append(scipy.optimize.brentq(slope, lo, hi, xtol=1e-13, rtol=1e-15))
+                log_ds.append(scipy.optimize.brentq(slope, lo, hi, xtol=1e-13, rtol=1e-15))
             else:
                 res = scipy.optimize.minimize_scalar(
                     value, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12}
                 )
-                candidates.append(res.x)
-    best = min(candidates, key=value)
-    prof = profile(best)
-    delta = float(np.exp(best))
-    vg = prof.sigma2
-    ve = delta * vg
-    boundary = best in (grid[0], grid[-1])
+                log_ds.append(res.x)
+    fits = []
+    for log_d in log_ds:
+        prof = profile(log_d)
+        delta = float(np.exp(log_d))
+        boundary = log_d in (grid[0], grid[-1])
+        fits.append(_fit(method, delta, prof.sigma2, delta * prof.sigma2, prof, boundary))
+    fits.append(dense_fit_glm(y, X, method=method))
+    try:
+        np.linalg.cholesky(ZKZ)
+    except np.linalg.LinAlgError:
+        pass
+    else:
+        prof = dense_profile(ZKZ, y, X, method=method)
+        fits.append(_fit(method, 0.0, prof.sigma2, 0.0, prof, True))
+    return min(fits, key=lambda fit: fit.neg2logL)
+
+
+def _fit(method: str, delta: float, vg: float, ve: float, prof: DenseProfile, boundary: bool):
     return DenseFit(method, delta, vg, ve, vg / (vg + ve), prof.neg2logL, prof.beta, boundary)
 
 
 def dense_fit_glm(y: np.ndarray, X: np.ndarray, *, method: str = "reml") -> DenseFit:
     """The fixed-effects model (``H = I``): ``vg = 0``, ``ve = RSS/r`` or ``RSS/n``."""
     prof = dense_profile(np.eye(y.size), y, X, method=method)
-    return DenseFit(method, np.inf, 0.0, prof.sigma2, 0.0, prof.neg2logL, prof.beta, True)
+    return _fit(method, np.inf, 0.0, prof.sigma2, prof, True)
 
 
 def impute(G: np.ndarray, how: str = "mean") -> np.ndarray:
@@ -314,7 +321,9 @@ def dense_scan(
     return _finish(beta, se, df, G)
 
 
-def ols_scan(y: np.ndarray, X: np.ndarray, G: np.ndarray, *, impute_with: str = "mean") -> DenseScan:
+def ols_scan(
+    y: np.ndarray, X: np.ndarray, G: np.ndarray, *, impute_with: str = "mean"
+) -> DenseScan:
     """Ordinary least squares of ``y`` on ``[X, x]`` per SNP, by ``numpy.linalg.lstsq``."""
     n, p = X.shape
     df = n - p - 1

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+import scipy.cluster.vq
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from oracle import (
     dense_fit,
@@ -78,7 +79,9 @@ def vanraden(G: np.ndarray) -> np.ndarray:
     return W @ W.T / (2 * np.sum(p * (1 - p)))
 
 
-def simulate(seed: int, *, h2: float = 0.5, n: int = N) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def simulate(
+    seed: int, *, h2: float = 0.5, n: int = N
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Genotypes, covariates with intercept, and a trait of heritability ``h2``."""
     rng = np.random.default_rng(seed)
     G, pop = simulate_genotypes(rng, n, N_KINSHIP_SNPS + N_SCAN_SNPS)
@@ -104,10 +107,22 @@ def make_panel(case: str, seed: int = 1, *, h2: float = 0.5) -> Panel:
         Kc[np.ix_(labels, labels)] = K
         if case == "singleton":
             Kc += 1e-3 * np.eye(n)
-    else:
+    elif case == "mean":
         labels = rng.permutation(np.arange(n) % Q)
-        Kc = group_mean_kinship(K + 1e-3 * np.eye(n), labels) if case == "mean" else np.eye(Q)
+        Kc = group_mean_kinship(K + 1e-3 * np.eye(n), labels)
+    else:
+        # Independent group effects carry signal only if a group holds relatives.
+        labels = kmeans_groups(K, Q, rng)
+        Kc = np.eye(Q)
     return Panel(y, X, labels, Kc, G[:, N_KINSHIP_SNPS:])
+
+
+def kmeans_groups(K: np.ndarray, q: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means on the top principal coordinates of ``K``, every group non-empty."""
+    s, U = np.linalg.eigh(K)
+    coords = U[:, -4:] * np.sqrt(s[-4:])
+    _, labels = scipy.cluster.vq.kmeans2(coords, q, seed=rng, minit="++", missing="raise")
+    return labels
 
 
 PANELS = {case: make_panel(case) for case in CASES}
@@ -200,31 +215,61 @@ def test_iterative_solvers_agree_with_brent(case, method, solver):
 
 
 def test_no_genetic_signal_sits_on_the_boundary():
-    """h2 -> 0 is a legal answer: no crash, and the three solvers agree in -2 log L."""
+    """h2 -> 0 is a legal answer: no crash, and the three solvers reach it.
+
+    Here -2 log L keeps falling as d grows past the grid's e^10, down to the
+    limit d = inf, whose value is the fixed-effects model's.
+    """
     y, X, G = simulate(7, h2=0.0)
     labels = np.random.default_rng(7).permutation(np.arange(N) % Q)
     Kc = group_mean_kinship(vanraden(G[:, :N_KINSHIP_SNPS]) + 1e-3 * np.eye(N), labels)
     ref = dense_fit(y, X, labels, Kc)
-    assert ref.h2 < 1e-3
-    fits = [fit_null(y, X, labels, Kc, solver=s) for s in ("brent", "em", "newton")]
-    for fit in fits:
+    assert ref.h2 == 0.0
+    fits = {s: fit_null(y, X, labels, Kc, solver=s) for s in ("brent", "em", "newton")}
+    for fit in fits.values():
         assert np.isfinite(fit.neg2logL)
-        assert 0 <= fit.h2 < 1e-2
-        assert fit.neg2logL == pytest.approx(ref.neg2logL, abs=1e-4, rel=0)
-    scan = scan_block(fits[0], G[:, N_KINSHIP_SNPS:])
-    assert np.all(np.isfinite(scan.p[np.nanstd(G[:, N_KINSHIP_SNPS:], axis=0) > 0]))
+        assert 0 <= fit.h2 < 1e-3
+        scan = scan_block(fit, G[:, N_KINSHIP_SNPS:])
+        assert np.all(np.isfinite(scan.p))
+    gaps = {s: fit.neg2logL - ref.neg2logL for s, fit in fits.items()}
+    assert all(abs(gap) <= 1e-4 for gap in gaps.values()), f"-2 log L above the optimum: {gaps}"
 
 
 # --- scan -----------------------------------------------------------------------------
 
 
-def check_scan(fast, ref, rtol: float) -> None:
+def scan_errors(fast, ref) -> dict[str, float]:
+    """Worst relative error per field, after checking that NaN sits in the same SNPs.
+
+    ``beta`` is measured against ``max(|beta|, se)`` and ``t`` against
+    ``max(|t|, 1)``: for a SNP with ``|t| << 1`` both sides compute ``x'Py`` as
+    a difference of terms of the size of its standard error, so its digits
+    are relative to ``se``, not to itself (checked with mpmath: at ``t = 2e-4``
+    the dense oracle itself is off by 2e-8 relative in ``beta``).
+    """
     for field in ("beta", "se", "t", "p"):
         a, b = getattr(fast, field), getattr(ref, field)
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"NaN pattern of {field}")
-        assert_rel(a, b, rtol, field)
+    scale = {
+        "beta": np.maximum(np.abs(ref.beta), ref.se),
+        "se": ref.se,
+        "t": np.maximum(np.abs(ref.t), 1.0),
+        "p": ref.p,
+        "af": ref.af,
+    }
+    errors = {}
+    for field, unit in scale.items():
+        ok = ~np.isnan(unit)
+        error = np.abs(getattr(fast, field)[ok] - getattr(ref, field)[ok]) / unit[ok]
+        errors[field] = float(error.max(initial=0.0))
+    return errors
+
+
+def check_scan(fast, ref, rtol: float) -> None:
+    errors = scan_errors(fast, ref)
+    bad = {field: error for field, error in errors.items() if error > rtol}
+    assert not bad, f"worst relative errors above {rtol}: {bad}"
     np.testing.assert_array_equal(fast.df, ref.df)
-    assert_rel(fast.af, ref.af, 1e-12, "af")
     np.testing.assert_array_equal(fast.n_miss, ref.n_miss)
 
 
@@ -303,10 +348,12 @@ PROPERTY = settings(
     deadline=None,
     database=None,
     derandomize=True,
+    # Shrinking a permutation of 120 rows costs a minute and teaches nothing:
+    # report the first one that fails.
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow],
 )
 FIT_FIELDS = ("delta", "vg", "ve", "h2", "neg2logL", "beta")
-SCAN_FIELDS = ("beta", "se", "t", "p", "af")
 
 
 def fit_and_scan(pn: Panel, method: str):
@@ -315,11 +362,14 @@ def fit_and_scan(pn: Panel, method: str):
 
 
 def assert_same(a, b) -> None:
-    for field in FIT_FIELDS:
-        assert_rel(getattr(a[0], field), getattr(b[0], field), 1e-9, field)
+    errors = {
+        field: float(np.max(np.abs(np.asarray(getattr(b[0], field)) / getattr(a[0], field) - 1)))
+        for field in FIT_FIELDS
+    }
+    bad = {field: error for field, error in errors.items() if error > 1e-9}
+    assert not bad, f"fitted numbers moved by more than 1e-9 relative: {bad}"
     for scan_a, scan_b in zip(a[1:], b[1:], strict=True):
-        for field in SCAN_FIELDS:
-            assert_rel(getattr(scan_a, field), getattr(scan_b, field), 1e-9, field)
+        check_scan(scan_a, scan_b, 1e-9)
 
 
 @PROPERTY
