@@ -220,15 +220,23 @@ class CompressedLikelihood:
         return self.n - self.p if method == "reml" else self.n
 
     def profile(self, d: float) -> _Profile:
-        """GLS quantities at ``H = Z Kc Z' + d I``."""
-        D = eigen_gap(self.s, d)
+        """GLS quantities at ``H = Z Kc Z' + d I``.
+
+        ``d = inf`` is the limit h2 -> 0, where ``V = ve I``: the profile is
+        then that of ``H = I`` (the -2 log L of the limit is the same formula
+        with ``log|H| = 0``, as ``n log d`` cancels against the scale).
+        """
+        s = self.s
+        if np.isinf(d):
+            s, d = np.zeros_like(s), 1.0
+        D = eigen_gap(s, d)
         A = self.UX.T @ (D[:, None] * self.UX) + self.XtX / d
         XHy = self.UX.T @ (D * self.Uy) + self.Xty / d
         yHy = float(self.Uy @ (D * self.Uy)) + self.yty / d
         chol = scipy.linalg.cho_factor(A)
         beta = scipy.linalg.cho_solve(chol, XHy)
         yPy = yHy - float(XHy @ beta)
-        logdet_H = float(np.sum(np.log(self.s + d))) + (self.n - self.q) * np.log(d)
+        logdet_H = float(np.sum(np.log(s + d))) + (self.n - self.q) * np.log(d)
         logdet_A = 2.0 * float(np.sum(np.log(np.diag(chol[0]))))
         return _Profile(d, D, chol, beta, yPy, logdet_H, logdet_A)
 
@@ -362,6 +370,10 @@ def fit_null(
     else:
         msg = f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}"
         raise ValueError(msg)
+    if lik.neg2loglik(np.inf, method) < lik.neg2loglik(d, method):
+        # The likelihood still rises where the search stopped, towards h2 = 0
+        # (EM and Newton only approach a boundary): take the limit itself.
+        d = np.inf
     if solver != "brent":
         # EM and Newton are local searches from one start; say so when the
         # profile grid has seen a better point (a second mode or a boundary).
@@ -399,7 +411,9 @@ def _package(
 ) -> NullModel:
     pr = lik.profile(d)
     scale = pr.yPy / lik.dof(method)
-    glm = lik.basis is None
+    # Without a random effect, or with h2 = 0 exactly, V = ve I: the scan
+    # then works with H = I and the scale ve.
+    glm = lik.basis is None or np.isinf(d)
     basis = lik.basis
     return NullModel(
         method=method,
@@ -420,8 +434,8 @@ def _package(
         labels=np.zeros(lik.n, dtype=np.int64) if basis is None else basis.labels,
         counts=np.zeros(0) if basis is None else basis.counts,
         W=np.zeros((0, 0)) if basis is None else basis.W,
-        s=lik.s,
-        h_delta=d,
+        s=np.zeros_like(lik.s) if glm else lik.s,
+        h_delta=1.0 if glm else d,
         h_scale=scale,
     )
 
@@ -434,7 +448,7 @@ def _solve_brent(lik: CompressedLikelihood, method: str) -> tuple[float, int, bo
     on the function values alone stops at ~sqrt(eps) in log d, which moves
     vg in the 7th digit). The grid's two ends are candidates too, so an
     optimum on the boundary (h2 near 0 or 1) is a legal answer rather than
-    a failure.
+    a failure; :func:`fit_null` also compares the limit h2 = 0 (``d = inf``).
     """
     lo, hi = LOG_DELTA_RANGE
     grid = np.linspace(lo, hi, GRID_STEPS + 1)
