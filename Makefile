@@ -18,10 +18,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check cmlm_cli tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check cmlm_cli tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

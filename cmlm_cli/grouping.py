@@ -135,11 +135,17 @@ def group_kinship(K: np.ndarray, labels: np.ndarray, *, how: str = "mean") -> np
         counts = np.bincount(labels, minlength=q).astype(np.float64)
         sums = np.asarray((Zt @ (Zt @ K).T).T)
         return sums / np.outer(counts, counts)
-    reduce = {"max": np.max, "min": np.min, "median": np.median}[how]
-    members = [np.flatnonzero(labels == g) for g in range(q)]
+    # Individuals sorted by group make every block of K contiguous.
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(q))
+    Ks = K[np.ix_(order, order)]
+    if how in ("max", "min"):
+        ufunc = np.maximum if how == "max" else np.minimum
+        return ufunc.reduceat(ufunc.reduceat(Ks, starts, axis=0), starts, axis=1)
+    ends = np.append(starts[1:], n)
     Kc = np.empty((q, q))
     for a in range(q):
-        rows = K[members[a]]
+        rows = Ks[starts[a] : ends[a]]
         for b in range(a, q):
-            Kc[a, b] = Kc[b, a] = reduce(rows[:, members[b]])
+            Kc[a, b] = Kc[b, a] = np.median(rows[:, starts[b] : ends[b]])
     return Kc

@@ -22,7 +22,7 @@ import numpy as np
 from cmlm_cli import __version__, compression, grouping, kinship, plink, sumstats, tables
 from cmlm_cli.dosage import allele_frequency
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.null_model import fit_glm, fit_null
+from cmlm_cli.null_model import NullModel, fit_glm, fit_null
 from cmlm_cli.scan import Scanner
 
 log = logging.getLogger("cmlm")
@@ -98,7 +98,7 @@ class TraitResult:
     analysed: np.ndarray
     levels: list[compression.Level]
     chosen: int
-    model: object
+    model: NullModel
     lambda_gc: float = float("nan")
     files: list[str] = field(default_factory=list)
 
@@ -372,6 +372,11 @@ def scan_traits(results: list[TraitResult], inputs: Inputs, out: str, options: G
             log.debug("scanned %d of %d SNPs", done, inputs.snps.size)
     for result, path, values in zip(results, paths, chi2, strict=True):
         stats = np.concatenate(values)
+        untested = int(np.count_nonzero(~np.isfinite(stats)))
+        if untested:
+            log.info("%s: %d SNPs reported as NA (constant after imputation among the analysed "
+                     "individuals, all missing, or collinear with the covariates)",
+                     result.name, untested)
         stats = stats[np.isfinite(stats)]
         # lambda_GC on the 1-df chi-square scale (t^2), as PLINK reports it.
         result.lambda_gc = float(np.median(stats) / 0.4549364231195724) if stats.size else np.nan

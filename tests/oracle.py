@@ -159,7 +159,7 @@ class DenseFit:
     h2: float
     neg2logL: float
     beta: np.ndarray
-    boundary: bool
+    boundary: bool  # at a grid end, or at a limit d = 0 (h2 = 1) or d = inf (h2 = 0)
 
 
 def dense_fit(
@@ -223,7 +223,9 @@ def dense_fit(
     return min(fits, key=lambda fit: fit.neg2logL)
 
 
-def _fit(method: str, delta: float, vg: float, ve: float, prof: DenseProfile, boundary: bool):
+def _fit(
+    method: str, delta: float, vg: float, ve: float, prof: DenseProfile, boundary: bool
+) -> DenseFit:
     return DenseFit(method, delta, vg, ve, vg / (vg + ve), prof.neg2logL, prof.beta, boundary)
 
 

@@ -156,3 +156,60 @@ def test_glm_equals_plink2_for_snps_without_missing_calls(reference, tmp_path):
                                    as_float(plink[plink_col])[tested], rtol=5e-6, atol=0)
     np.testing.assert_allclose(as_float(ours["effect_allele_frequency"])[complete],
                                as_float(plink["A1_FREQ"])[complete], atol=5e-7)
+
+
+def test_null_model_equals_gemma_with_gemma_kinship():
+    # gemma -gk 1 (centred kinship over the 279 phenotyped lines, SNPs with
+    # <= 5% missing calls and MAF >= 1%: 2,040 SNPs, mean-imputed) then
+    # -lmm 4; its log (mdp_EarHT_lmm4.log.txt) prints vg 394.284, ve 138.421
+    # and REMLE log-likelihood -1198.01. GEMMA reads the kinship back from a
+    # text file with 6-7 digits and stops its optimiser on a tolerance in
+    # log(lambda), hence agreement to ~2e-4, not to our own precision.
+    from bed_reader import open_bed
+
+    with open_bed(DATA / "mdp.bed", count_A1=True) as bed:
+        G = bed.read(dtype="float64")
+    table = tables.read_table(DATA / "mdp.pheno.tsv")
+    y = table.values[:, table.names.index("EarHT")]
+    analysed = ~np.isnan(y)
+    G, y = G[analysed], y[analysed]
+    freq = np.nanmean(G, axis=0) / 2
+    kept = (np.isnan(G).mean(axis=0) <= 0.05) & (np.minimum(freq, 1 - freq) >= 0.01)
+    assert kept.sum() == 2040
+    W = G[:, kept]
+    mean = np.nanmean(W, axis=0)
+    W = np.where(np.isnan(W), mean, W) - mean
+    K = W @ W.T / kept.sum()
+    model = fit_null(y, np.ones((y.size, 1)), np.arange(y.size), K)
+    assert model.vg == pytest.approx(394.284, rel=5e-4)
+    assert model.ve == pytest.approx(138.421, rel=5e-4)
+    assert -model.neg2logL / 2 == pytest.approx(-1198.01, abs=0.01)
+
+
+def test_null_model_equals_gemma_with_gapit_kinship(gapit_mlm):
+    # gemma -k gapitK.txt -lmm 4 (mdp_EarHT_gapitK_lmm4.log.txt): vg 144.829,
+    # ve 110.65, REMLE log-likelihood -1194.42: the same REML convention.
+    model = gapit_mlm[0].model
+    assert model.vg == pytest.approx(144.829, abs=1e-3)
+    assert model.ve == pytest.approx(110.65, abs=1e-2)
+    assert -model.neg2logL / 2 == pytest.approx(-1194.42, abs=0.005)
+
+
+def test_glm_with_middle_imputation_equals_gapit_glm(reference, tmp_path):
+    # GAPIT's GLM is not per-SNP least squares: like its MLM (P3D) it keeps
+    # the residual variance of the model without the SNP, (n - 1) df here, and
+    # tests with df = n - 2. That is --snp-variance null; the default for the
+    # GLM, refit, is PLINK's OLS (p-values differ by up to ~0.04 in log10).
+    options = GwasOptions(pheno_names=("EarHT",), model="glm", impute="middle",
+                          snp_variance="null")
+    run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / "o"), options)
+    ours = read_tsv(tmp_path / "o.EarHT.sumstats.tsv")
+    gapit = read_tsv(reference / "gapit" / "GLM_PCA0_EarHT.gwas.tsv")
+    p_gapit = dict(zip(gapit["SNP"], as_float(gapit["P.value"]), strict=True))
+    compared = 0
+    for snp, p in zip(ours["variant_id"], as_float(ours["p_value"]), strict=True):
+        if snp == GAPIT_FOUR_ALLELE_SNP or np.isnan(p):
+            continue
+        assert abs(np.log10(p) - np.log10(p_gapit[snp])) < 1e-4, snp
+        compared += 1
+    assert compared > 3000
