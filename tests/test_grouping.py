@@ -7,7 +7,7 @@ import pytest
 import scipy.cluster.hierarchy
 
 from cmlm_cli import tables
-from cmlm_cli.grouping import CLUSTER_METHODS, cluster, cut_tree, group_kinship, linkage
+from cmlm_cli.grouping import CLUSTER_METHODS, cut_tree, group_kinship, linkage
 
 
 def partition(labels: np.ndarray) -> list[tuple[int, ...]]:
