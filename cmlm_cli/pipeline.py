@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cmlm_cli import __version__, compression, grouping, kinship, plink, sumstats, tables
-from cmlm_cli.dosage import allele_frequency
+from cmlm_cli.dosage import minor_allele_frequency
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.null_model import NullModel, fit_glm, fit_null
 from cmlm_cli.scan import Scanner
@@ -182,9 +182,9 @@ def _filter_maf(
         block_size=options.block_size,
         num_threads=options.threads,
     ):
-        af = allele_frequency(G)
-        maf[start : start + af.size] = np.minimum(af, 1.0 - af)
-        start += af.size
+        block = minor_allele_frequency(G)
+        maf[start : start + block.size] = block
+        start += block.size
     passing = np.nan_to_num(maf, nan=0.0) >= options.maf
     _log_dropped(
         "SNPs", f"minor allele frequency below --maf {options.maf}", bfile.snp[snps[~passing]]
@@ -471,6 +471,9 @@ def check_options(options: GwasOptions) -> None:
         raise CmlmError(msg)
     if options.block_size < 1:
         msg = f"--block-size {options.block_size} must be a positive number of SNPs"
+        raise CmlmError(msg)
+    if options.groups is not None and options.model != "cmlm":
+        msg = f"--groups applies to --model cmlm; --model {options.model} has no compression"
         raise CmlmError(msg)
     if options.pcs < 0:
         msg = f"--pcs {options.pcs} must be 0 or more"

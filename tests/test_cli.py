@@ -153,3 +153,9 @@ def test_missing_code_is_configurable(mdp, tmp_path):
     run(*args, "--pheno", str(tmp_path / "coded.tsv"), "--out", str(tmp_path / "c"))
     assert json.loads((tmp_path / "c.EarHT.model.json").read_text())["n"] == 281
     assert np.isfinite(json.loads((tmp_path / "a.EarHT.model.json").read_text())["ve"])
+
+
+def test_groups_without_compression_is_refused(mdp, tmp_path):
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--model", "mlm",
+                     "--groups", "81", "--out", str(tmp_path / "out")), "--groups", "cmlm")
+    assert outputs(tmp_path) == []
