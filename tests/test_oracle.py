@@ -155,7 +155,7 @@ def assert_rel(actual, desired, rtol: float, what: str = "") -> None:
 def test_oracle_likelihood_is_a_gaussian_density(case, method):
     """The profile formula equals -2 logpdf of N(X b^, sg2^ H) (plus REML's terms)."""
     pn = PANELS[case]
-    for d in DELTAS:
+    for d in DELTAS[::2]:
         dense = dense_neg2loglik(d, pn.y, pn.X, pn.labels, pn.Kc, method=method)
         direct = logpdf_neg2loglik(d, pn.y, pn.X, pn.labels, pn.Kc, method=method)
         assert_rel(dense, direct, 1e-10, f"d={d}")
