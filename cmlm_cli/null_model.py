@@ -12,13 +12,16 @@ Let ``N = Z'Z = diag(n_1..n_q)`` and ``N^1/2 Kc N^1/2 = W S W'``. Then
 ``U = Z N^-1/2 W`` has orthonormal columns and ``Z Kc Z' = U S U'``, so ``H``
 has eigenvalues ``s_k + d`` on the span of ``U`` and ``d`` on its complement:
 
-    a' H^-1 b = (U'a)' diag(D) (U'b) + a'b / d,   D = 1/(s+d) - 1/d
+    a' H^-1 b = (U'a)' diag(1/(s+d)) (U'b) + a_w' b_w / d
     log|H|    = sum log(s_k + d) + (n - q) log d
 
-``U'a = W' N^-1/2 (Z'a)`` needs only group sums of ``a``. With ``U'y``, ``U'X``,
-``X'X``, ``X'y`` and ``y'y`` computed once, one evaluation of the likelihood
-costs O(q p^2). ``D`` is evaluated as ``-s / (d (s + d))``, which is the same
-number without the cancellation of the difference when ``d`` is large.
+``U'a = W' N^-1/2 (Z'a)`` needs only group sums of ``a``, and because ``W``
+is square, ``I - UU' = I - Z N^-1 Z'`` takes group means out: ``a_w`` is
+``a`` minus the mean of its group. Writing the complement this way, rather
+than as ``(a'b - (U'a)'(U'b)) / d`` (DESIGN.md §2), avoids a cancellation
+that loses digits when ``d`` is small; with singleton groups ``a_w = 0``
+exactly. With ``U'y``, ``U'X`` and the within-group cross-products computed
+once, one evaluation of the likelihood costs O(q p^2).
 
 With ``vg`` profiled out, the restricted log-likelihood is a function of
 ``d`` alone (DESIGN.md §3):
@@ -94,8 +97,6 @@ class NullModel:
         Eigenvectors of ``N^1/2 Kc N^1/2``.
     s : ndarray, shape (q,)
         Its eigenvalues, clipped at 0.
-    h_delta : float
-        The ``d`` in ``H = Z Kc Z' + d I`` (1 with ``q = 0``: the GLM's H = I).
     h_scale : float
         The variance that multiplies ``H`` in ``V``: ``vg``, or ``ve`` for the GLM.
     """
@@ -119,7 +120,6 @@ class NullModel:
     counts: np.ndarray
     W: np.ndarray
     s: np.ndarray
-    h_delta: float
     h_scale: float
 
     def basis(self) -> CompressedBasis:
@@ -176,16 +176,17 @@ class CompressedBasis:
         Zt = scipy.sparse.csr_matrix((np.ones(n), (self.labels, np.arange(n))), shape=(self.q, n))
         return np.asarray(Zt @ A)
 
+    def within(self, A: np.ndarray) -> np.ndarray:
+        """``(I - Z N^-1 Z') A``: each row minus the mean of its group."""
+        sums = self.group_sums(A)
+        means = sums / (self.counts[:, None] if sums.ndim == 2 else self.counts)
+        return A - means[self.labels]
+
     def rotate(self, A: np.ndarray) -> np.ndarray:
         """``U'A = W' N^-1/2 Z'A`` for ``A`` of shape (n,) or (n, k)."""
         sums = self.group_sums(A)
         scaled = sums / (np.sqrt(self.counts)[:, None] if sums.ndim == 2 else np.sqrt(self.counts))
         return self.W.T @ scaled
-
-
-def eigen_gap(s: np.ndarray, d: float) -> np.ndarray:
-    """``1/(s+d) - 1/d`` without cancellation, shape of ``s``."""
-    return -s / (d * (s + d))
 
 
 class CompressedLikelihood:
@@ -209,10 +210,13 @@ class CompressedLikelihood:
         self.s = np.zeros(0) if basis is None else basis.s
         self.Uy = np.zeros(0) if basis is None else basis.rotate(self.y)
         self.UX = np.zeros((0, self.p)) if basis is None else basis.rotate(self.X)
-        self.XtX = self.X.T @ self.X
-        self.Xty = self.X.T @ self.y
-        self.yty = float(self.y @ self.y)
-        self.logdet_XtX = _logdet_pd(self.XtX)
+        self.Xw = self.X if basis is None else basis.within(self.X)
+        self.yw = self.y if basis is None else basis.within(self.y)
+        # Cross-products of the within-group parts (the complement of U).
+        self.XtXw = self.Xw.T @ self.Xw
+        self.Xtyw = self.Xw.T @ self.yw
+        self.ytyw = float(self.yw @ self.yw)
+        self.logdet_XtX = _logdet_pd(self.X.T @ self.X)
         # Rank of Kc: the EM update for vg divides by it.
         self.rank_k = int(np.count_nonzero(self.s > 0))
 
@@ -229,16 +233,18 @@ class CompressedLikelihood:
         s = self.s
         if np.isinf(d):
             s, d = np.zeros_like(s), 1.0
-        D = eigen_gap(s, d)
-        A = self.UX.T @ (D[:, None] * self.UX) + self.XtX / d
-        XHy = self.UX.T @ (D * self.Uy) + self.Xty / d
-        yHy = float(self.Uy @ (D * self.Uy)) + self.yty / d
+        inv = 1.0 / (s + d)
+        A = self.UX.T @ (inv[:, None] * self.UX) + self.XtXw / d
+        XHy = self.UX.T @ (inv * self.Uy) + self.Xtyw / d
         chol = scipy.linalg.cho_factor(A)
         beta = scipy.linalg.cho_solve(chol, XHy)
-        yPy = yHy - float(XHy @ beta)
+        # yPy = r'H^-1 r for the GLS residual r, rather than y'H^-1y - XHy'beta:
+        # at small d both of those are ~1/d and their difference loses digits.
+        Ur = self.Uy - self.UX @ beta
+        yPy = float(Ur @ (inv * Ur)) + self.within_rss(beta) / d
         logdet_H = float(np.sum(np.log(s + d))) + (self.n - self.q) * np.log(d)
         logdet_A = 2.0 * float(np.sum(np.log(np.diag(chol[0]))))
-        return _Profile(d, D, chol, beta, yPy, logdet_H, logdet_A)
+        return _Profile(d, s, inv, chol, XHy, beta, yPy, logdet_H, logdet_A)
 
     def neg2loglik(self, d: float, method: str) -> float:
         """-2 log L at ``d`` with the variance scale profiled out."""
@@ -256,6 +262,10 @@ class CompressedLikelihood:
         _, _, q2, t2 = self.moments(pr, method)
         return d * (t2 - self.dof(method) * q2 / pr.yPy)
 
+    def within_rss(self, beta: np.ndarray) -> float:
+        """``r_w'r_w`` for the residual ``r = y - X beta``: its within-group part."""
+        return self.ytyw - 2.0 * float(self.Xtyw @ beta) + float(beta @ self.XtXw @ beta)
+
     def _neg2(self, pr: _Profile, method: str) -> float:
         r = self.dof(method)
         value = r * np.log(2.0 * np.pi * pr.yPy / r) + r + pr.logdet_H
@@ -270,19 +280,15 @@ class CompressedLikelihood:
         ``y'P P y`` and ``tr P`` for ``P`` built from ``H`` (REML) or ``H^-1``
         (ML, where ``P y`` is still ``H^-1`` times the GLS residual).
         """
-        s, d = self.s, pr.d
+        s, d, inv = pr.s, pr.d, pr.inv
         Ur = self.Uy - self.UX @ pr.beta
-        rr = self.yty - 2.0 * float(self.Xty @ pr.beta) + float(pr.beta @ self.XtX @ pr.beta)
-        inv = 1.0 / (s + d)
         q1 = float(np.sum(s * (Ur * inv) ** 2))
-        # 1/(s+d)^2 - 1/d^2 without cancellation.
-        gap2 = -s * (s + 2.0 * d) / (d * d * (s + d) ** 2)
-        q2 = float(np.sum(gap2 * Ur**2)) + rr / d**2
+        q2 = float(np.sum((Ur * inv) ** 2)) + self.within_rss(pr.beta) / d**2
         t1 = float(np.sum(s * inv))
         t2 = float(np.sum(inv)) + (self.n - self.q) / d
         if method == "reml":
             M1 = self.UX.T @ ((s * inv**2)[:, None] * self.UX)
-            M2 = self.UX.T @ (gap2[:, None] * self.UX) + self.XtX / d**2
+            M2 = self.UX.T @ ((inv**2)[:, None] * self.UX) + self.XtXw / d**2
             t1 -= float(np.trace(scipy.linalg.cho_solve(pr.chol, M1)))
             t2 -= float(np.trace(scipy.linalg.cho_solve(pr.chol, M2)))
         return q1, t1, q2, t2
@@ -291,8 +297,10 @@ class CompressedLikelihood:
 @dataclass(frozen=True)
 class _Profile:
     d: float
-    D: np.ndarray
+    s: np.ndarray
+    inv: np.ndarray
     chol: tuple
+    XHy: np.ndarray
     beta: np.ndarray
     yPy: float
     logdet_H: float
@@ -435,7 +443,6 @@ def _package(
         counts=np.zeros(0) if basis is None else basis.counts,
         W=np.zeros((0, 0)) if basis is None else basis.W,
         s=np.zeros_like(lik.s) if glm else lik.s,
-        h_delta=1.0 if glm else d,
         h_scale=scale,
     )
 
@@ -568,20 +575,22 @@ def _score_and_ai(
     q1, t1, q2, t2 = lik.moments(pr, method)
     # Score of log L in V units: P_V = P_H / vg.
     score = -0.5 * np.array([t1 / vg - q1 / vg**2, t2 / vg - q2 / vg**2])
-    # v = P_V y = H^-1 r / vg; a_1 = Z Kc Z' v, a_2 = v, described by U'a and X'a.
-    s, d = lik.s, pr.d
-    Uv = (lik.Uy - lik.UX @ pr.beta) / (s + d) / vg
+    # v = P_V y = H^-1 r / vg; a_1 = Z Kc Z' v lies in the span of U, and
+    # a_2 = v has the within-group part r_w / (d vg). Each a is described by
+    # U'a and by X'a_w, which is all that a'H^-1b and X'H^-1a need.
+    s, d, inv = pr.s, pr.d, pr.inv
+    Uv = (lik.Uy - lik.UX @ pr.beta) * inv / vg
     Ua = [s * Uv, Uv]
-    Xa = [lik.UX.T @ (s * Uv), np.zeros(lik.p)]
-    vv = q2 / vg**2
-    gram = np.array([[np.sum(s * s * Uv**2), np.sum(s * Uv**2)], [np.sum(s * Uv**2), vv]])
+    Xw_r = lik.Xtyw - lik.XtXw @ pr.beta
+    Xa_w = [np.zeros(lik.p), Xw_r / (d * vg)]
+    within = np.array([[0.0, 0.0], [0.0, lik.within_rss(pr.beta) / (d * vg) ** 2]])
     info = np.empty((2, 2))
     for i in range(2):
         for j in range(i, 2):
-            hij = float(Ua[i] @ (pr.D * Ua[j])) + gram[i, j] / d
+            hij = float(Ua[i] @ (inv * Ua[j])) + within[i, j] / d
             if method == "reml":
-                xi = lik.UX.T @ (pr.D * Ua[i]) + Xa[i] / d
-                xj = lik.UX.T @ (pr.D * Ua[j]) + Xa[j] / d
+                xi = lik.UX.T @ (inv * Ua[i]) + Xa_w[i] / d
+                xj = lik.UX.T @ (inv * Ua[j]) + Xa_w[j] / d
                 hij -= float(xi @ scipy.linalg.cho_solve(pr.chol, xj))
             info[i, j] = info[j, i] = 0.5 * hij / vg
     # Newton on -2 log L: step = info^-1 score maximises log L.

@@ -10,8 +10,9 @@ parameters previously determined", Zhang et al. 2010), needs only
 
 and every ``H^-1`` product goes through the q-dimensional basis of the null
 model (see :mod:`cmlm_cli.null_model`): group sums of ``G``, one q x q
-rotation of the whole block, ``X'G``, ``G'y`` and column sums of squares. The
-cost per SNP is O(n p + q^2), never an n x n matrix.
+rotation of the whole block, and the within-group parts ``X_w'G``, ``G'y_w``
+and ``diag(G_w'G_w)``. The cost per SNP is O(n p + q^2), never an n x n
+matrix.
 
 ``scale`` is the null model's ``vg`` (GAPIT and TASSEL: ``variance="null"``)
 or, with ``variance="refit"``, the residual variance re-estimated for each
@@ -28,7 +29,7 @@ import scipy.linalg
 import scipy.special
 
 from cmlm_cli.dosage import allele_frequency, impute
-from cmlm_cli.null_model import CompressedBasis, NullModel, eigen_gap
+from cmlm_cli.null_model import CompressedBasis, CompressedLikelihood, NullModel
 
 VARIANCES = ("null", "refit")
 # A SNP whose part orthogonal to the covariates (in the H^-1 metric) keeps
@@ -75,17 +76,15 @@ class Scanner:
         self.impute = impute
         self.variance = variance
         self.basis: CompressedBasis | None = model.basis() if model.q > 0 else None
-        d = model.h_delta
-        self.d = d
-        self.D = eigen_gap(model.s, d)
-        X, y = model.X, model.y
-        self.Uy = self.basis.rotate(y) if self.basis else np.zeros(0)
-        self.UX = self.basis.rotate(X) if self.basis else np.zeros((0, model.p))
-        A = self.UX.T @ (self.D[:, None] * self.UX) + X.T @ X / d
-        self.XHy = self.UX.T @ (self.D * self.Uy) + X.T @ y / d
-        self.chol = scipy.linalg.cho_factor(A)
-        yHy = float(self.Uy @ (self.D * self.Uy)) + float(y @ y) / d
-        self.yPy = yHy - float(self.XHy @ scipy.linalg.cho_solve(self.chol, self.XHy))
+        # The null model's own likelihood pieces at its fitted d: the same
+        # code that fitted it, so the scan cannot drift from the fit.
+        self.lik = CompressedLikelihood(model.y, model.X, self.basis)
+        profile = self.lik.profile(model.delta)
+        self.d = profile.d
+        self.inv = profile.inv
+        self.chol = profile.chol
+        self.XHy = profile.XHy
+        self.yPy = profile.yPy
         self.df = model.n - model.p - 1
 
     def scan(self, G: np.ndarray) -> ScanResult:
@@ -111,16 +110,16 @@ class Scanner:
         Gi = impute(G, self.impute)
         constant = Gi.max(axis=0) == Gi.min(axis=0) if Gi.shape[0] else np.ones(Gi.shape[1], bool)
 
-        GtG = np.einsum("ij,ij->j", Gi, Gi)
-        XHG = model.X.T @ Gi / d
-        e = GtG / d
-        f = Gi.T @ model.y / d
+        Gw = self.basis.within(Gi) if self.basis else Gi
+        XHG = self.lik.Xw.T @ Gi / d
+        e = np.einsum("ij,ij->j", Gw, Gw) / d
+        f = Gi.T @ self.lik.yw / d
         if self.basis is not None:
             UG = self.basis.rotate(Gi)
-            DUG = self.D[:, None] * UG
-            XHG += self.UX.T @ DUG
-            e += np.einsum("ij,ij->j", UG, DUG)
-            f += DUG.T @ self.Uy
+            IUG = self.inv[:, None] * UG
+            XHG += self.lik.UX.T @ IUG
+            e += np.einsum("ij,ij->j", UG, IUG)
+            f += IUG.T @ self.lik.Uy
         C = scipy.linalg.cho_solve(self.chol, XHG)
         xPx = e - np.einsum("ij,ij->j", XHG, C)
         xPy = f - C.T @ self.XHy
