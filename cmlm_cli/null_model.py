@@ -60,6 +60,7 @@ EIGEN_RTOL = 1e-10
 # Relative rounding error of a -2 log L value.
 ROUNDING = 1e-12
 EM_MAX_ITER = 50_000
+EM_BOUNDARY_CHECK = 100
 NEWTON_MAX_ITER = 200
 # Iterative solvers stop when an iteration moves log(vg) and log(ve) by less
 # than this: a change in -2 log L alone stops too early on a flat optimum.
@@ -514,11 +515,20 @@ def _solve_em(lik: CompressedLikelihood, method: str) -> tuple[float, int, bool]
     ``vg <- vg + vg^2 (y'P ZKcZ' P y - tr(P ZKcZ')) / rank(Kc)`` and
     ``ve <- ve + ve^2 (y'P P y - tr P) / n`` with ``P`` built from ``V``;
     no ``Kc^-1`` is needed. ``P_V = P_H / vg`` turns the H-unit moments into
-    V units. Monotone but slow near a boundary.
+    V units. Monotone but slow near a boundary: vg shrinks towards 0 by ever
+    smaller steps, so every ``EM_BOUNDARY_CHECK`` iterations the profile is
+    compared with its limit at h2 = 0, and EM stops there once it is within
+    rounding of it and still falling towards it.
     """
     vg, ve = _start(lik, method)
     rank = max(lik.rank_k, 1)
+    limit = lik.neg2loglik(np.inf, method)
     for iteration in range(1, EM_MAX_ITER + 1):
+        if iteration % EM_BOUNDARY_CHECK == 0:
+            d = ve / vg
+            near = abs(lik.neg2loglik(d, method) - limit) <= 1e-9 * max(1.0, abs(limit))
+            if near and lik.slope(d, method) < 0:
+                return np.inf, iteration, True
         pr = lik.profile(ve / vg)
         q1, t1, q2, t2 = lik.moments(pr, method)
         vg_new = vg + (q1 - vg * t1) / rank

@@ -133,10 +133,11 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     )
     traits, matched = tables.align_rows(table, fid, iid)
     log.info(
-        "%s: %d rows, %d match kept samples; traits %s",
+        "%s: %d rows, %d match kept samples (the other %d are ignored); traits %s",
         pheno,
         table.fid.size,
         matched,
+        table.fid.size - matched,
         ", ".join(table.names),
     )
     covariates = np.zeros((samples.size, 0))
@@ -260,13 +261,12 @@ def fit_trait(
 ) -> TraitResult:
     """The compression search and the chosen null model of one trait."""
     fixed = np.column_stack([np.ones(y_all.size), covariates, rel.pcs])
-    analysed = np.flatnonzero(~np.isnan(y_all) & ~np.isnan(fixed).any(axis=1))
+    no_trait = np.isnan(y_all)
+    no_covariate = ~no_trait & np.isnan(fixed).any(axis=1)
+    analysed = np.flatnonzero(~no_trait & ~no_covariate)
     iid = inputs.bfile.iid[inputs.samples]
-    _log_dropped(
-        "samples",
-        f"{name} or a covariate missing",
-        iid[np.setdiff1d(np.arange(y_all.size), analysed)],
-    )
+    _log_dropped("samples", f"{name} missing or not in the phenotype table", iid[no_trait])
+    _log_dropped("samples", "a covariate missing or not in the covariate table", iid[no_covariate])
     y, X = y_all[analysed], fixed[analysed]
     p = X.shape[1]
     if analysed.size < p + 3:
@@ -374,9 +374,12 @@ def scan_traits(results: list[TraitResult], inputs: Inputs, out: str, options: G
         stats = np.concatenate(values)
         untested = int(np.count_nonzero(~np.isfinite(stats)))
         if untested:
-            log.info("%s: %d SNPs reported as NA (constant after imputation among the analysed "
-                     "individuals, all missing, or collinear with the covariates)",
-                     result.name, untested)
+            log.info(
+                "%s: %d SNPs reported as NA (constant after imputation among the analysed "
+                "individuals, all missing, or collinear with the covariates)",
+                result.name,
+                untested,
+            )
         stats = stats[np.isfinite(stats)]
         # lambda_GC on the 1-df chi-square scale (t^2), as PLINK reports it.
         result.lambda_gc = float(np.median(stats) / 0.4549364231195724) if stats.size else np.nan
