@@ -192,6 +192,7 @@ def gwas(
     memory = _setup_logging(quiet, verbose)
     log = logging.getLogger("cmlm")
     log.info("cmlm %s, Python %s, %s", __version__, platform.python_version(), platform.platform())
+    log.info("libraries: %s", _library_versions())
     log.info("command: %s", shlex.join(["cmlm", *sys.argv[1:]]))
     params = click.get_current_context().params
     log.info("options in effect: %s", " ".join(f"{k}={v}" for k, v in params.items()))
@@ -228,6 +229,18 @@ def gwas(
     log.info("wrote %s.log", out)
     with sumstats.atomic_open(f"{out}.log") as handle:
         handle.write("\n".join(memory.lines) + "\n")
+
+
+def _library_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("numpy", "scipy", "bed-reader", "click"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} (not installed as a package)")
+    return ", ".join(found)
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> _Memory:
