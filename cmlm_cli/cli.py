@@ -144,7 +144,7 @@ def main() -> None:
     show_default=True,
     help="SNPs read and tested at a time.",
 )
-@click.option("--threads", type=int, help="Threads for BLAS and the .bed reader.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for BLAS and the .bed reader.")
 @click.option(
     "--missing-code",
     default="-9",
@@ -183,7 +183,7 @@ def gwas(
     verbose,
 ) -> None:
     """Fit the compressed mixed model per trait and test every SNP."""
-    if threads:
+    if threads is not None:
         # BLAS reads these when it loads, so they are set before numpy is imported.
         for name in THREAD_VARIABLES:
             os.environ[name] = str(threads)
@@ -223,6 +223,12 @@ def gwas(
         results = pipeline.run_gwas(bfile, pheno, out, options)
     except CmlmError as err:
         click.echo(f"cmlm: error: {err}", err=True)
+        sys.exit(2)
+    except OSError as err:
+        # Reading was checked at the boundary; this is the disk or the folder
+        # refusing a write (full, read-only, gone).
+        where = f"{err.filename}: " if err.filename else ""
+        click.echo(f"cmlm: error: {where}{err.strerror or err}", err=True)
         sys.exit(2)
     for result in results:
         log.info("wrote %s", ", ".join(result.files))

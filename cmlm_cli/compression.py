@@ -18,7 +18,7 @@ import numpy as np
 
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.grouping import cut_tree, group_kinship
-from cmlm_cli.null_model import NullModel, fit_null
+from cmlm_cli.null_model import ROUNDING, NullModel, fit_null
 
 CHOICE_RULES = ("best", "gapit")
 GAPIT_STEP = 50
@@ -94,55 +94,94 @@ def parse_groups(spec: str | None, n: int, p: int) -> list[int]:
     return sorted(set(counts), reverse=True)
 
 
+@dataclass(frozen=True)
+class Partition:
+    """One cut of the clustering tree of all genotyped individuals.
+
+    Attributes
+    ----------
+    groups : int
+    labels : ndarray, shape (n,), int
+        Group of every genotyped individual, ``0..groups-1``.
+    Kc : ndarray, shape (groups, groups)
+        Group kinship over all members of each group.
+    """
+
+    groups: int
+    labels: np.ndarray
+    Kc: np.ndarray
+
+
+def partitions(
+    K: np.ndarray, tree: np.ndarray, counts: Sequence[int], *, how: str
+) -> list[Partition]:
+    """Cut ``tree`` at each count and build the group kinships, once for all traits.
+
+    Parameters
+    ----------
+    K : ndarray, shape (n, n)
+        Kinship of all genotyped individuals.
+    tree : ndarray, shape (n - 1, 4)
+        Their clustering tree.
+    counts : sequence of int
+    how : str
+        Group kinship statistic (see :func:`cmlm_cli.grouping.group_kinship`).
+    """
+    result = []
+    for count in counts:
+        labels = cut_tree(tree, count)
+        result.append(Partition(count, labels, group_kinship(K, labels, how=how)))
+    return result
+
+
 def fit_level(
     y: np.ndarray,
     X: np.ndarray,
-    K: np.ndarray,
-    tree: np.ndarray,
+    partition: Partition,
     analysed: np.ndarray,
-    groups: int,
     *,
-    group_kinship_method: str,
     method: str,
     solver: str,
 ) -> Level:
-    """Fit one compression level.
+    """Fit one compression level to one trait.
+
+    Groups without an analysed individual are dropped from ``Z`` and ``Kc``.
 
     Parameters
     ----------
     y : ndarray, shape (n_a,)
     X : ndarray, shape (n_a, p)
-    K : ndarray, shape (n, n)
-        Kinship of all genotyped individuals.
-    tree : ndarray, shape (n - 1, 4)
-        Their clustering tree.
+    partition : Partition
     analysed : ndarray, shape (n_a,), int
-        Rows of ``K`` of the analysed individuals, in the order of ``y``.
-    groups : int
-    group_kinship_method, method, solver : str
+        Rows of the partition (genotyped individuals) that ``y`` belongs to.
+    method, solver : str
     """
-    everyone = cut_tree(tree, groups)
-    Kc_all = group_kinship(K, everyone, how=group_kinship_method)
-    cluster_labels = everyone[analysed]
+    cluster_labels = partition.labels[analysed]
     used, labels = np.unique(cluster_labels, return_inverse=True)
-    Kc = Kc_all[np.ix_(used, used)]
+    Kc = partition.Kc[np.ix_(used, used)]
     model = fit_null(y, X, labels, Kc, method=method, solver=solver)
-    return Level(groups, model, labels, cluster_labels)
+    return Level(partition.groups, model, labels, cluster_labels)
 
 
 def choose(levels: Sequence[Level], *, rule: str = "best") -> int:
     """Index of the chosen level in ``levels`` (ordered by decreasing groups).
 
-    ``best``: the largest likelihood; exact ties go to fewer groups.
+    ``best``: the largest likelihood; ties (within rounding, 1e-12 relative)
+    go to fewer groups.
     ``gapit``: GAPIT 4.1's rule, read from its source (DESIGN.md appendix):
     with c the row of the smallest -2logL, take c if it is the first row or
     also has the largest vg; otherwise take c if it lies less than two rows
     after the best of the other rows, else the first row.
     """
     neg2 = np.array([level.model.neg2logL for level in levels])
+    if not np.all(np.isfinite(neg2)):
+        msg = "a compression level has a non-finite likelihood"
+        raise ValueError(msg)
     if rule == "best":
+        # Values within rounding of the best are ties (a flat profile gives
+        # the same number at every level, up to the last bit).
         best = neg2.min()
-        return max(i for i, v in enumerate(neg2) if v == best)
+        return max(i for i, v in enumerate(neg2) if v <= best + ROUNDING * max(1.0, abs(best)))
     if rule != "gapit":
         msg = f"unknown choice rule {rule!r}; expected one of {', '.join(CHOICE_RULES)}"
         raise ValueError(msg)

@@ -105,6 +105,12 @@ def cluster(K: np.ndarray, n_groups: int, *, method: str = "average") -> np.ndar
     return cut_tree(linkage(K, method=method), n_groups)
 
 
+def incidence(labels: np.ndarray, q: int) -> scipy.sparse.csr_matrix:
+    """``Z'``, shape (q, n): row g has a 1 for each member of group g."""
+    n = labels.shape[0]
+    return scipy.sparse.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(q, n))
+
+
 def group_kinship(K: np.ndarray, labels: np.ndarray, *, how: str = "mean") -> np.ndarray:
     """Summarise ``K`` over all pairs of members of two groups.
 
@@ -131,7 +137,7 @@ def group_kinship(K: np.ndarray, labels: np.ndarray, *, how: str = "mean") -> np
         return np.eye(q)
     n = labels.shape[0]
     if how == "mean":
-        Zt = scipy.sparse.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(q, n))
+        Zt = incidence(labels, q)
         counts = np.bincount(labels, minlength=q).astype(np.float64)
         sums = np.asarray((Zt @ (Zt @ K).T).T)
         return sums / np.outer(counts, counts)

@@ -273,5 +273,13 @@ def _principal_components(C: np.ndarray, k: int) -> np.ndarray:
     # so that the PC covariates and their reported effects are reproducible.
     largest = np.abs(vectors).argmax(axis=0)
     vectors = vectors * np.sign(vectors[largest, np.arange(k)])
-    # Components beyond the rank of Xc have eigenvalue 0 up to rounding.
-    return vectors * np.sqrt(np.clip(values, 0.0, None))
+    # Components beyond the rank of Xc have eigenvalue 0 up to rounding: their
+    # "scores" would be noise that a regression then fits with huge effects.
+    rank = int(np.sum(values > 1e-10 * max(values[0], 0.0)))
+    if rank < k:
+        msg = (
+            f"the genotypes have only {rank} principal components with non-zero variance "
+            f"(too few SNPs or individuals); ask for at most {rank} with --pcs"
+        )
+        raise CmlmError(msg)
+    return vectors * np.sqrt(values)

@@ -38,6 +38,7 @@ profile at the ``d`` the solver found.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 import scipy.sparse
+
+from cmlm_cli.grouping import incidence
 
 log = logging.getLogger("cmlm")
 
@@ -164,18 +167,34 @@ class CompressedBasis:
             raise ValueError(msg)
         root = np.sqrt(counts)
         s, W = scipy.linalg.eigh(root[:, None] * Kc * root[None, :])
-        s = np.where(s > EIGEN_RTOL * max(s.max(), 0.0), s, 0.0)
+        top = max(s.max(), 0.0)
+        if s.min() < -1e-8 * top:
+            # Not round-off: this Kc is no covariance matrix (max/min/median
+            # group kinships and some user kinships are not PSD). Fitting its
+            # nearest PSD version is all a variance model can do; say so.
+            log.warning(
+                "the group kinship has %d negative eigenvalues (down to %.3g, largest %.3g); "
+                "they are set to 0, so the model fitted is the nearest positive semi-definite "
+                "matrix",
+                int(np.sum(s < -1e-8 * top)),
+                s.min(),
+                top,
+            )
+        s = np.where(s > EIGEN_RTOL * top, s, 0.0)
         return cls(labels, counts, W, s)
 
     @property
     def q(self) -> int:
         return self.W.shape[0]
 
+    @functools.cached_property
+    def z_transpose(self) -> scipy.sparse.csr_matrix:
+        """``Z'`` as a sparse (q, n) matrix, built once per basis."""
+        return incidence(self.labels, self.q)
+
     def group_sums(self, A: np.ndarray) -> np.ndarray:
         """``Z'A``: sums of the rows of ``A`` within each group, shape (q, ...)."""
-        n = self.labels.shape[0]
-        Zt = scipy.sparse.csr_matrix((np.ones(n), (self.labels, np.arange(n))), shape=(self.q, n))
-        return np.asarray(Zt @ A)
+        return np.asarray(self.z_transpose @ A)
 
     def within(self, A: np.ndarray) -> np.ndarray:
         """``(I - Z N^-1 Z') A``: each row minus the mean of its group."""
@@ -390,7 +409,17 @@ def fit_null(
             lik.neg2loglik(np.exp(x), method) for x in np.linspace(*LOG_DELTA_RANGE, GRID_STEPS + 1)
         )
         found = lik.neg2loglik(d, method)
-        if grid_best < found - 1e-6:
+        if not converged:
+            log.warning(
+                "solver %s did not converge in %d iterations (-2logL %.6f, h2 %.4f; the grid "
+                "over log d reaches %.6f); --solver brent finds the optimum directly",
+                solver,
+                iterations,
+                found,
+                1 / (1 + d),
+                grid_best,
+            )
+        elif grid_best < found - 1e-6:
             log.warning(
                 "solver %s stopped at -2logL %.6f (h2 %.4f), but the grid over log d "
                 "reaches %.6f: a local optimum; --solver brent searches the whole grid",
@@ -462,6 +491,16 @@ def _solve_brent(lik: CompressedLikelihood, method: str) -> tuple[float, int, bo
     grid = np.linspace(lo, hi, GRID_STEPS + 1)
     values = np.array([lik.neg2loglik(np.exp(x), method) for x in grid])
     evaluations = grid.size
+    if np.ptp(values) <= ROUNDING * max(1.0, abs(values.min())):
+        # The likelihood does not depend on d: the random effect lies in the
+        # span of the fixed effects (one group, or PCs that span Kc), and vg
+        # cannot be estimated. h2 = 0 is the model without it.
+        log.warning(
+            "the likelihood is the same for every h2: the group effects are confounded with "
+            "the fixed effects (%d groups); reporting h2 = 0",
+            lik.q,
+        )
+        return np.inf, evaluations, True
     best_x, best_v = grid[int(np.argmin(values))], float(values.min())
 
     def slope(x: float) -> float:

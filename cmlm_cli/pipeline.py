@@ -2,8 +2,9 @@
 
 read (bed/bim/fam, phenotypes, covariates, ID lists) -> kinship and
 principal components over all kept genotyped individuals -> clustering tree
--> per trait: the compression search and the chosen null model -> one
-streaming pass over the SNP blocks that tests every trait -> the files.
+and group kinships at each group count -> per trait: the compression search
+and the chosen null model -> one streaming pass over the SNP blocks that
+tests every trait -> the files.
 
 Everything the user gave is checked before the first heavy step, so bad
 input costs seconds and leaves no output behind.
@@ -131,6 +132,12 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     table = tables.select_columns(
         tables.read_table(pheno, missing=missing, what="phenotype"), options.pheno_names
     )
+    unusable = [n for n in table.names if "/" in n or "\0" in n or n in (".", "..")]
+    if unusable:
+        msg = (
+            f"{pheno}: trait name {unusable[0]!r} cannot be part of a file name; rename the column"
+        )
+        raise CmlmError(msg)
     traits, matched = tables.align_rows(table, fid, iid)
     log.info(
         "%s: %d rows, %d match kept samples (the other %d are ignored); traits %s",
@@ -164,10 +171,26 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     if snps.size == 0:
         msg = "no SNP is left after the filters; check --extract and --maf"
         raise CmlmError(msg)
+    if samples.size < 3:
+        msg = f"only {samples.size} samples are kept; an analysis needs at least 3"
+        raise CmlmError(msg)
     if options.model == "cmlm":
         # Checked now so that a bad --groups costs no kinship computation.
         compression.parse_groups(options.groups, samples.size, 1)
-    return Inputs(bfile, samples, snps, traits, table.names, covariates, covariate_names)
+    inputs = Inputs(bfile, samples, snps, traits, table.names, covariates, covariate_names)
+    # The traits' checks without the principal components, which come later:
+    # a hopeless trait should not cost a kinship first.
+    fixed = np.column_stack([np.ones(samples.size), covariates])
+    for k, name in enumerate(table.names):
+        rows = ~np.isnan(traits[:, k]) & ~np.isnan(fixed).any(axis=1)
+        check_trait(
+            name,
+            traits[rows, k],
+            fixed[rows],
+            ["intercept", *covariate_names],
+            several=len(table.names) > 1,
+        )
+    return inputs
 
 
 def _filter_maf(
@@ -212,6 +235,15 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> kinship.Relation
         ):
             yield G
 
+    if options.model == "glm":
+        # No random effect: only the principal components need a pass.
+        log.info("--model glm uses no kinship")
+        pcs = np.zeros((samples.size, 0))
+        if options.pcs:
+            pcs = kinship.relationship(
+                blocks(), method="vanraden", impute=options.impute, n_pcs=options.pcs
+            ).pcs
+        return kinship.Relationship(K=np.zeros((0, 0)), pcs=pcs, n_snps=0)
     if options.kinship in kinship.KINSHIP_METHODS:
         rel = kinship.relationship(
             blocks(), method=options.kinship, impute=options.impute, n_pcs=options.pcs
@@ -232,22 +264,89 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> kinship.Relation
 
 def _read_user_kinship(path: str, fid: np.ndarray, iid: np.ndarray) -> np.ndarray:
     kfid, kiid, K = tables.read_kinship(path)
-    # A square text table has one ID per individual, which must match the IID.
-    by_pair = {(f, i): r for r, (f, i) in enumerate(zip(kfid, kiid, strict=True))}
-    by_iid = {i: r for r, i in enumerate(kiid)}
-    rows = [
-        by_pair.get((f, i), by_iid.get(i) if np.array_equal(kfid, kiid) else None)
-        for f, i in zip(fid, iid, strict=True)
-    ]
-    absent = [i for i, r in zip(iid, rows, strict=True) if r is None]
+    if np.array_equal(kfid, kiid):
+        # A square text table has one ID per individual: it must match the IID,
+        # and the IID alone must then tell the kept samples apart.
+        unique, counts = np.unique(iid, return_counts=True)
+        if np.any(counts > 1):
+            msg = (
+                f"{path}: the kinship table names individuals by one ID, but IID "
+                f"'{unique[counts > 1][0]}' is in more than one family of the .fam; "
+                "use a GCTA .grm.id with FID and IID"
+            )
+            raise CmlmError(msg)
+        by_iid = {i: r for r, i in enumerate(kiid)}
+        rows = [by_iid.get(i) for i in iid]
+    else:
+        by_pair = {(f, i): r for r, (f, i) in enumerate(zip(kfid, kiid, strict=True))}
+        rows = [by_pair.get((f, i)) for f, i in zip(fid, iid, strict=True)]
+    absent = [str(i) for i, r in zip(iid, rows, strict=True) if r is None]
     if absent:
         msg = (
-            f"{path}: {len(absent)} analysed samples are not in the kinship file "
-            f"(e.g. {absent[0]!r}); its IDs must match the .fam"
+            f"{path}: {len(absent)} kept samples are not in the kinship file "
+            f"(e.g. '{absent[0]}'); its IDs must match the .fam"
         )
         raise CmlmError(msg)
     index = np.array(rows)
     return K[np.ix_(index, index)]
+
+
+def fixed_names(inputs: Inputs, options: GwasOptions) -> list[str]:
+    """Names of the columns of X: intercept, covariates, principal components."""
+    pcs = [f"PC{k + 1}" for k in range(options.pcs)]
+    return ["intercept", *inputs.covariate_names, *pcs]
+
+
+def check_trait(
+    name: str, y: np.ndarray, X: np.ndarray, names: list[str], *, several: bool
+) -> None:
+    """Refuse a trait that the model cannot be fitted to, saying why.
+
+    Parameters
+    ----------
+    name : str
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+        Intercept first.
+    names : list of str
+        Column names of ``X`` (more names than columns are ignored).
+    several : bool
+        Other traits are analysed in the same run (the message says how to
+        leave this one out).
+    """
+    hint = "; leave it out with --pheno-name" if several else ""
+    n, p = X.shape
+    if n < p + 3:
+        msg = (
+            f"trait {name}: only {n} individuals have the trait and every covariate; "
+            f"at least {p + 3} are needed for {p} fixed effects{hint}"
+        )
+        raise CmlmError(msg)
+    if np.ptp(y) == 0:
+        msg = f"trait {name} has the same value for every analysed individual{hint}"
+        raise CmlmError(msg)
+    constant = [names[j] for j in range(1, p) if np.ptp(X[:, j]) == 0]
+    if constant:
+        msg = (
+            f"trait {name}: {', '.join(constant)} is constant among the analysed "
+            "individuals and so collinear with the intercept; leave it out"
+        )
+        raise CmlmError(msg)
+    # Rank on unit-length columns, so that scale alone cannot hide or fake it.
+    if np.linalg.matrix_rank(X / np.linalg.norm(X, axis=0)) < p:
+        msg = (
+            f"trait {name}: the covariates and principal components "
+            f"({', '.join(names[1:p])}) are collinear with each other or the intercept; "
+            "remove the redundant ones"
+        )
+        raise CmlmError(msg)
+    residual = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    if residual @ residual <= 1e-12 * float(np.sum((y - y.mean()) ** 2)):
+        msg = (
+            f"trait {name} is explained exactly by the covariates "
+            f"({', '.join(names[1:p])}): no variance is left to partition{hint}"
+        )
+        raise CmlmError(msg)
 
 
 def fit_trait(
@@ -255,7 +354,7 @@ def fit_trait(
     y_all: np.ndarray,
     covariates: np.ndarray,
     rel: kinship.Relationship,
-    tree: np.ndarray | None,
+    cuts: list[compression.Partition] | None,
     inputs: Inputs,
     options: GwasOptions,
 ) -> TraitResult:
@@ -268,22 +367,7 @@ def fit_trait(
     _log_dropped("samples", f"{name} missing or not in the phenotype table", iid[no_trait])
     _log_dropped("samples", "a covariate missing or not in the covariate table", iid[no_covariate])
     y, X = y_all[analysed], fixed[analysed]
-    p = X.shape[1]
-    if analysed.size < p + 3:
-        msg = (
-            f"trait {name}: only {analysed.size} individuals have the trait and every "
-            f"covariate; at least {p + 3} are needed for {p} fixed effects"
-        )
-        raise CmlmError(msg)
-    if np.ptp(y) == 0:
-        msg = f"trait {name} has the same value for every analysed individual"
-        raise CmlmError(msg)
-    if np.linalg.matrix_rank(X) < p:
-        msg = (
-            f"trait {name}: the covariates and principal components are collinear with "
-            "each other or the intercept; remove the redundant ones"
-        )
-        raise CmlmError(msg)
+    check_trait(name, y, X, fixed_names(inputs, options), several=inputs.traits.shape[1] > 1)
 
     levels: list[compression.Level] = []
     if options.model == "glm":
@@ -293,25 +377,17 @@ def fit_trait(
         K = rel.K[np.ix_(analysed, analysed)]
         labels = np.arange(analysed.size)
         model = fit_null(y, X, labels, K, method=options.method, solver=options.solver)
-        levels.append(compression.Level(analysed.size, model, labels, analysed))
+        levels.append(compression.Level(analysed.size, model, labels, labels))
         return TraitResult(name, analysed, levels, 0, model)
-    assert tree is not None
-    for count in compression.parse_groups(options.groups, inputs.samples.size, p):
+    assert cuts is not None
+    for partition in cuts:
         level = compression.fit_level(
-            y,
-            X,
-            rel.K,
-            tree,
-            analysed,
-            count,
-            group_kinship_method=options.group_kinship,
-            method=options.method,
-            solver=options.solver,
+            y, X, partition, analysed, method=options.method, solver=options.solver
         )
         log.info(
             "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
             name,
-            count,
+            partition.groups,
             level.model.q,
             level.model.neg2logL,
             level.model.vg,
@@ -361,7 +437,9 @@ def scan_traits(results: list[TraitResult], inputs: Inputs, out: str, options: G
                     "effect_allele_frequency": res.af,
                     "p_value": res.p,
                     "variant_id": bfile.snp[snp_index],
-                    "n": np.full(snp_index.size, result.analysed.size),
+                    # GWAS-SSF's n is per variant: the analysed individuals
+                    # with a called genotype (the others carry the imputed mean).
+                    "n": result.analysed.size - res.n_miss,
                     "t_statistic": res.t,
                     "df": res.df,
                     "n_missing_calls": res.n_miss,
@@ -407,11 +485,7 @@ def write_trait_files(result: TraitResult, inputs: Inputs, out: str, options: Gw
     sumstats.write_table(path, sumstats.COMPRESSION_COLUMNS, profile)
     result.files.append(path)
 
-    fixed_names = [
-        "intercept",
-        *inputs.covariate_names,
-        *(f"PC{k + 1}" for k in range(options.pcs)),
-    ]
+    names = fixed_names(inputs, options)
     content = {
         "trait": name,
         "model": options.model,
@@ -428,7 +502,7 @@ def write_trait_files(result: TraitResult, inputs: Inputs, out: str, options: Gw
         "converged": model.converged,
         "n": model.n,
         "p": model.p,
-        "fixed_effects": dict(zip(fixed_names, model.beta.tolist(), strict=True)),
+        "fixed_effects": dict(zip(names, model.beta.tolist(), strict=True)),
         "snp_variance": options.variance_for(options.model),
         "lambda_gc": result.lambda_gc,
         "neg2logL_convention": "GAPIT: r log(2 pi yPy/r) + r + log|H| + log|X'H^-1X| - log|X'X|"
@@ -451,6 +525,12 @@ def write_trait_files(result: TraitResult, inputs: Inputs, out: str, options: Gw
     rows = list(zip(fid, iid, group.tolist(), strict=True))
     sumstats.write_table(path, ("FID", "IID", "group"), rows)
     result.files.append(path)
+
+
+def _check_out(out: str) -> None:
+    if not out or out.endswith(("/", "\\")) or Path(out).is_dir():
+        msg = f"--out {out!r} must be a file prefix such as results/run, not a folder"
+        raise CmlmError(msg)
 
 
 def check_options(options: GwasOptions) -> None:
@@ -514,15 +594,25 @@ def run_gwas(
         clock = now
         log.info("%s took %.2f s", step, timings[step])
 
+    _check_out(out)
     inputs = load_inputs(bfile, pheno, options)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        msg = f"--out {out}: cannot create the folder {Path(out).parent} ({err.strerror})"
+        raise CmlmError(msg) from None
     lap("reading inputs")
     rel = build_relationship(inputs, options)
     lap("kinship")
-    tree = grouping.linkage(rel.K, method=options.cluster) if options.model == "cmlm" else None
+    cuts = None
+    if options.model == "cmlm":
+        tree = grouping.linkage(rel.K, method=options.cluster)
+        p = 1 + inputs.covariates.shape[1] + options.pcs
+        counts = compression.parse_groups(options.groups, inputs.samples.size, p)
+        cuts = compression.partitions(rel.K, tree, counts, how=options.group_kinship)
     lap("clustering")
     results = [
-        fit_trait(name, inputs.traits[:, k], inputs.covariates, rel, tree, inputs, options)
+        fit_trait(name, inputs.traits[:, k], inputs.covariates, rel, cuts, inputs, options)
         for k, name in enumerate(inputs.trait_names)
     ]
     lap("null models")

@@ -159,3 +159,65 @@ def test_groups_without_compression_is_refused(mdp, tmp_path):
     expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--model", "mlm",
                      "--groups", "81", "--out", str(tmp_path / "out")), "--groups", "cmlm")
     assert outputs(tmp_path) == []
+
+
+def test_trait_explained_exactly_by_a_covariate(mdp, tmp_path):
+    # y in the span of X leaves yPy = 0: refused, not fitted to -2logL = -inf.
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--pheno-name", "EarHT",
+                     "--covar", f"{mdp}.pheno.tsv", "--covar-name", "EarHT", "--out",
+                     str(tmp_path / "out")), "EarHT", "explained exactly")
+    assert outputs(tmp_path) == []
+
+
+def test_constant_covariate_is_named(mdp, tmp_path):
+    covar = tmp_path / "c.tsv"
+    rows = [line.split("\t")[:2] for line in (tmp_path / "mdp.pheno.tsv").read_text().splitlines()]
+    covar.write_text("FID\tIID\tsite\n" + "".join(f"{f}\t{i}\t3\n" for f, i in rows[1:]))
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--pheno-name", "EarHT",
+                     "--covar", str(covar), "--out", str(tmp_path / "out")), "site", "constant")
+
+
+def test_more_pcs_than_the_genotypes_have(mdp, tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("PZB00859.1\n")
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--pheno-name", "EarHT",
+                     "--extract", str(one), "--pcs", "3", "--model", "glm", "--out",
+                     str(tmp_path / "out")), "--pcs", "1")
+    assert outputs(tmp_path) == []
+
+
+def test_trait_name_that_cannot_be_a_file_name(mdp, tmp_path):
+    table = (tmp_path / "mdp.pheno.tsv").read_text().replace("EarHT", "Ear/HT", 1)
+    (tmp_path / "slash.tsv").write_text(table)
+    expect_error(run("--bfile", str(mdp), "--pheno", str(tmp_path / "slash.tsv"), "--out",
+                     str(tmp_path / "out")), "Ear/HT")
+
+
+def test_out_must_be_a_prefix(mdp, tmp_path):
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--out",
+                     str(tmp_path) + "/"), "prefix")
+
+
+def test_threads_must_be_positive(mdp, tmp_path):
+    result = run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--threads", "0",
+                 "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "--threads" in result.output
+
+
+def test_keep_leaving_too_few_samples(mdp, tmp_path):
+    (tmp_path / "keep.txt").write_text("33-16 33-16\n")
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--keep",
+                     str(tmp_path / "keep.txt"), "--out", str(tmp_path / "out")), "1 samples")
+
+
+def test_kinship_table_with_an_iid_in_two_families(mdp, tmp_path, reference):
+    fam = (tmp_path / "mdp.fam").read_text().splitlines()
+    fam[1] = "other " + fam[0].split(" ", 1)[1]  # a second family with IID 33-16
+    (tmp_path / "mdp.fam").write_text("\n".join(fam) + "\n")
+    pheno = (tmp_path / "mdp.pheno.tsv").read_text().splitlines()
+    pheno[2] = "other\t33-16\t" + pheno[2].split("\t", 2)[2]
+    (tmp_path / "mdp.pheno.tsv").write_text("\n".join(pheno) + "\n")
+    expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--model", "mlm",
+                     "--kinship", str(reference / "gapit" / "kinship_VanRaden.tsv"), "--out",
+                     str(tmp_path / "out")), "33-16", "more than one family")
