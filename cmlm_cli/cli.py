@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from cmlm_cli import __version__
+from cmlm_cli import __version__, choices
 from cmlm_cli.errors import CmlmError
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -83,7 +83,7 @@ def main() -> None:
 )
 @click.option(
     "--impute",
-    type=click.Choice(["mean", "middle"]),
+    type=click.Choice(choices.IMPUTE_METHODS),
     default="mean",
     show_default=True,
     help="Missing genotypes: SNP mean, or 1 as GAPIT does.",
@@ -92,14 +92,14 @@ def main() -> None:
     "--cluster",
     default="average",
     show_default=True,
-    type=click.Choice(["average", "complete", "ward", "single", "mcquitty", "median", "centroid"]),
+    type=click.Choice(choices.CLUSTER_METHODS),
     help="Hierarchical clustering method.",
 )
 @click.option(
     "--group-kinship",
     default="mean",
     show_default=True,
-    type=click.Choice(["mean", "max", "min", "median", "identity"]),
+    type=click.Choice(choices.GROUP_KINSHIPS),
     help="Kinship between groups.",
 )
 @click.option(
@@ -109,22 +109,22 @@ def main() -> None:
 )
 @click.option(
     "--model",
-    type=click.Choice(["cmlm", "mlm", "glm"]),
+    type=click.Choice(choices.MODELS),
     default="cmlm",
     show_default=True,
     help="Compressed MLM, ordinary MLM, or no random effect.",
 )
-@click.option("--method", type=click.Choice(["reml", "ml"]), default="reml", show_default=True)
+@click.option("--method", type=click.Choice(choices.METHODS), default="reml", show_default=True)
 @click.option(
     "--solver",
-    type=click.Choice(["brent", "em", "newton"]),
+    type=click.Choice(choices.SOLVERS),
     default="brent",
     show_default=True,
     help="Variance-component solver.",
 )
 @click.option(
     "--snp-variance",
-    type=click.Choice(["auto", "null", "refit"]),
+    type=click.Choice(choices.SNP_VARIANCES),
     default="auto",
     show_default=True,
     help="Residual scale of the SNP test: null-model vg (P3D, GAPIT), re-estimated per "
@@ -132,7 +132,7 @@ def main() -> None:
 )
 @click.option(
     "--choose",
-    type=click.Choice(["best", "gapit"]),
+    type=click.Choice(choices.CHOICE_RULES),
     default="best",
     show_default=True,
     help="Compression level: largest likelihood, or GAPIT's rule.",

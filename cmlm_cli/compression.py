@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cmlm_cli.choices import CHOICE_RULES
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.grouping import cut_tree, group_kinship
 from cmlm_cli.null_model import ROUNDING, NullModel, fit_null
 
-CHOICE_RULES = ("best", "gapit")
 GAPIT_STEP = 50
 
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-IMPUTE_METHODS = ("mean", "middle")
+from cmlm_cli.choices import IMPUTE_METHODS
+
+
+def _allele_counts(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A1 copies and called alleles of each SNP, shape (B,) each."""
+    called = ~np.isnan(G)
+    return np.where(called, G, 0.0).sum(axis=0), 2.0 * called.sum(axis=0)
 
 
 def allele_frequency(G: np.ndarray) -> np.ndarray:
@@ -25,11 +31,9 @@ def allele_frequency(G: np.ndarray) -> np.ndarray:
     ndarray, shape (B,)
         Frequency in [0, 1]; ``NaN`` for a SNP with no called genotype.
     """
-    called = ~np.isnan(G)
-    n_called = called.sum(axis=0)
-    total = np.where(called, G, 0.0).sum(axis=0)
+    a1, alleles = _allele_counts(G)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n_called > 0, total / (2.0 * np.maximum(n_called, 1)), np.nan)
+        return np.where(alleles > 0, a1 / alleles, np.nan)
 
 
 def minor_allele_frequency(G: np.ndarray) -> np.ndarray:
@@ -49,9 +53,7 @@ def minor_allele_frequency(G: np.ndarray) -> np.ndarray:
     ndarray, shape (B,)
         In [0, 0.5]; ``NaN`` for a SNP with no called genotype.
     """
-    called = ~np.isnan(G)
-    alleles = 2.0 * called.sum(axis=0)
-    a1 = np.where(called, G, 0.0).sum(axis=0)
+    a1, alleles = _allele_counts(G)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(alleles > 0, np.minimum(a1, alleles - a1) / alleles, np.nan)
 

@@ -20,8 +20,7 @@ import scipy.cluster.hierarchy
 import scipy.sparse
 import scipy.spatial.distance
 
-CLUSTER_METHODS = ("average", "complete", "ward", "single", "mcquitty", "median", "centroid")
-GROUP_KINSHIPS = ("mean", "max", "min", "median", "identity")
+from cmlm_cli.choices import CLUSTER_METHODS, GROUP_KINSHIPS
 
 _SCIPY_METHOD = {"mcquitty": "weighted"}
 _ON_SQRT_DISTANCE = {"ward", "median", "centroid"}

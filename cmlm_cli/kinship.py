@@ -19,9 +19,8 @@ import numpy as np
 import scipy.linalg
 
 from cmlm_cli import dosage
+from cmlm_cli.choices import KINSHIP_METHODS
 from cmlm_cli.errors import CmlmError
-
-KINSHIP_METHODS = ("vanraden", "zhang", "loiselle", "ibs")
 
 
 @dataclass(frozen=True)

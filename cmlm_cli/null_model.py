@@ -47,12 +47,11 @@ import scipy.linalg
 import scipy.optimize
 import scipy.sparse
 
+from cmlm_cli.choices import METHODS, SOLVERS
 from cmlm_cli.grouping import incidence
 
 log = logging.getLogger("cmlm")
 
-METHODS = ("reml", "ml")
-SOLVERS = ("brent", "em", "newton")
 
 # EMMA's grid over log(d), which GAPIT uses too: 101 points in [-10, 10].
 LOG_DELTA_RANGE = (-10.0, 10.0)

@@ -20,16 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
-from cmlm_cli import __version__, compression, grouping, kinship, plink, sumstats, tables
+from cmlm_cli import (
+    __version__,
+    choices,
+    compression,
+    grouping,
+    kinship,
+    plink,
+    sumstats,
+    tables,
+)
 from cmlm_cli.dosage import minor_allele_frequency
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.null_model import NullModel, fit_glm, fit_null
 from cmlm_cli.scan import Scanner
 
 log = logging.getLogger("cmlm")
-
-MODELS = ("cmlm", "mlm", "glm")
-SNP_VARIANCES = ("auto", "null", "refit")
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,14 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
         )
         raise CmlmError(msg)
     traits, matched = tables.align_rows(table, fid, iid)
+    if 2 * matched < table.fid.size:
+        log.warning(
+            "%s: only %d of its %d rows match a kept sample of the .fam by FID and IID; "
+            "check that both columns agree with the .fam",
+            pheno,
+            matched,
+            table.fid.size,
+        )
     log.info(
         "%s: %d rows, %d match kept samples (the other %d are ignored); traits %s",
         pheno,
@@ -244,7 +258,7 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> kinship.Relation
                 blocks(), method="vanraden", impute=options.impute, n_pcs=options.pcs
             ).pcs
         return kinship.Relationship(K=np.zeros((0, 0)), pcs=pcs, n_snps=0)
-    if options.kinship in kinship.KINSHIP_METHODS:
+    if options.kinship in choices.KINSHIP_METHODS:
         rel = kinship.relationship(
             blocks(), method=options.kinship, impute=options.impute, n_pcs=options.pcs
         )
@@ -536,14 +550,14 @@ def _check_out(out: str) -> None:
 def check_options(options: GwasOptions) -> None:
     """Reject option values that no input could make right."""
     checks = [
-        (options.model, MODELS, "--model"),
-        (options.method, ("reml", "ml"), "--method"),
-        (options.solver, ("brent", "em", "newton"), "--solver"),
-        (options.impute, ("mean", "middle"), "--impute"),
-        (options.cluster, grouping.CLUSTER_METHODS, "--cluster"),
-        (options.group_kinship, grouping.GROUP_KINSHIPS, "--group-kinship"),
-        (options.snp_variance, SNP_VARIANCES, "--snp-variance"),
-        (options.choose, compression.CHOICE_RULES, "--choose"),
+        (options.model, choices.MODELS, "--model"),
+        (options.method, choices.METHODS, "--method"),
+        (options.solver, choices.SOLVERS, "--solver"),
+        (options.impute, choices.IMPUTE_METHODS, "--impute"),
+        (options.cluster, choices.CLUSTER_METHODS, "--cluster"),
+        (options.group_kinship, choices.GROUP_KINSHIPS, "--group-kinship"),
+        (options.snp_variance, choices.SNP_VARIANCES, "--snp-variance"),
+        (options.choose, choices.CHOICE_RULES, "--choose"),
     ]
     for value, allowed, flag in checks:
         if value not in allowed:
