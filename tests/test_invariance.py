@@ -99,3 +99,26 @@ def test_permutations_and_block_size_change_nothing(panel, baseline, tmp_path, s
     assert by_snp.keys() == base_snp.keys()
     for snp, values in by_snp.items():
         np.testing.assert_allclose(values, base_snp[snp], rtol=1e-7, err_msg=snp)
+
+
+def test_thread_count_changes_nothing(tmp_path):
+    # BLAS reads its thread count when numpy loads, so each run is its own process.
+    import subprocess
+    import sys
+
+    tables = {}
+    for threads in (1, 2):
+        out = tmp_path / f"t{threads}"
+        subprocess.run(
+            [sys.executable, "-m", "cmlm_cli", "gwas", "--bfile", str(DATA / "mdp"), "--pheno",
+             str(DATA / "mdp.pheno.tsv"), "--pheno-name", "EarHT", "--groups", "281,81",
+             "--pcs", "2", "--threads", str(threads), "--block-size", "500", "--out", str(out),
+             "-q"],
+            check=True,
+        )
+        lines = (tmp_path / f"t{threads}.EarHT.sumstats.tsv").read_text().splitlines()[1:]
+        tables[threads] = np.array(
+            [[np.nan if v == "NA" else float(v) for v in np.array(line.split("\t"))[[4, 5, 7]]]
+             for line in lines]
+        )
+    np.testing.assert_allclose(tables[1], tables[2], rtol=1e-9)
