@@ -411,7 +411,7 @@ def fit_null(
         if not converged:
             log.warning(
                 "solver %s did not converge in %d iterations (-2logL %.6f, h2 %.4f; the grid "
-                "over log d reaches %.6f); --solver brent finds the optimum directly",
+                "over log d reaches %.6f); its estimates are where it stopped",
                 solver,
                 iterations,
                 found,
@@ -607,7 +607,10 @@ def _solve_newton(lik: CompressedLikelihood, method: str) -> tuple[float, int, b
                     break
             scale /= 2.0
             if scale < 1e-12:
-                return theta[1] / theta[0], iteration, True
+                # No step improves -2 log L: converged only if the score
+                # (per unit of log vg, log ve) is nil as well.
+                stalled_at_optimum = np.max(np.abs(score * theta)) < 1e-6 * max(1.0, current)
+                return theta[1] / theta[0], iteration, bool(stalled_at_optimum)
         converged = np.max(np.abs(np.log(candidate / theta))) < PARAMETER_TOL
         theta, current = candidate, value
         if converged:
