@@ -133,7 +133,7 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
         _log_dropped("SNPs", "not in --extract", bfile.snp[~extract])
         snps = snps[extract]
 
-    missing = tuple(dict.fromkeys((*tables.DEFAULT_MISSING[:3], "", options.missing_code)))
+    missing = tuple(dict.fromkeys(("NA", "NaN", "nan", "", options.missing_code)))
     fid, iid = bfile.fid[samples], bfile.iid[samples]
     table = tables.select_columns(
         tables.read_table(pheno, missing=missing, what="phenotype"), options.pheno_names
@@ -180,20 +180,14 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
         msg = "--covar-name needs --covar FILE"
         raise CmlmError(msg)
 
-    if options.maf > 0:
-        snps = _filter_maf(bfile, samples, snps, options)
-    if snps.size == 0:
-        msg = "no SNP is left after the filters; check --extract and --maf"
-        raise CmlmError(msg)
     if samples.size < 3:
         msg = f"only {samples.size} samples are kept; an analysis needs at least 3"
         raise CmlmError(msg)
     if options.model == "cmlm":
         # Checked now so that a bad --groups costs no kinship computation.
         compression.parse_groups(options.groups, samples.size, 1)
-    inputs = Inputs(bfile, samples, snps, traits, table.names, covariates, covariate_names)
     # The traits' checks without the principal components, which come later:
-    # a hopeless trait should not cost a kinship first.
+    # a hopeless trait should not cost a pass over the genotypes first.
     fixed = np.column_stack([np.ones(samples.size), covariates])
     for k, name in enumerate(table.names):
         rows = ~np.isnan(traits[:, k]) & ~np.isnan(fixed).any(axis=1)
@@ -204,7 +198,12 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
             ["intercept", *covariate_names],
             several=len(table.names) > 1,
         )
-    return inputs
+    if options.maf > 0:
+        snps = _filter_maf(bfile, samples, snps, options)
+    if snps.size == 0:
+        msg = "no SNP is left after the filters; check --extract and --maf"
+        raise CmlmError(msg)
+    return Inputs(bfile, samples, snps, traits, table.names, covariates, covariate_names)
 
 
 def _filter_maf(
