@@ -11,7 +11,7 @@ compression for the same fit). GAPIT's own rule is available as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,10 +112,10 @@ class Partition:
     Kc: np.ndarray
 
 
-def partitions(
+def iter_partitions(
     K: np.ndarray, tree: np.ndarray, counts: Sequence[int], *, how: str
-) -> list[Partition]:
-    """Cut ``tree`` at each count and build the group kinships, once for all traits.
+) -> Iterator[Partition]:
+    """Cut ``tree`` at each count and build the group kinship, one at a time.
 
     Parameters
     ----------
@@ -127,11 +127,9 @@ def partitions(
     how : str
         Group kinship statistic (see :func:`cmlm_cli.grouping.group_kinship`).
     """
-    result = []
     for count in counts:
         labels = cut_tree(tree, count)
-        result.append(Partition(count, labels, group_kinship(K, labels, how=how)))
-    return result
+        yield Partition(count, labels, group_kinship(K, labels, how=how))
 
 
 def fit_level(

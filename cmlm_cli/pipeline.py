@@ -2,9 +2,9 @@
 
 read (bed/bim/fam, phenotypes, covariates, ID lists) -> kinship and
 principal components over all kept genotyped individuals -> clustering tree
-and group kinships at each group count -> per trait: the compression search
-and the chosen null model -> one streaming pass over the SNP blocks that
-tests every trait -> the files.
+-> the compression search (each group count cut once, fitted to every trait)
+and each trait's chosen null model -> one streaming pass over the SNP blocks
+that tests every trait -> the files.
 
 Everything the user gave is checked before the first heavy step, so bad
 input costs seconds and leaves no output behind.
@@ -13,6 +13,7 @@ input costs seconds and leaves no output behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -362,17 +363,31 @@ def check_trait(
         raise CmlmError(msg)
 
 
-def fit_trait(
-    name: str,
-    y_all: np.ndarray,
-    covariates: np.ndarray,
-    rel: kinship.Relationship,
-    cuts: list[compression.Partition] | None,
-    inputs: Inputs,
-    options: GwasOptions,
-) -> TraitResult:
-    """The compression search and the chosen null model of one trait."""
-    fixed = np.column_stack([np.ones(y_all.size), covariates, rel.pcs])
+@dataclass(frozen=True)
+class TraitData:
+    """One trait's analysed individuals, response and fixed effects.
+
+    Attributes
+    ----------
+    name : str
+    analysed : ndarray, shape (n_a,), int
+        Rows among the kept samples with the trait and every covariate.
+    y : ndarray, shape (n_a,)
+    X : ndarray, shape (n_a, p)
+        Intercept, covariates, principal components.
+    """
+
+    name: str
+    analysed: np.ndarray
+    y: np.ndarray
+    X: np.ndarray
+
+
+def trait_data(
+    name: str, y_all: np.ndarray, rel: kinship.Relationship, inputs: Inputs, options: GwasOptions
+) -> TraitData:
+    """Select the individuals a trait can use, log the others, check the design."""
+    fixed = np.column_stack([np.ones(y_all.size), inputs.covariates, rel.pcs])
     no_trait = np.isnan(y_all)
     no_covariate = ~no_trait & np.isnan(fixed).any(axis=1)
     analysed = np.flatnonzero(~no_trait & ~no_covariate)
@@ -381,35 +396,86 @@ def fit_trait(
     _log_dropped("samples", "a covariate missing or not in the covariate table", iid[no_covariate])
     y, X = y_all[analysed], fixed[analysed]
     check_trait(name, y, X, fixed_names(inputs, options), several=inputs.traits.shape[1] > 1)
+    return TraitData(name, analysed, y, X)
 
-    levels: list[compression.Level] = []
+
+def _release_eigenvectors(levels: list[compression.Level]) -> None:
+    """Drop the q x q eigenvectors of levels that cannot be chosen any more.
+
+    ``gapit`` chooses the first level or the first with the smallest -2logL,
+    ``best`` the last within rounding of it; a level that is neither now
+    cannot become either as more levels come, so only these keep the basis
+    the scan needs and the others keep the numbers of the compression
+    profile. Without this a search over many large levels holds all of
+    their q x q matrices at once.
+    """
+    keep = {
+        0,
+        int(np.argmin([level.model.neg2logL for level in levels])),
+        compression.choose(levels, rule="best"),
+    }
+    for i, level in enumerate(levels):
+        if i not in keep and level.model.W.size:
+            light = dataclasses.replace(level.model, W=np.zeros((0, 0)))
+            levels[i] = dataclasses.replace(level, model=light)
+
+
+def fit_traits(
+    traits: list[TraitData],
+    rel: kinship.Relationship,
+    tree: np.ndarray | None,
+    inputs: Inputs,
+    options: GwasOptions,
+) -> list[TraitResult]:
+    """The compression search and the chosen null model of every trait.
+
+    Levels are the outer loop: each cut of the tree and its group kinship
+    (q x q) is built once, fitted to every trait, and dropped, so memory holds
+    one level's matrices rather than all of them.
+    """
     if options.model == "glm":
-        model = fit_glm(y, X, method=options.method)
-        return TraitResult(name, analysed, levels, 0, model)
+        return [
+            TraitResult(t.name, t.analysed, [], 0, fit_glm(t.y, t.X, method=options.method))
+            for t in traits
+        ]
     if options.model == "mlm":
-        K = rel.K[np.ix_(analysed, analysed)]
-        labels = np.arange(analysed.size)
-        model = fit_null(y, X, labels, K, method=options.method, solver=options.solver)
-        levels.append(compression.Level(analysed.size, model, labels, labels))
-        return TraitResult(name, analysed, levels, 0, model)
-    assert cuts is not None
-    for partition in cuts:
-        level = compression.fit_level(
-            y, X, partition, analysed, method=options.method, solver=options.solver
+        results = []
+        for t in traits:
+            labels = np.arange(t.analysed.size)
+            K = rel.K[np.ix_(t.analysed, t.analysed)]
+            model = fit_null(t.y, t.X, labels, K, method=options.method, solver=options.solver)
+            level = compression.Level(t.analysed.size, model, labels, labels)
+            results.append(TraitResult(t.name, t.analysed, [level], 0, model))
+        return results
+    assert tree is not None
+    p = 1 + inputs.covariates.shape[1] + options.pcs
+    counts = compression.parse_groups(options.groups, inputs.samples.size, p)
+    levels: list[list[compression.Level]] = [[] for _ in traits]
+    for partition in compression.iter_partitions(rel.K, tree, counts, how=options.group_kinship):
+        for t, trait_levels in zip(traits, levels, strict=True):
+            level = compression.fit_level(
+                t.y, t.X, partition, t.analysed, method=options.method, solver=options.solver
+            )
+            log.info(
+                "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
+                t.name,
+                partition.groups,
+                level.model.q,
+                level.model.neg2logL,
+                level.model.vg,
+                level.model.ve,
+                level.model.h2,
+            )
+            trait_levels.append(level)
+            _release_eigenvectors(trait_levels)
+    results = []
+    for t, trait_levels in zip(traits, levels, strict=True):
+        chosen = compression.choose(trait_levels, rule=options.choose)
+        assert trait_levels[chosen].model.W.size or trait_levels[chosen].model.q == 0
+        results.append(
+            TraitResult(t.name, t.analysed, trait_levels, chosen, trait_levels[chosen].model)
         )
-        log.info(
-            "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
-            name,
-            partition.groups,
-            level.model.q,
-            level.model.neg2logL,
-            level.model.vg,
-            level.model.ve,
-            level.model.h2,
-        )
-        levels.append(level)
-    chosen = compression.choose(levels, rule=options.choose)
-    return TraitResult(name, analysed, levels, chosen, levels[chosen].model)
+    return results
 
 
 def scan_traits(results: list[TraitResult], inputs: Inputs, out: str, options: GwasOptions) -> None:
@@ -617,17 +683,13 @@ def run_gwas(
     lap("reading inputs")
     rel = build_relationship(inputs, options)
     lap("kinship")
-    cuts = None
-    if options.model == "cmlm":
-        tree = grouping.linkage(rel.K, method=options.cluster)
-        p = 1 + inputs.covariates.shape[1] + options.pcs
-        counts = compression.parse_groups(options.groups, inputs.samples.size, p)
-        cuts = compression.partitions(rel.K, tree, counts, how=options.group_kinship)
+    tree = grouping.linkage(rel.K, method=options.cluster) if options.model == "cmlm" else None
     lap("clustering")
-    results = [
-        fit_trait(name, inputs.traits[:, k], inputs.covariates, rel, cuts, inputs, options)
+    traits = [
+        trait_data(name, inputs.traits[:, k], rel, inputs, options)
         for k, name in enumerate(inputs.trait_names)
     ]
+    results = fit_traits(traits, rel, tree, inputs, options)
     lap("null models")
     scan_traits(results, inputs, out, options)
     lap("scan")

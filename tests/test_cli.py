@@ -221,3 +221,21 @@ def test_kinship_table_with_an_iid_in_two_families(mdp, tmp_path, reference):
     expect_error(run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--model", "mlm",
                      "--kinship", str(reference / "gapit" / "kinship_VanRaden.tsv"), "--out",
                      str(tmp_path / "out")), "33-16", "more than one family")
+
+
+def test_tied_levels_choose_fewer_groups_and_scan(mdp, tmp_path):
+    # A kinship from one SNP: individuals with the same genotype are
+    # identical, so every level has the same likelihood (up to the last bit)
+    # and the tie rule picks the most compressed level, whose basis must have
+    # been kept for the scan.
+    (tmp_path / "one.txt").write_text("PZB00859.1\n")
+    result = run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--pheno-name", "EarHT",
+                 "--extract", str(tmp_path / "one.txt"), "--out", str(tmp_path / "o"), "-q")
+    assert result.exit_code == 0
+    rows = [r.split("\t") for r in (tmp_path / "o.EarHT.compression.tsv").read_text()
+            .splitlines()[1:]]
+    assert len({r[2] for r in rows}) == 1
+    assert [r[0] for r in rows if r[-1] == "TRUE"] == ["31"]
+    sumstats = (tmp_path / "o.EarHT.sumstats.tsv").read_text().splitlines()
+    assert len(sumstats) == 2
+    assert sumstats[1].split("\t")[7] != "NA"
