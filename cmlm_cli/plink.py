@@ -18,7 +18,7 @@ import numpy as np
 from bed_reader import open_bed
 
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.tables import read_text_lines
+from cmlm_cli.tables import numbered_lines
 
 _FAM_FIELDS = ("FID", "IID", "father", "mother", "sex", "phenotype")
 _BIM_FIELDS = ("chromosome", "SNP", "cM", "position", "A1", "A2")
@@ -120,10 +120,8 @@ def _fields(path: Path, names: tuple[str, ...]) -> list[tuple[int, list[str]]]:
     """Split each non-blank line on whitespace, checking the field count."""
     what = path.suffix
     numbered = []
-    for number, line in enumerate(read_text_lines(path, what=what), start=1):
+    for number, line in numbered_lines(path, what=what, expected=f"one line per {names[1]}"):
         fields = line.split()
-        if not fields:
-            continue
         if len(fields) != len(names):
             msg = (
                 f"{what} file '{path}', line {number}: found {len(fields)} fields, expected "
@@ -131,9 +129,6 @@ def _fields(path: Path, names: tuple[str, ...]) -> list[tuple[int, list[str]]]:
             )
             raise CmlmError(msg)
         numbered.append((number, fields))
-    if not numbered:
-        msg = f"{what} file '{path}' is empty; expected one line per {names[1]}"
-        raise CmlmError(msg)
     return numbered
 
 

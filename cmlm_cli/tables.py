@@ -6,8 +6,9 @@ into a :class:`~cmlm_cli.errors.CmlmError` that names the file and the
 1-based line, says what was expected and what was found, and how to fix it.
 Files may be gzip-compressed (recognised by their first bytes, whatever the
 extension), may start with a UTF-8 byte-order mark and may have Windows line
-ends; blank lines are skipped everywhere. :func:`read_text_lines` is the one
-place that knows these rules, and the PLINK reader uses it too.
+ends; blank lines are skipped everywhere. :func:`read_text_lines` and
+:func:`numbered_lines` are the one place that knows these rules, and the
+PLINK reader uses them too.
 """
 
 from __future__ import annotations
@@ -108,6 +109,33 @@ def read_text_lines(path: str | os.PathLike[str], *, what: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
+def numbered_lines(
+    path: str | os.PathLike[str], *, what: str, expected: str = ""
+) -> list[tuple[int, str]]:
+    """The non-blank lines of a text file with their 1-based line numbers.
+
+    Parameters
+    ----------
+    path : str or PathLike
+    what : str
+        What the file is, for messages ("phenotype", ".fam", ...).
+    expected : str
+        What the file should hold, added to the message when it is empty.
+
+    Raises
+    ------
+    CmlmError
+        The file has no non-blank line (or cannot be read, see
+        :func:`read_text_lines`).
+    """
+    lines = read_text_lines(path, what=what)
+    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        msg = f"{what} file '{path}' is empty" + (f"; expected {expected}" if expected else "")
+        raise CmlmError(msg)
+    return numbered
+
+
 def _split(line: str, tabs: bool) -> list[str]:
     # With tabs an empty field is a value (missing), so fields cannot be
     # merged; stray spaces around a field are still forgiven.
@@ -187,11 +215,7 @@ def read_table(
         missing code; an infinite value; the same FID+IID on two lines.
     """
     path = str(path)
-    lines = read_text_lines(path, what=what)
-    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
-    if not numbered:
-        msg = f"{what} file '{path}' is empty; expected a header line 'FID IID <names>'"
-        raise CmlmError(msg)
+    numbered = numbered_lines(path, what=what, expected="a header line 'FID IID <names>'")
     where = f"{what} file '{path}'"
     header_line, header = numbered[0]
     tabs = "\t" in header
@@ -367,12 +391,7 @@ def align_rows(table: Table, fid: np.ndarray, iid: np.ndarray) -> tuple[np.ndarr
 
 def _fields_by_line(path: str | os.PathLike[str], what: str) -> list[tuple[int, list[str]]]:
     """Whitespace-split non-blank lines with their 1-based numbers; error if none."""
-    lines = read_text_lines(path, what=what)
-    numbered = [(i, line.split()) for i, line in enumerate(lines, start=1) if line.strip()]
-    if not numbered:
-        msg = f"{what} file '{path}' is empty"
-        raise CmlmError(msg)
-    return numbered
+    return [(i, line.split()) for i, line in numbered_lines(path, what=what)]
 
 
 def read_sample_list(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
@@ -524,11 +543,7 @@ def _read_gcta(grm_bin: Path, grm_id: Path) -> tuple[np.ndarray, np.ndarray, np.
 
 def _read_square_table(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     where = f"kinship file '{path}'"
-    lines = read_text_lines(path, what="kinship")
-    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
-    if not numbered:
-        msg = f"{where} is empty"
-        raise CmlmError(msg)
+    numbered = numbered_lines(path, what="kinship")
     header_line, header = numbered[0]
     tabs = "\t" in header
     ids = _split(header, tabs)[1:]
