@@ -34,7 +34,7 @@ from cmlm_cli import (
 from cmlm_cli.dosage import minor_allele_frequency
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.null_model import NullModel, fit_glm, fit_null
-from cmlm_cli.scan import Scanner
+from cmlm_cli.scan import Scanner, ScanResult, scan_snps
 
 log = logging.getLogger("cmlm")
 
@@ -497,33 +497,17 @@ def scan_traits(results: list[TraitResult], inputs: Inputs, out: str, options: G
         for handle in handles:
             handle.write("\t".join(sumstats.SUMSTATS_COLUMNS) + "\n")
         done = 0
-        for snp_index, G in plink.iter_blocks(
+        for snp_index, block in scan_snps(
             bfile,
-            snps=inputs.snps,
-            samples=inputs.samples,
+            inputs.snps,
+            inputs.samples,
+            scanners,
+            [r.analysed for r in results],
             block_size=options.block_size,
             num_threads=options.threads,
         ):
-            for k, (result, scanner) in enumerate(zip(results, scanners, strict=True)):
-                res = scanner.scan(G[result.analysed])
-                columns = {
-                    "chromosome": bfile.chrom[snp_index],
-                    "base_pair_location": bfile.pos[snp_index],
-                    "effect_allele": bfile.a1[snp_index],
-                    "other_allele": bfile.a2[snp_index],
-                    "beta": res.beta,
-                    "standard_error": res.se,
-                    "effect_allele_frequency": res.af,
-                    "p_value": res.p,
-                    "variant_id": bfile.snp[snp_index],
-                    # GWAS-SSF's n is per variant: the analysed individuals
-                    # with a called genotype (the others carry the imputed mean).
-                    "n": result.analysed.size - res.n_miss,
-                    "t_statistic": res.t,
-                    "df": res.df,
-                    "n_missing_calls": res.n_miss,
-                }
-                handles[k].writelines(sumstats.sumstats_rows(columns))
+            for k, (result, res) in enumerate(zip(results, block, strict=True)):
+                handles[k].writelines(sumstats_lines(bfile, snp_index, res, result.analysed.size))
                 chi2[k].append(res.t**2)
             done += snp_index.size
             log.debug("scanned %d of %d SNPs", done, inputs.snps.size)
@@ -541,6 +525,40 @@ def scan_traits(results: list[TraitResult], inputs: Inputs, out: str, options: G
         # lambda_GC on the 1-df chi-square scale (t^2), as PLINK reports it.
         result.lambda_gc = float(np.median(stats) / 0.4549364231195724) if stats.size else np.nan
         result.files.append(path)
+
+
+def sumstats_lines(
+    bfile: plink.Bfile, snp_index: np.ndarray, res: ScanResult, n_analysed: int
+) -> list[str]:
+    """The summary-statistics lines of one block of one trait.
+
+    Parameters
+    ----------
+    bfile : plink.Bfile
+    snp_index : ndarray, shape (B,), int
+        .bim rows of the block.
+    res : ScanResult
+    n_analysed : int
+        Individuals in the trait's model.
+    """
+    columns = {
+        "chromosome": bfile.chrom[snp_index],
+        "base_pair_location": bfile.pos[snp_index],
+        "effect_allele": bfile.a1[snp_index],
+        "other_allele": bfile.a2[snp_index],
+        "beta": res.beta,
+        "standard_error": res.se,
+        "effect_allele_frequency": res.af,
+        "p_value": res.p,
+        "variant_id": bfile.snp[snp_index],
+        # GWAS-SSF's n is per variant: the analysed individuals with a
+        # called genotype (the others carry the imputed mean).
+        "n": n_analysed - res.n_miss,
+        "t_statistic": res.t,
+        "df": res.df,
+        "n_missing_calls": res.n_miss,
+    }
+    return sumstats.sumstats_rows(columns)
 
 
 def write_trait_files(result: TraitResult, inputs: Inputs, out: str, options: GwasOptions) -> None:

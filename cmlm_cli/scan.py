@@ -22,12 +22,14 @@ GLM this is ordinary least squares, as PLINK's ``--glm``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 import scipy.special
 
+from cmlm_cli import plink
 from cmlm_cli.dosage import allele_frequency, impute
 from cmlm_cli.null_model import CompressedBasis, CompressedLikelihood, NullModel
 
@@ -164,3 +166,46 @@ def scan_block(
     ScanResult
     """
     return Scanner(model, impute=impute, variance=variance).scan(G)
+
+
+def scan_snps(
+    bfile: plink.Bfile,
+    snps: np.ndarray,
+    samples: np.ndarray,
+    scanners: Sequence[Scanner],
+    rows: Sequence[np.ndarray],
+    *,
+    block_size: int = 2000,
+    num_threads: int | None = None,
+) -> Iterator[tuple[np.ndarray, list[ScanResult]]]:
+    """Stream SNP blocks of a .bed through several scanners at once.
+
+    This is the one loop over genotypes that every scan (whole run, chunk,
+    distributed task) goes through.
+
+    Parameters
+    ----------
+    bfile : plink.Bfile
+    snps : ndarray, shape (m,), int
+        .bim rows to test, increasing.
+    samples : ndarray, shape (n,), int
+        .fam rows kept, increasing.
+    scanners : sequence of Scanner
+        One per trait.
+    rows : sequence of ndarray, int
+        For each scanner, the positions among ``samples`` of its model's
+        individuals, in the model's row order.
+    block_size : int
+    num_threads : int or None
+
+    Yields
+    ------
+    snp_index : ndarray, shape (B,), int
+        .bim rows of the block.
+    results : list of ScanResult
+        One per scanner.
+    """
+    for snp_index, G in plink.iter_blocks(
+        bfile, snps=snps, samples=samples, block_size=block_size, num_threads=num_threads
+    ):
+        yield snp_index, [s.scan(G[r]) for s, r in zip(scanners, rows, strict=True)]
