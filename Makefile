@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean validate bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ test: $(STAMP)
 	$(BIN)/ruff check cmlm_cli tests
 	$(BIN)/mypy
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+# Calibration (null traits) and power (causal traits) of cmlm, mlm and glm on
+# simulated structured panels: a few minutes, so not part of `make test`.
+validate: $(STAMP)
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python validate/run.py
+
+# Wall time, CPU time and memory of cmlm, plink2 --glm and GEMMA on simulated
+# panels S, M, L (hours on a laptop; SIZES=S for a few minutes); the table
+# goes to bench/results.md. Not part of `make test`.
+SIZES ?= S,M,L
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --sizes $(SIZES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cmlm_cli tests

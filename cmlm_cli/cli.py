@@ -6,16 +6,25 @@ stderr and exit status 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from cmlm_cli import __version__, choices
 from cmlm_cli.errors import CmlmError
+
+if TYPE_CHECKING:
+    from cmlm_cli.distributed import DaskExecutor
+    from cmlm_cli.pipeline import GwasOptions
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -32,6 +41,44 @@ class _Memory(logging.Handler):
         self.lines.append(self.format(record))
 
 
+class TerminatedError(BaseException):
+    """SIGTERM, raised in the running code as SIGINT raises KeyboardInterrupt."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise TerminatedError
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM (``kill``, a batch scheduler's time limit) behave like Ctrl-C.
+
+    Both then unwind the running code as exceptions, so every output being
+    written (:func:`cmlm_cli.sumstats.atomic_open`) removes its temporary
+    file and no file that looks finished is left behind. The previous
+    handler comes back afterwards. Signals can only be caught in the main
+    thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_interrupted(err: BaseException) -> NoReturn:
+    """One line and the shell's status for a signal: 130 (SIGINT) or 143 (SIGTERM)."""
+    signum = signal.SIGTERM if isinstance(err, TerminatedError) else signal.SIGINT
+    click.echo(
+        f"cmlm: error: interrupted by {signum.name}; outputs not yet complete were removed",
+        err=True,
+    )
+    sys.exit(128 + signum.value)
+
+
 def _comma_list(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -44,150 +91,248 @@ def main() -> None:
     """Genome-wide association with the Compressed Mixed Linear Model."""
 
 
-@main.command()
-@click.option(
-    "--bfile", required=True, metavar="PREFIX", help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam."
+def _together(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """One decorator adding several options, listed in ``--help`` in this order."""
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+# Where the genotypes come from (cmlm gwas; cmlm fit takes a --bfile only,
+# which its later scans read).
+genotype_options = _together(
+    click.option(
+        "--bfile",
+        metavar="PREFIX",
+        help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam (or --hapmap, or --gd with --gm).",
+    ),
+    click.option(
+        "--hapmap", metavar="FILE", help="GAPIT/TASSEL HapMap genotypes, converted first."
+    ),
+    click.option("--gd", metavar="FILE", help="GAPIT numeric genotypes (taxa x SNPs); needs --gm."),
+    click.option(
+        "--gm", metavar="FILE", help="GAPIT genetic map of --gd: SNP Chromosome Position."
+    ),
 )
-@click.option(
-    "--pheno",
-    required=True,
-    metavar="FILE",
-    help="Phenotype table: FID IID trait... (or GAPIT's Taxa trait...).",
+
+# The analysis: inputs, model and outputs, shared by cmlm gwas and cmlm fit.
+# Each option's name is its GwasOptions field (see _gwas_options).
+analysis_options = _together(
+    click.option(
+        "--pheno",
+        required=True,
+        metavar="FILE",
+        help="Phenotype table: FID IID trait... (or GAPIT's Taxa trait...).",
+    ),
+    click.option("--pheno-name", metavar="A,B", help="Traits to analyse (default: every column)."),
+    click.option("--out", required=True, metavar="PREFIX", help="Output prefix."),
+    click.option("--covar", metavar="FILE", help="Covariate table: FID IID covariate..."),
+    click.option("--covar-name", metavar="A,B", help="Covariates to use (default: every column)."),
+    click.option(
+        "--pcs",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Principal components of the genotypes added as covariates.",
+    ),
+    click.option(
+        "--maf",
+        type=float,
+        default=0.0,
+        show_default=True,
+        help="Drop SNPs with minor allele frequency below this.",
+    ),
+    click.option("--keep", metavar="FILE", help="Analyse only these samples (FID IID lines)."),
+    click.option("--extract", metavar="FILE", help="Analyse only these SNP ids."),
+    click.option(
+        "--kinship",
+        default="vanraden",
+        show_default=True,
+        metavar="vanraden|zhang|loiselle|ibs|PATH",
+        help="Kinship method, or a GCTA .grm prefix or a square TSV with an ID header.",
+    ),
+    click.option(
+        "--impute",
+        type=click.Choice(choices.IMPUTE_METHODS),
+        default="mean",
+        show_default=True,
+        help="Missing genotypes: SNP mean, or 1 as GAPIT does.",
+    ),
+    click.option(
+        "--cluster",
+        default="average",
+        show_default=True,
+        type=click.Choice(choices.CLUSTER_METHODS),
+        help="Hierarchical clustering method.",
+    ),
+    click.option(
+        "--group-kinship",
+        default="mean",
+        show_default=True,
+        type=click.Choice(choices.GROUP_KINSHIPS),
+        help="Kinship between groups.",
+    ),
+    click.option(
+        "--groups",
+        metavar="SPEC",
+        help="Group counts: N, a list N1,N2,... or FROM:TO:BY (default: n, n-50, ...).",
+    ),
+    click.option(
+        "--model",
+        type=click.Choice(choices.MODELS),
+        default="cmlm",
+        show_default=True,
+        help="Compressed MLM, ordinary MLM, or no random effect.",
+    ),
+    click.option("--method", type=click.Choice(choices.METHODS), default="reml", show_default=True),
+    click.option(
+        "--solver",
+        type=click.Choice(choices.SOLVERS),
+        default="brent",
+        show_default=True,
+        help="Variance-component solver.",
+    ),
+    click.option(
+        "--snp-variance",
+        type=click.Choice(choices.SNP_VARIANCES),
+        default="auto",
+        show_default=True,
+        help="Residual scale of the SNP test: null-model vg (P3D, GAPIT), re-estimated per "
+        "SNP, or auto (null for cmlm/mlm, refit = OLS for glm).",
+    ),
+    click.option(
+        "--exact",
+        is_flag=True,
+        help="Re-estimate the variance components for every SNP (REML or ML by --method, "
+        "as GEMMA -lmm 1) instead of P3D; not with --model glm or --snp-variance.",
+    ),
+    click.option(
+        "--choose",
+        type=click.Choice(choices.CHOICE_RULES),
+        default="best",
+        show_default=True,
+        help="Compression level: largest likelihood, or GAPIT's rule.",
+    ),
+    click.option(
+        "--path",
+        type=click.Choice(choices.PATHS),
+        default="auto",
+        show_default=True,
+        help="dense: n x n kinship and hierarchical clustering; large: no n x n matrix "
+        "(randomised PCs, k-means micro-clusters, group-sum kinship); auto: large above "
+        "20,000 samples.",
+    ),
+    click.option(
+        "--max-groups",
+        type=int,
+        default=2000,
+        show_default=True,
+        help="Large path: micro-clusters, the most groups a compression level can have.",
+    ),
+    click.option(
+        "--block-size",
+        type=int,
+        default=2000,
+        show_default=True,
+        help="SNPs read and tested at a time.",
+    ),
+    click.option(
+        "--threads", type=click.IntRange(min=1), help="Threads for BLAS and the .bed reader."
+    ),
+    click.option(
+        "--missing-code",
+        default="-9",
+        show_default=True,
+        help="Value that means missing in the tables, besides NA, NaN and empty.",
+    ),
+    click.option("--gzip", "gzip_", is_flag=True, help="Write OUT.TRAIT.sumstats.tsv.gz."),
+    click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(("tsv", "ssf")),
+        default="tsv",
+        show_default=True,
+        help="ssf: also write OUT.TRAIT.ssf.tsv.gz in GWAS-SSF and its -meta.yaml.",
+    ),
+    click.option(
+        "--genome-assembly", metavar="NAME", help="Assembly of the positions, for --format ssf."
+    ),
+    click.option(
+        "--no-plots", is_flag=True, help="Draw no Manhattan, QQ or compression-profile pictures."
+    ),
+    click.option(
+        "--plot-format",
+        type=click.Choice(choices.PLOT_FORMATS),
+        default="png",
+        show_default=True,
+        help="Format of the pictures (needs matplotlib: pip install 'cmlm[plot]').",
+    ),
 )
-@click.option("--pheno-name", metavar="A,B", help="Traits to analyse (default: every column).")
-@click.option("--out", required=True, metavar="PREFIX", help="Output prefix.")
-@click.option("--covar", metavar="FILE", help="Covariate table: FID IID covariate...")
-@click.option("--covar-name", metavar="A,B", help="Covariates to use (default: every column).")
-@click.option(
-    "--pcs",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Principal components of the genotypes added as covariates.",
+
+dask_options = _together(
+    click.option(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="Scan on the Dask cluster of this scheduler (tcp://host:8786); the "
+        "workers read the .bed themselves, so it must be on a shared filesystem.",
+    ),
+    click.option(
+        "--dask-scheduler-file",
+        metavar="PATH",
+        help="As --dask-scheduler, from the file that dask scheduler --scheduler-file "
+        "(or dask-jobqueue) writes.",
+    ),
+    click.option(
+        "--dask-local",
+        type=int,
+        metavar="N",
+        help="Scan on N Dask worker processes started on this machine.",
+    ),
 )
-@click.option(
-    "--maf",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Drop SNPs with minor allele frequency below this.",
+
+log_options = _together(
+    click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr."),
+    click.option("-v", "--verbose", is_flag=True, help="Debug messages on stderr."),
 )
-@click.option("--keep", metavar="FILE", help="Analyse only these samples (FID IID lines).")
-@click.option("--extract", metavar="FILE", help="Analyse only these SNP ids.")
-@click.option(
-    "--kinship",
-    default="vanraden",
-    show_default=True,
-    metavar="vanraden|zhang|loiselle|ibs|PATH",
-    help="Kinship method, or a GCTA .grm prefix or a square TSV with an ID header.",
-)
-@click.option(
-    "--impute",
-    type=click.Choice(choices.IMPUTE_METHODS),
-    default="mean",
-    show_default=True,
-    help="Missing genotypes: SNP mean, or 1 as GAPIT does.",
-)
-@click.option(
-    "--cluster",
-    default="average",
-    show_default=True,
-    type=click.Choice(choices.CLUSTER_METHODS),
-    help="Hierarchical clustering method.",
-)
-@click.option(
-    "--group-kinship",
-    default="mean",
-    show_default=True,
-    type=click.Choice(choices.GROUP_KINSHIPS),
-    help="Kinship between groups.",
-)
-@click.option(
-    "--groups",
-    metavar="SPEC",
-    help="Group counts: N, a list N1,N2,... or FROM:TO:BY (default: n, n-50, ...).",
-)
-@click.option(
-    "--model",
-    type=click.Choice(choices.MODELS),
-    default="cmlm",
-    show_default=True,
-    help="Compressed MLM, ordinary MLM, or no random effect.",
-)
-@click.option("--method", type=click.Choice(choices.METHODS), default="reml", show_default=True)
-@click.option(
-    "--solver",
-    type=click.Choice(choices.SOLVERS),
-    default="brent",
-    show_default=True,
-    help="Variance-component solver.",
-)
-@click.option(
-    "--snp-variance",
-    type=click.Choice(choices.SNP_VARIANCES),
-    default="auto",
-    show_default=True,
-    help="Residual scale of the SNP test: null-model vg (P3D, GAPIT), re-estimated per "
-    "SNP, or auto (null for cmlm/mlm, refit = OLS for glm).",
-)
-@click.option(
-    "--choose",
-    type=click.Choice(choices.CHOICE_RULES),
-    default="best",
-    show_default=True,
-    help="Compression level: largest likelihood, or GAPIT's rule.",
-)
-@click.option(
-    "--block-size",
-    type=int,
-    default=2000,
-    show_default=True,
-    help="SNPs read and tested at a time.",
-)
-@click.option("--threads", type=click.IntRange(min=1), help="Threads for BLAS and the .bed reader.")
-@click.option(
-    "--missing-code",
-    default="-9",
-    show_default=True,
-    help="Value that means missing in the tables, besides NA, NaN and empty.",
-)
-@click.option("--gzip", "gzip_", is_flag=True, help="Write OUT.TRAIT.sumstats.tsv.gz.")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug messages on stderr.")
-def gwas(
-    bfile,
-    pheno,
-    pheno_name,
-    out,
-    covar,
-    covar_name,
-    pcs,
-    maf,
-    keep,
-    extract,
-    kinship,
-    impute,
-    cluster,
-    group_kinship,
-    groups,
-    model,
-    method,
-    solver,
-    snp_variance,
-    choose,
-    block_size,
-    threads,
-    missing_code,
-    gzip_,
-    quiet,
-    verbose,
-) -> None:
-    """Fit the compressed mixed model per trait and test every SNP."""
+
+
+def _gwas_options(settings: dict[str, Any]) -> GwasOptions:
+    """GwasOptions from the parsed analysis options."""
+    from cmlm_cli import pipeline
+
+    renamed = {
+        "pheno_name": "pheno_names",
+        "covar_name": "covar_names",
+        "gzip_": "gzip",
+        "fmt": "format",
+    }
+    values = {renamed.get(key, key): value for key, value in settings.items()}
+    values["pheno_names"] = _comma_list(values["pheno_names"])
+    values["covar_names"] = _comma_list(values["covar_names"])
+    values["plots"] = not values.pop("no_plots")
+    return pipeline.GwasOptions(**values)
+
+
+@contextlib.contextmanager
+def _session(
+    log_path: str, *, quiet: bool, verbose: bool, threads: int | None
+) -> Iterator[logging.Logger]:
+    """Logging, the log's header, one-line errors and OUT.log of a command.
+
+    A known problem (CmlmError, a refused write) ends the command with one
+    line on stderr and exit status 2; Ctrl-C and SIGTERM remove what was
+    being written and exit 130 and 143. The log file is written once the
+    command has succeeded.
+    """
     if threads is not None:
         # BLAS reads these when it loads, so they are set before numpy is imported.
         for name in THREAD_VARIABLES:
             os.environ[name] = str(threads)
-    from cmlm_cli import pipeline, sumstats
+    from cmlm_cli import sumstats
 
     memory = _setup_logging(quiet, verbose)
     log = logging.getLogger("cmlm")
@@ -196,45 +341,193 @@ def gwas(
     log.info("command: %s", shlex.join(["cmlm", *sys.argv[1:]]))
     params = click.get_current_context().params
     log.info("options in effect: %s", " ".join(f"{k}={v}" for k, v in params.items()))
-    options = pipeline.GwasOptions(
-        pheno_names=_comma_list(pheno_name),
-        covar=covar,
-        covar_names=_comma_list(covar_name),
-        pcs=pcs,
-        maf=maf,
-        keep=keep,
-        extract=extract,
-        kinship=kinship,
-        impute=impute,
-        cluster=cluster,
-        group_kinship=group_kinship,
-        groups=groups,
-        model=model,
-        method=method,
-        solver=solver,
-        snp_variance=snp_variance,
-        choose=choose,
-        block_size=block_size,
-        threads=threads,
-        missing_code=missing_code,
-        gzip=gzip_,
-    )
     try:
-        results = pipeline.run_gwas(bfile, pheno, out, options)
+        with sigterm_as_interrupt():
+            yield log
     except CmlmError as err:
         click.echo(f"cmlm: error: {err}", err=True)
         sys.exit(2)
+    except (KeyboardInterrupt, TerminatedError) as err:
+        exit_interrupted(err)
     except OSError as err:
         # Reading was checked at the boundary; this is the disk or the folder
         # refusing a write (full, read-only, gone).
         where = f"{err.filename}: " if err.filename else ""
         click.echo(f"cmlm: error: {where}{err.strerror or err}", err=True)
         sys.exit(2)
-    for result in results:
-        log.info("wrote %s", ", ".join(result.files))
-    log.info("wrote %s.log", out)
-    with sumstats.atomic_open(f"{out}.log") as handle:
+    log.info("wrote %s", log_path)
+    with sumstats.atomic_open(log_path) as handle:
         handle.write("\n".join(memory.lines) + "\n")
+
+
+def _executor(
+    scheduler: str | None, scheduler_file: str | None, local: int | None
+) -> contextlib.AbstractContextManager[DaskExecutor | None]:
+    """The Dask cluster asked for, or none (the scan runs here)."""
+    if scheduler is None and scheduler_file is None and local is None:
+        return contextlib.nullcontext()
+    from cmlm_cli import distributed
+
+    return distributed.connect(scheduler=scheduler, scheduler_file=scheduler_file, local=local)
+
+
+def _progress_bar(quiet: bool) -> bool:
+    """A bar on a terminal; log lines in a file or a pipe, nothing with -q."""
+    return not quiet and sys.stderr.isatty()
+
+
+@main.command()
+@genotype_options
+@analysis_options
+@dask_options
+@log_options
+def gwas(
+    bfile,
+    hapmap,
+    gd,
+    gm,
+    pheno,
+    out,
+    dask_scheduler,
+    dask_scheduler_file,
+    dask_local,
+    quiet,
+    verbose,
+    **settings,
+) -> None:
+    """Fit the compressed mixed model per trait and test every SNP."""
+    with _session(f"{out}.log", quiet=quiet, verbose=verbose, threads=settings["threads"]) as log:
+        from cmlm_cli import hapmap as hapmap_io
+        from cmlm_cli import pipeline
+
+        options = _gwas_options(settings)
+        with (
+            hapmap_io.genotype_source(
+                bfile=bfile, hapmap=hapmap, gd=gd, gm=gm, workdir=os.path.dirname(out) or "."
+            ) as genotypes,
+            _executor(dask_scheduler, dask_scheduler_file, dask_local) as executor,
+        ):
+            results = pipeline.run_gwas(
+                genotypes,
+                pheno,
+                out,
+                options,
+                executor=executor,
+                progress_bar=_progress_bar(quiet),
+            )
+        for result in results:
+            log.info("wrote %s", ", ".join(result.files))
+
+
+@main.command()
+@click.option(
+    "--bfile",
+    required=True,
+    metavar="PREFIX",
+    help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam; the scans read it from the same place.",
+)
+@analysis_options
+@log_options
+def fit(bfile, pheno, out, quiet, verbose, **settings) -> None:
+    """Fit the null models once and save them to OUT.fit.npz for cmlm scan.
+
+    Takes the options of cmlm gwas; cmlm fit, then cmlm scan --chunk K/N for
+    K = 1..N (e.g. as an array job), then cmlm merge write the same files as
+    one cmlm gwas run.
+    """
+    with _session(
+        f"{out}.fit.log", quiet=quiet, verbose=verbose, threads=settings["threads"]
+    ) as log:
+        from cmlm_cli import pipeline
+
+        path = pipeline.run_fit(bfile, pheno, out, _gwas_options(settings))
+        log.info("next: cmlm scan --null %s --chunk K/N --out %s, for K = 1..N", path, out)
+
+
+@main.command()
+@click.option(
+    "--null",
+    "null",
+    required=True,
+    metavar="FILE",
+    help="Fitted null models, OUT.fit.npz from cmlm fit.",
+)
+@click.option(
+    "--chunk",
+    default="1/1",
+    show_default=True,
+    metavar="K/N",
+    help="Scan the K-th of N contiguous ranges of the SNPs.",
+)
+@click.option("--out", required=True, metavar="PREFIX", help="Prefix of the parts (and of merge).")
+@click.option(
+    "--bfile",
+    metavar="PREFIX",
+    help="The fitted PLINK fileset at another path (default: where cmlm fit read it).",
+)
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for BLAS and the .bed reader.")
+@dask_options
+@log_options
+def scan(
+    null,
+    chunk,
+    out,
+    bfile,
+    threads,
+    dask_scheduler,
+    dask_scheduler_file,
+    dask_local,
+    quiet,
+    verbose,
+) -> None:
+    """Scan one chunk of the SNPs against a saved fit; write OUT.part-K-of-N.*.
+
+    A chunk whose part is already complete (its manifest written and every
+    checksum matching) is not scanned again.
+    """
+    k, _, n = chunk.partition("/")
+    with _session(
+        f"{out}.part-{k}-of-{n}.log", quiet=quiet, verbose=verbose, threads=threads
+    ) as log:
+        from cmlm_cli import pipeline
+
+        with _executor(dask_scheduler, dask_scheduler_file, dask_local) as executor:
+            manifest = pipeline.run_scan(
+                null,
+                out,
+                chunk=chunk,
+                bfile=bfile,
+                threads=threads,
+                executor=executor,
+                progress_bar=_progress_bar(quiet),
+            )
+        log.info("chunk %s is complete: %s", chunk, manifest)
+
+
+@main.command()
+@click.option(
+    "--null",
+    "null",
+    required=True,
+    metavar="FILE",
+    help="Fitted null models, OUT.fit.npz from cmlm fit.",
+)
+@click.option("--chunks", required=True, type=int, metavar="N", help="N of the scans' --chunk K/N.")
+@click.option("--out", required=True, metavar="PREFIX", help="Prefix of the parts and the files.")
+@click.option(
+    "--bfile",
+    metavar="PREFIX",
+    help="The fitted PLINK fileset at another path (default: where cmlm fit read it).",
+)
+@log_options
+def merge(null, chunks, out, bfile, quiet, verbose) -> None:
+    """Join the parts of cmlm scan into the files of one cmlm gwas run."""
+    with _session(f"{out}.log", quiet=quiet, verbose=verbose, threads=None) as log:
+        from cmlm_cli import pipeline
+
+        results = pipeline.run_merge(null, out, chunks=chunks, bfile=bfile)
+        for result in results:
+            log.info("wrote %s", ", ".join(result.files))
 
 
 def _library_versions() -> str:
@@ -262,3 +555,159 @@ def _setup_logging(quiet: bool, verbose: bool) -> _Memory:
     log.addHandler(stderr)
     log.addHandler(memory)
     return memory
+
+
+@main.command()
+@click.option("--out", required=True, metavar="PREFIX", help="Output prefix.")
+@click.option("--n", "n", type=int, required=True, help="Individuals.")
+@click.option("--m", "m", type=int, required=True, help="SNPs.")
+@click.option("--traits", type=int, default=1, show_default=True, help="Traits.")
+@click.option("--pops", type=int, default=3, show_default=True, help="Subpopulations.")
+@click.option(
+    "--fst", type=float, default=0.1, show_default=True, help="Balding-Nichols F of each."
+)
+@click.option(
+    "--family-size",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Full sibs per family (0: unrelated individuals).",
+)
+@click.option("--h2", type=float, default=0.5, show_default=True, help="Heritability.")
+@click.option("--causal", type=int, default=10, show_default=True, help="Causal SNPs.")
+@click.option(
+    "--causal-h2", type=float, help="Variance explained by the causal SNPs (default: h2 / 2)."
+)
+@click.option(
+    "--pop-effect",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Variance of a trait shift by subpopulation (confounding).",
+)
+@click.option(
+    "--missing", type=float, default=0.0, show_default=True, help="Share of missing calls."
+)
+@click.option("--chromosomes", type=int, default=10, show_default=True, help="Chromosomes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--block-size",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="SNPs generated and written at a time (changes no byte).",
+)
+def simulate(
+    out,
+    n,
+    m,
+    traits,
+    pops,
+    fst,
+    family_size,
+    h2,
+    causal,
+    causal_h2,
+    pop_effect,
+    missing,
+    chromosomes,
+    seed,
+    block_size,
+) -> None:
+    """Write a simulated PLINK fileset with structure, families and traits."""
+    from cmlm_cli.simulate import simulate as run_simulation
+
+    _setup_logging(quiet=False, verbose=False)
+    try:
+        run_simulation(
+            out,
+            n=n,
+            m=m,
+            n_traits=traits,
+            n_pops=pops,
+            fst=fst,
+            family_size=family_size,
+            h2=h2,
+            n_causal=causal,
+            causal_h2=causal_h2,
+            pop_effect=pop_effect,
+            missing_rate=missing,
+            n_chrom=chromosomes,
+            seed=seed,
+            block_size=block_size,
+        )
+    except CmlmError as err:
+        click.echo(f"cmlm: error: {err}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.option(
+    "--sumstats",
+    "sumstats_path",
+    required=True,
+    metavar="FILE",
+    help="OUT.TRAIT.sumstats.tsv(.gz) written by cmlm gwas.",
+)
+@click.option(
+    "--compression", metavar="FILE", help="OUT.TRAIT.compression.tsv: also draw the profile."
+)
+@click.option("--out", required=True, metavar="PREFIX", help="Writes PREFIX.manhattan.png etc.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(choices.PLOT_FORMATS),
+    default="png",
+    show_default=True,
+    help="Picture format.",
+)
+@click.option("--title", help="Title of the pictures (default: the file name).")
+def plot(sumstats_path, compression, out, fmt, title) -> None:
+    """Draw the Manhattan and QQ plots (and the compression profile) of a trait."""
+    from cmlm_cli import plots
+
+    try:
+        written = plots.plot_files(
+            sumstats_path, compression=compression, out_prefix=out, fmt=fmt, title=title
+        )
+    except CmlmError as err:
+        click.echo(f"cmlm: error: {err}", err=True)
+        sys.exit(2)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        click.echo(f"cmlm: error: {where}{err.strerror or err}", err=True)
+        sys.exit(2)
+    for path in written:
+        click.echo(f"cmlm: wrote {path}", err=True)
+
+
+@main.command()
+@click.option("--hapmap", metavar="FILE", help="GAPIT/TASSEL HapMap genotypes.")
+@click.option("--gd", metavar="FILE", help="GAPIT numeric genotypes (taxa x SNPs, 0/1/2).")
+@click.option("--gm", metavar="FILE", help="GAPIT genetic map of --gd: SNP Chromosome Position.")
+@click.option(
+    "--out", required=True, metavar="PREFIX", help="Writes PREFIX.bed/.bim/.fam and PREFIX.log."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+def convert(hapmap, gd, gm, out, quiet) -> None:
+    """Convert HapMap or GAPIT GD/GM genotypes to a PLINK 1 fileset."""
+    with _session(f"{out}.log", quiet=quiet, verbose=False, threads=None) as log:
+        from cmlm_cli import hapmap as hapmap_io
+
+        if not (hapmap or gd or gm):
+            msg = "give --hapmap FILE, or --gd FILE --gm FILE"
+            raise CmlmError(msg)
+        if hapmap and (gd or gm) or bool(gd) != bool(gm):
+            msg = "give either --hapmap FILE or --gd FILE --gm FILE (the two go together)"
+            raise CmlmError(msg)
+        if not out or out.endswith(("/", "\\")) or os.path.isdir(out):
+            msg = f"--out {out!r} must be a file prefix such as data/panel, not a folder"
+            raise CmlmError(msg)
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        if hapmap:
+            done = hapmap_io.hapmap_to_bed(hapmap, out)
+            source = f"HapMap {hapmap}"
+        else:
+            done = hapmap_io.numeric_to_bed(gd, gm, out)
+            source = f"GD {gd} / GM {gm}"
+        log.info("%s", done.describe(source))

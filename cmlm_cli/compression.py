@@ -18,7 +18,8 @@ import numpy as np
 
 from cmlm_cli.choices import CHOICE_RULES
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.grouping import cut_tree, group_kinship
+from cmlm_cli.grouping import by_first_appearance, cut_tree, group_kinship, incidence
+from cmlm_cli.kinship import GroupGram
 from cmlm_cli.null_model import ROUNDING, NullModel, fit_null
 
 GAPIT_STEP = 50
@@ -47,7 +48,9 @@ class Level:
     cluster_labels: np.ndarray
 
 
-def parse_groups(spec: str | None, n: int, p: int) -> list[int]:
+def parse_groups(
+    spec: str | None, n: int, p: int, *, what: str = "genotyped individuals"
+) -> list[int]:
     """The group counts to try, largest first.
 
     Parameters
@@ -57,9 +60,12 @@ def parse_groups(spec: str | None, n: int, p: int) -> list[int]:
         ``FROM:TO:BY`` (both ends included where the step lands on them).
         None gives GAPIT's grid: n, n - 50, n - 100, ... while above ``p``.
     n : int
-        Individuals that are clustered (all genotyped ones).
+        Individuals that are clustered (all genotyped ones), or on the
+        large path the micro-clusters (the finest level).
     p : int
         Fixed effects, for the default grid.
+    what : str
+        What ``n`` counts, for the error message.
 
     Returns
     -------
@@ -88,7 +94,7 @@ def parse_groups(spec: str | None, n: int, p: int) -> list[int]:
     if bad or not counts:
         msg = (
             f"--groups {spec!r} asks for {bad[0] if bad else 'no'} groups; "
-            f"a count must be between 1 and the {n} genotyped individuals"
+            f"a count must be between 1 and the {n} {what}"
         )
         raise CmlmError(msg)
     return sorted(set(counts), reverse=True)
@@ -189,3 +195,70 @@ def choose(levels: Sequence[Level], *, rule: str = "best") -> int:
         return c
     others = np.where(np.arange(len(levels)) == c, np.inf, neg2)
     return c if c - int(np.argmin(others)) < 2 else 0
+
+
+@dataclass(frozen=True)
+class GroupedKinship:
+    """The large path's stand-in for K and its tree: micro-clusters and their Gram.
+
+    Attributes
+    ----------
+    micro : ndarray, shape (n,), int
+        Micro-cluster ``0..r-1`` of every genotyped individual.
+    tree : ndarray, shape (r - 1, 4)
+        Clustering tree of the micro-clusters
+        (:func:`cmlm_cli.grouping.weighted_linkage`).
+    gram : GroupGram or None
+        Gram of the micro-clusters' sums of the centred dosages; None when the
+        group kinship is ``identity`` and needs no genotypes.
+    """
+
+    micro: np.ndarray
+    tree: np.ndarray
+    gram: GroupGram | None
+
+    @property
+    def n_micro(self) -> int:
+        """Micro-clusters r: the largest number of groups a level can have."""
+        return self.tree.shape[0] + 1
+
+
+def iter_grouped_partitions(
+    grouped: GroupedKinship, counts: Sequence[int], *, how: str
+) -> Iterator[Partition]:
+    """Cut the micro-clusters' tree at each count; ``Kc`` from the Gram, without K.
+
+    A cut maps micro-cluster s to group g(s); M (groups x r) is its
+    incidence and Z = Z_micro M' that of the individuals. With
+    ``A = S S'``, S the micro-clusters' sums of the centred dosages W, and
+    ``K = W W' / c`` (VanRaden),
+
+        Kc[a, b] = (Z'K Z)[a, b] / (n_a n_b) = (M A M')[a, b] / (c n_a n_b),
+
+    which is exactly :func:`cmlm_cli.grouping.group_kinship` (``mean``) of
+    the dense K: a sum of blocks of A, O(r^2) per level.
+
+    Parameters
+    ----------
+    grouped : GroupedKinship
+    counts : sequence of int
+        Each at most ``grouped.n_micro``.
+    how : {"mean", "identity"}
+        The group kinships that need no K.
+    """
+    gram = grouped.gram
+    if how not in ("mean", "identity") or (how == "mean" and gram is None):
+        msg = f"the group kinship {how!r} needs the n x n kinship; only mean and identity do not"
+        raise ValueError(msg)
+    for count in counts:
+        # Individuals' groups numbered by first appearance, as cut_tree does.
+        labels = by_first_appearance(cut_tree(grouped.tree, count)[grouped.micro])
+        of_micro = np.empty(grouped.n_micro, dtype=np.int64)
+        of_micro[grouped.micro] = labels
+        if how == "identity" or gram is None:
+            yield Partition(count, labels, np.eye(count))
+            continue
+        M = incidence(of_micro, count)
+        sums = np.asarray((M @ (M @ gram.A).T).T)
+        sizes = np.bincount(labels, minlength=count).astype(np.float64)
+        yield Partition(count, labels, sums / (gram.scale * np.outer(sizes, sizes)))

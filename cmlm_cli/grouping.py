@@ -154,3 +154,192 @@ def group_kinship(K: np.ndarray, labels: np.ndarray, *, how: str = "mean") -> np
         for b in range(a, q):
             Kc[a, b] = Kc[b, a] = np.median(rows[:, starts[b] : ends[b]])
     return Kc
+
+
+# --- The large-n path: micro-clusters, then a tree over them ---------------
+#
+# Hierarchical clustering of n individuals needs the n(n-1)/2 pairwise
+# distances (10 GB at n = 50,000) and O(n^2) time per merge level. The large
+# path instead (1) places each individual at its row of the rank-k
+# approximation of K (``kinship.RandomizedComponents.kinship_rows``),
+# (2) partitions these points into at most q_max micro-clusters by k-means,
+# and (3) builds the hierarchical tree of the micro-clusters' centroids, each
+# weighted by its number of members, with the same Lance-Williams rules as
+# R's hclust. Every compression level is a cut of that tree, so the levels
+# stay nested, as the dense path's are, and the finest level is the
+# micro-clusters themselves.
+
+CLUSTER_COMPONENTS = 20
+"""Principal components whose kinship rows the large path clusters on."""
+
+_KMEANS_CHUNK = 4096
+
+
+def _nearest(P: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Index of the nearest row of ``C`` for each row of ``P``, shape (n,)."""
+    # ||p - c||^2 = ||p||^2 - 2 p'c + ||c||^2; the first term is the same for
+    # every centre, so one GEMM per chunk of rows decides.
+    c2 = (C**2).sum(axis=1)
+    labels = np.empty(P.shape[0], dtype=np.int64)
+    for start in range(0, P.shape[0], _KMEANS_CHUNK):
+        chunk = P[start : start + _KMEANS_CHUNK]
+        labels[start : start + chunk.shape[0]] = (c2 - 2.0 * (chunk @ C.T)).argmin(axis=1)
+    return labels
+
+
+def by_first_appearance(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels ``0..r-1`` in order of first appearance (R's ``cutree`` numbering)."""
+    used, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(used.size, dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(used.size)
+    return rank[inverse.ravel()]
+
+
+def micro_clusters(
+    points: np.ndarray, n_clusters: int, *, order: np.ndarray, seed: int = 0, max_iter: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of the rows of ``points`` into at most ``n_clusters`` clusters.
+
+    k-means++ seeding (Arthur & Vassilvitskii 2007) from a generator seeded
+    with ``seed``, then Lloyd iterations until no point changes cluster or
+    ``max_iter``. Both run over the points in the canonical ``order`` (for
+    example individuals sorted by FID and IID), so the clusters do not depend
+    on the order of the rows; clusters that lose all their points are
+    dropped, and seeding stops early when every point coincides with a
+    centre (fewer distinct points than clusters).
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, k)
+    n_clusters : int
+        At most this many clusters, >= 1.
+    order : ndarray, shape (n,), int
+        A permutation: the rows of ``points`` in canonical order.
+    seed : int
+    max_iter : int
+
+    Returns
+    -------
+    labels : ndarray, shape (n,), int64
+        Cluster ``0..r-1`` of each row, numbered by first appearance in the
+        canonical order.
+    centroids : ndarray, shape (r, k)
+        Mean of the members of each cluster.
+    """
+    if n_clusters < 1:
+        msg = f"n_clusters must be at least 1, got {n_clusters}"
+        raise ValueError(msg)
+    P = np.ascontiguousarray(points[order], dtype=np.float64)
+    n = P.shape[0]
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(n))]
+    d2 = ((P - P[chosen[0]]) ** 2).sum(axis=1)
+    for _ in range(min(n_clusters, n) - 1):
+        cumulative = np.cumsum(d2)
+        if cumulative[-1] <= 0.0:
+            break
+        pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+        pick = min(pick, n - 1)
+        chosen.append(pick)
+        np.minimum(d2, ((P - P[pick]) ** 2).sum(axis=1), out=d2)
+    C = P[chosen]
+    labels = _nearest(P, C)
+    for _ in range(max_iter):
+        counts = np.bincount(labels, minlength=C.shape[0])
+        sums = np.asarray(incidence(labels, C.shape[0]) @ P)
+        C = sums[counts > 0] / counts[counts > 0, None]
+        previous, labels = labels, _nearest(P, C)
+        if np.array_equal(labels, previous):
+            break
+    labels = by_first_appearance(labels)
+    r = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=r)
+    centroids = np.asarray(incidence(labels, r) @ P) / counts[:, None]
+    out = np.empty(n, dtype=np.int64)
+    out[order] = labels
+    return out, centroids
+
+
+def weighted_linkage(
+    points: np.ndarray, weights: np.ndarray, *, method: str = "average"
+) -> np.ndarray:
+    """Hierarchical clustering of weighted points, as R's ``hclust(dist(points))``.
+
+    Each point stands for ``weights[i]`` individuals at the same place: the
+    Lance-Williams updates of R's hclust are applied to the plain Euclidean
+    distances with the weights as the initial cluster sizes (they matter for
+    ``average``, ``ward`` and ``centroid``; the other methods ignore sizes).
+    With unit weights this is :func:`linkage` of the same points; with
+    integer weights, ``average``, ``centroid`` and the size-free methods give
+    the tree of the points repeated ``weights[i]`` times, cut above the
+    repeats. Each step merges the closest pair (first in row-major order on
+    ties), O(r^2) per step, O(r^3) in all: meant for r of a few thousand.
+
+    Parameters
+    ----------
+    points : ndarray, shape (r, k)
+    weights : ndarray, shape (r,)
+        Positive sizes.
+    method : str
+        One of :data:`CLUSTER_METHODS`.
+
+    Returns
+    -------
+    ndarray, shape (r - 1, 4)
+        scipy linkage matrix: merged clusters (point i is cluster i, step t
+        makes cluster r + t), the merge height, and the summed weight.
+    """
+    if method not in CLUSTER_METHODS:
+        msg = f"unknown clustering {method!r}; expected one of {', '.join(CLUSTER_METHODS)}"
+        raise ValueError(msg)
+    r = points.shape[0]
+    D = scipy.spatial.distance.squareform(scipy.spatial.distance.pdist(points))
+    np.fill_diagonal(D, np.inf)
+    w = np.asarray(weights, dtype=np.float64).copy()
+    ids = np.arange(r)
+    alive = np.ones(r, dtype=bool)
+    tree = np.empty((max(r - 1, 0), 4))
+    for step in range(r - 1):
+        # The first minimum in row-major order has i < j (D is symmetric).
+        i, j = divmod(int(np.argmin(D)), r)
+        dik, djk, dij = D[i], D[j], D[i, j]
+        wi, wj = w[i], w[j]
+        with np.errstate(invalid="ignore"):
+            new = _lance_williams(method, dik, djk, dij, wi, wj, w)
+        tree[step] = (min(ids[i], ids[j]), max(ids[i], ids[j]), dij, wi + wj)
+        alive[j] = False
+        new[~alive] = np.inf
+        new[i] = np.inf
+        D[i, :] = new
+        D[:, i] = new
+        D[j, :] = np.inf
+        D[:, j] = np.inf
+        w[i] = wi + wj
+        ids[i] = r + step
+    return tree
+
+
+def _lance_williams(
+    method: str,
+    dik: np.ndarray,
+    djk: np.ndarray,
+    dij: float,
+    ni: float,
+    nj: float,
+    nk: np.ndarray,
+) -> np.ndarray:
+    """Distance from every cluster k to the union of clusters i and j (R's hclust)."""
+    if method == "single":
+        return np.minimum(dik, djk)
+    if method == "complete":
+        return np.maximum(dik, djk)
+    if method == "average":
+        return (ni * dik + nj * djk) / (ni + nj)
+    if method == "mcquitty":
+        return (dik + djk) / 2.0
+    if method == "median":
+        return dik / 2.0 + djk / 2.0 - dij / 4.0
+    if method == "centroid":
+        return (ni * dik + nj * djk) / (ni + nj) - ni * nj * dij / (ni + nj) ** 2
+    # ward (R's ward.D on the distances as given)
+    return ((ni + nk) * dik + (nj + nk) * djk - nk * dij) / (ni + nj + nk)

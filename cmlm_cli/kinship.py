@@ -11,12 +11,14 @@ definitions are GAPIT 4.1's (DESIGN.md, Appendix).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
+import scipy.special
 
 from cmlm_cli import dosage
 from cmlm_cli.choices import KINSHIP_METHODS
@@ -282,3 +284,292 @@ def _principal_components(C: np.ndarray, k: int) -> np.ndarray:
         )
         raise CmlmError(msg)
     return vectors * np.sqrt(values)
+
+
+# --- The large-n path: no n x n matrix -------------------------------------
+#
+# Above a few tens of thousands of individuals the n x n Gram above no longer
+# fits in memory. The functions below need only O(n k) and O(q^2): a
+# randomised eigendecomposition of C = W W' for the principal components
+# (several passes over the blocks, each one GEMM per block), and the Gram of
+# the group sums of W, which is all that the ``mean`` group kinship of the
+# VanRaden K needs.
+
+
+POWER_ITERATIONS = 2
+"""Default power iterations of :func:`randomized_components` (passes: this + 2)."""
+
+
+@dataclass(frozen=True)
+class GroupGram:
+    """The Gram of the group sums of the centred dosages.
+
+    With W the imputed dosages centred per SNP (n x m), Z the group incidence
+    (n x q) and S = Z'W (q x m), ``A = S S'``; the VanRaden kinship is
+    ``K = W W' / scale``, so ``Z'K Z = A / scale`` and the ``mean`` group
+    kinship of any partition that merges these groups is a block sum of
+    ``A`` (see :func:`cmlm_cli.compression.iter_grouped_partitions`).
+
+    Attributes
+    ----------
+    A : ndarray, shape (q, q), float64
+    counts : ndarray, shape (q,), int64
+        Members of each group.
+    scale : float
+        ``c = 2 sum_l p_l (1 - p_l)`` over polymorphic SNPs.
+    n_snps : int
+        Polymorphic SNPs (the others are 0 once centred and add nothing).
+    """
+
+    A: np.ndarray
+    counts: np.ndarray
+    scale: float
+    n_snps: int
+
+
+@dataclass(frozen=True)
+class RandomizedComponents:
+    """Approximate top eigenpairs of ``C = W W'`` (W: centred dosages, n x m).
+
+    Attributes
+    ----------
+    values : ndarray, shape (k,)
+        Eigenvalues of ``C``, largest first (the squared singular values of W).
+    vectors : ndarray, shape (n, k)
+        Orthonormal eigenvectors, each with its largest-magnitude entry positive.
+    scale : float
+        ``2 sum_l p_l (1 - p_l)`` over polymorphic SNPs: ``K = C / scale``.
+    n_snps : int
+        Polymorphic SNPs.
+    """
+
+    values: np.ndarray
+    vectors: np.ndarray
+    scale: float
+    n_snps: int
+
+    def scores(self, k: int) -> np.ndarray:
+        """Principal component scores ``U_k S_k`` as ``prcomp`` gives them, shape (n, k).
+
+        Raises
+        ------
+        CmlmError
+            When fewer than ``k`` components have a non-zero variance.
+        """
+        values = self.values[:k]
+        rank = int(np.sum(values > 1e-10 * max(float(self.values[0]), 0.0)))
+        if rank < k:
+            msg = (
+                f"the genotypes have only {rank} principal components with non-zero variance "
+                f"(too few SNPs or individuals); ask for at most {rank} with --pcs"
+            )
+            raise CmlmError(msg)
+        return self.vectors[:, :k] * np.sqrt(values)
+
+    def kinship_rows(self, k: int) -> np.ndarray:
+        """Rows of the rank-k approximation of K, in an orthonormal basis, shape (n, k).
+
+        ``K ~ U_k diag(values_k / scale) U_k'``, and U_k has orthonormal
+        columns, so the Euclidean distance between rows i and j of that
+        approximation of K equals the distance between rows i and j of
+        ``U_k diag(values_k) / scale``: the hierarchical clustering of rows of
+        K (GAPIT) becomes a clustering of these n points in k dimensions.
+        """
+        return self.vectors[:, :k] * (self.values[:k] / self.scale)
+
+
+def snp_keys(*columns: np.ndarray) -> np.ndarray:
+    """A 64-bit key per SNP from its .bim columns, shape (m,), uint64.
+
+    The random test vectors of :func:`randomized_components` are drawn from
+    these keys, so each SNP gets the same random numbers whatever the order
+    of the SNPs in the files and whatever the block size.
+    """
+    rows = zip(*(np.asarray(c).astype(str) for c in columns), strict=True)
+    digests = b"".join(
+        hashlib.blake2b("\t".join(row).encode(), digest_size=8).digest() for row in rows
+    )
+    return np.frombuffer(digests, dtype="<u8").copy()
+
+
+def _test_matrix(keys: np.ndarray, width: int, seed: int) -> np.ndarray:
+    """Standard normal numbers, row j a function of ``keys[j]`` alone, shape (B, width).
+
+    A counter-based generator (the SplitMix64 finaliser of key, seed and
+    column) turned into normal deviates by the inverse normal CDF; uint64
+    arithmetic wraps, as the finaliser intends.
+    """
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    # Arrays, not scalars: numpy wraps array arithmetic silently.
+    salt = np.array([seed], dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)
+    columns = np.arange(1, width + 1, dtype=np.uint64) * golden
+    x = (keys.astype(np.uint64)[:, None] ^ salt) + columns[None, :]
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    u = ((x >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+    return scipy.special.ndtri(u)
+
+
+def _centred(
+    G: np.ndarray, impute: str, buffers: dict[tuple[int, ...], np.ndarray]
+) -> tuple[np.ndarray, float, int]:
+    """Impute and centre a block; also its ``sum p(1-p)`` and polymorphic SNPs.
+
+    The float64 result is written into a buffer kept in ``buffers`` (one per
+    block shape) and reused by the next block: at n = 50,000 a fresh
+    2,000-SNP block costs 800 MB of new pages, whose first touch is slower
+    than the arithmetic.
+    """
+    X = buffers.get(G.shape)
+    if X is None:
+        X = buffers.setdefault(G.shape, np.empty(G.shape, order="F"))
+    np.copyto(X, G)
+    missing = np.isnan(X).any(axis=0)
+    if missing.any():
+        X[:, missing] = dosage.impute(X[:, missing], impute)
+    mean = X.mean(axis=0)
+    p = mean / 2.0
+    polymorphic = (p > 0.0) & (p < 1.0)
+    X -= mean
+    # A monomorphic column is exactly 0 once centred: nothing to filter.
+    return X, float((p[polymorphic] * (1.0 - p[polymorphic])).sum()), int(polymorphic.sum())
+
+
+def _orthonormal(Y: np.ndarray) -> np.ndarray:
+    return np.linalg.qr(Y)[0]
+
+
+def randomized_components(
+    passes: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    n_components: int,
+    *,
+    impute: str = "mean",
+    oversample: int = 10,
+    n_iter: int = POWER_ITERATIONS,
+    seed: int = 0,
+) -> RandomizedComponents:
+    """Top eigenpairs of ``C = W W'`` by a randomised range finder, never forming C.
+
+    Halko, Martinsson & Tropp (2011, SIAM Review 53:217), algorithms 4.3
+    and 5.3 for a positive semi-definite C: ``Q = orth(C^i W Omega)`` with a
+    Gaussian test matrix Omega (m x l, l = k + oversample), then the
+    Rayleigh-Ritz step ``eig(Q' C Q)``. Each product with C is one pass over
+    the blocks, ``C Q = sum_b W_b (W_b' Q)`` (two GEMMs per block), so the
+    passes are ``n_iter + 2`` and memory is O(n l) beside one block. The
+    rows of Omega come from :func:`snp_keys`, so the result does not depend
+    on the block size or on the order of the SNPs, and the individuals enter
+    only through sums over SNPs, so permuting them permutes the rows of the
+    result (up to rounding).
+
+    Parameters
+    ----------
+    passes : callable
+        Each call returns a fresh iterable of ``(keys, G)``: the uint64 keys
+        of the block's SNPs, shape (B,), and their A1 dosages, shape (n, B),
+        ``NaN`` missing.
+    n_components : int
+        ``k``, 1 <= k < n.
+    impute : {"mean", "middle"}
+    oversample : int
+        Extra test vectors beyond ``k``.
+    n_iter : int
+        Power iterations (passes beyond the two that are always needed);
+        they sharpen the slowly decaying spectra of genotype data.
+    seed : int
+
+    Returns
+    -------
+    RandomizedComponents
+        ``k`` eigenpairs.
+    """
+    if n_components < 1:
+        msg = f"n_components must be at least 1, got {n_components}"
+        raise ValueError(msg)
+    width = n_components + oversample
+    Y: np.ndarray | None = None
+    sum_pq, n_poly, n = 0.0, 0, 0
+    buffers: dict[tuple[int, ...], np.ndarray] = {}
+    for keys, G in passes():
+        X, pq, poly = _centred(G, impute, buffers)
+        sum_pq, n_poly = sum_pq + pq, n_poly + poly
+        if Y is None:
+            n = X.shape[0]
+            _check_sizes(n, n_components)
+            Y = np.zeros((n, min(width, n)))
+        Y += X @ _test_matrix(keys, Y.shape[1], seed)
+    if Y is None or n_poly == 0:
+        msg = (
+            "none of the SNPs is polymorphic after imputation; principal components "
+            "need at least one SNP with allele frequency strictly between 0 and 1"
+        )
+        raise CmlmError(msg)
+
+    def times_c(Q: np.ndarray) -> np.ndarray:
+        CQ = np.zeros_like(Q)
+        for _, G in passes():
+            X = _centred(G, impute, buffers)[0]
+            CQ += X @ (X.T @ Q)
+        return CQ
+
+    Q = _orthonormal(Y)
+    for _ in range(n_iter):
+        Q = _orthonormal(times_c(Q))
+    B = Q.T @ times_c(Q)
+    values, V = scipy.linalg.eigh((B + B.T) / 2.0)
+    values, V = values[::-1][:n_components], V[:, ::-1][:, :n_components]
+    vectors = Q @ V
+    # Signs fixed as in _principal_components: reproducible covariates.
+    largest = np.abs(vectors).argmax(axis=0)
+    vectors = vectors * np.sign(vectors[largest, np.arange(vectors.shape[1])])
+    return RandomizedComponents(np.maximum(values, 0.0), vectors, 2.0 * sum_pq, n_poly)
+
+
+def group_gram(group_sums: Iterable[np.ndarray], counts: np.ndarray) -> GroupGram:
+    """Gram ``A = S S'`` of the group sums ``S = Z'W`` of the centred dosages, one pass.
+
+    Centring needs no second pass: with X the imputed dosages and
+    ``mean = 1'X / n`` per SNP, ``W = X - 1 mean'`` and so
+    ``Z'W = Z'X - N 1 mean'`` (N the group sizes), and ``1'X`` is the sum of
+    the group sums. Per block: one rank-B update of the q x q accumulator
+    (dsyrk, O(q^2 B)); memory is q x q beside the block's group sums. The
+    group sums themselves can come from the packed .bed bytes
+    (:func:`cmlm_cli.packed.statistics`) without decoding a float matrix.
+
+    Parameters
+    ----------
+    group_sums : iterable of ndarray, each shape (q, B)
+        ``Z'X`` of each block of SNPs: sums over the members of each group of
+        the imputed A1 dosages.
+    counts : ndarray, shape (q,), int
+        Members of each group (all positive).
+
+    Returns
+    -------
+    GroupGram
+    """
+    sizes = np.asarray(counts, dtype=np.float64)
+    n = float(sizes.sum())
+    q = sizes.size
+    # Fortran order lets dsyrk update the accumulator in place.
+    A = np.zeros((q, q), order="F")
+    sum_pq, n_poly = 0.0, 0
+    for S in group_sums:
+        if S.ndim != 2 or S.shape[0] != q:
+            msg = f"every block of group sums must have shape ({q}, B); got {S.shape}"
+            raise ValueError(msg)
+        mean = S.sum(axis=0) / n
+        p = mean / 2.0
+        polymorphic = (p > 0.0) & (p < 1.0)
+        sum_pq += float((p[polymorphic] * (1.0 - p[polymorphic])).sum())
+        n_poly += int(polymorphic.sum())
+        centred = np.asfortranarray(S - sizes[:, None] * mean[None, :])
+        scipy.linalg.blas.dsyrk(1.0, centred, beta=1.0, c=A, overwrite_c=1)
+    if n_poly == 0:
+        msg = (
+            "none of the SNPs is polymorphic after imputation; the vanraden kinship needs "
+            "at least one SNP with allele frequency strictly between 0 and 1"
+        )
+        raise CmlmError(msg)
+    A = np.triu(A) + np.triu(A, 1).T
+    return GroupGram(A, np.asarray(counts, dtype=np.int64), 2.0 * sum_pq, n_poly)

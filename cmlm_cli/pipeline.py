@@ -16,8 +16,10 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -27,14 +29,23 @@ from cmlm_cli import (
     compression,
     grouping,
     kinship,
+    model_io,
+    packed,
     plink,
+    plots,
+    ssf,
     sumstats,
     tables,
 )
 from cmlm_cli.dosage import minor_allele_frequency
 from cmlm_cli.errors import CmlmError
+from cmlm_cli.exact import ExactScanner
 from cmlm_cli.null_model import NullModel, fit_glm, fit_null
+from cmlm_cli.progress import Progress
 from cmlm_cli.scan import Scanner, ScanResult, scan_snps
+
+if TYPE_CHECKING:
+    from cmlm_cli.distributed import DaskExecutor
 
 log = logging.getLogger("cmlm")
 
@@ -64,9 +75,19 @@ class GwasOptions:
     threads: int | None = None
     missing_code: str = "-9"
     gzip: bool = False
+    plots: bool = True
+    plot_format: str = "png"
+    path: str = "auto"
+    max_groups: int = 2000
+    format: str = "tsv"
+    genome_assembly: str | None = None
+    exact: bool = False
 
     def variance_for(self, model: str) -> str:
         """``auto``: P3D with the null vg for mixed models, OLS for the GLM."""
+        if self.exact:
+            # The variance components, and so the scale, are refitted per SNP.
+            return "refit"
         if self.snp_variance != "auto":
             return self.snp_variance
         return "refit" if model == "glm" else "null"
@@ -186,7 +207,9 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
         raise CmlmError(msg)
     if options.model == "cmlm":
         # Checked now so that a bad --groups costs no kinship computation.
-        compression.parse_groups(options.groups, samples.size, 1)
+        path = choose_path(samples.size, options)[0]
+        limit = min(samples.size, options.max_groups) if path == "large" else samples.size
+        compression.parse_groups(options.groups, limit, 1)
     # The traits' checks without the principal components, which come later:
     # a hopeless trait should not cost a pass over the genotypes first.
     fixed = np.column_stack([np.ones(samples.size), covariates])
@@ -297,12 +320,166 @@ def _read_user_kinship(path: str, fid: np.ndarray, iid: np.ndarray) -> np.ndarra
     absent = [str(i) for i, r in zip(iid, rows, strict=True) if r is None]
     if absent:
         msg = (
-            f"{path}: {len(absent)} kept samples are not in the kinship file "
-            f"(e.g. '{absent[0]}'); its IDs must match the .fam"
+            f"kinship file '{path}': {len(absent)} kept samples are not in it (e.g. "
+            f"'{absent[0]}'); its IDs must match the .fam, or analyse only the samples it "
+            "has with --keep"
         )
         raise CmlmError(msg)
     index = np.array(rows)
     return K[np.ix_(index, index)]
+
+
+LARGE_N = 20_000
+"""``--path auto`` takes the large path above this many kept samples.
+
+The dense path holds the n x n kinship, a copy of it and the clustering's
+n(n-1)/2 distances, about 20 n^2 bytes at its peak: 8 GB at n = 20,000, a
+third of a 24 GB machine, and growing as n^2. The rule looks at n alone, so
+the same data gives the same groups on every machine.
+"""
+
+
+def choose_path(n: int, options: GwasOptions) -> tuple[str, str]:
+    """``dense`` or ``large`` for ``n`` kept samples, and the reason, for the log.
+
+    Raises
+    ------
+    CmlmError
+        The large path is taken but a setting needs the n x n kinship.
+    """
+    if options.path == "dense":
+        return "dense", "--path dense"
+    if options.path == "large":
+        why = "--path large"
+    elif n > LARGE_N:
+        why = (
+            f"{n} samples > {LARGE_N} (--path auto); the dense n x n kinship alone "
+            f"would take {8e-9 * n * n:.1f} GB"
+        )
+    else:
+        return "dense", f"{n} samples <= {LARGE_N} (--path auto)"
+    problem = None
+    if options.model == "mlm":
+        problem = "--model mlm (each individual its own group, Kc = K)"
+    elif options.model == "cmlm" and options.kinship != "vanraden":
+        problem = f"--kinship {options.kinship}"
+    elif options.model == "cmlm" and options.group_kinship not in ("mean", "identity"):
+        problem = f"--group-kinship {options.group_kinship}"
+    if problem:
+        msg = (
+            f"{problem} needs the n x n kinship, which the large path ({why}) never builds; "
+            "use --model cmlm with --kinship vanraden and --group-kinship mean or identity, "
+            "or --path dense if the n x n matrix fits in memory"
+        )
+        raise CmlmError(msg)
+    return "large", why
+
+
+def build_grouped(
+    inputs: Inputs, options: GwasOptions, lap: _Stopwatch
+) -> tuple[kinship.Relationship, compression.GroupedKinship | None]:
+    """The large path: principal components, groups and group kinship without K.
+
+    A randomised eigendecomposition of W W' (W: centred dosages) gives the
+    ``--pcs`` covariates and the rows of a rank-k approximation of the
+    VanRaden K (k = :data:`grouping.CLUSTER_COMPONENTS`); k-means puts
+    these rows into at most ``--max-groups`` micro-clusters, whose
+    centroids, weighted by size, are clustered with ``--cluster``; a last
+    pass accumulates the Gram of the micro-clusters' sums of W, from which
+    every level's ``mean`` group kinship follows exactly. Memory is O(n k)
+    and O(max_groups^2) beside one block of genotypes.
+
+    Returns
+    -------
+    rel : kinship.Relationship
+        Principal components only (``K`` is empty).
+    grouped : compression.GroupedKinship or None
+        None unless ``--model cmlm``.
+    """
+    bfile, samples = inputs.bfile, inputs.samples
+    n = samples.size
+    keys = np.zeros(bfile.n_snps, dtype=np.uint64)
+    keys[inputs.snps] = kinship.snp_keys(
+        *(c[inputs.snps] for c in (bfile.chrom, bfile.pos, bfile.snp, bfile.a1, bfile.a2))
+    )
+
+    def passes():
+        # float32 holds 0/1/2 exactly and decodes faster; the arithmetic is float64.
+        for index, G in plink.iter_blocks(
+            bfile,
+            snps=inputs.snps,
+            samples=samples,
+            block_size=options.block_size,
+            num_threads=options.threads,
+            dtype="float32",
+        ):
+            yield keys[index], G
+
+    cmlm = options.model == "cmlm"
+    n_components = max(options.pcs, min(grouping.CLUSTER_COMPONENTS, n - 1) if cmlm else 0)
+    pcs = np.zeros((n, 0))
+    if n_components == 0:
+        return kinship.Relationship(K=np.zeros((0, 0)), pcs=pcs, n_snps=0), None
+    comps = kinship.randomized_components(passes, n_components, impute=options.impute)
+    log.info(
+        "principal components: top %d eigenpairs of W W' by a randomised range finder "
+        "(Halko et al. 2011; %d passes over %d SNPs, %d polymorphic)",
+        n_components,
+        kinship.POWER_ITERATIONS + 2,
+        inputs.snps.size,
+        comps.n_snps,
+    )
+    if options.pcs:
+        pcs = comps.scores(options.pcs)
+    rel = kinship.Relationship(K=np.zeros((0, 0)), pcs=pcs, n_snps=comps.n_snps)
+    lap("principal components")
+    if not cmlm:
+        return rel, None
+    k = min(grouping.CLUSTER_COMPONENTS, n_components)
+    order = np.lexsort((bfile.iid[samples], bfile.fid[samples]))
+    micro, centroids = grouping.micro_clusters(
+        comps.kinship_rows(k), options.max_groups, order=order
+    )
+    sizes = np.bincount(micro)
+    tree = grouping.weighted_linkage(centroids, sizes, method=options.cluster)
+    log.info(
+        "clustering: k-means (k-means++ seeded in FID/IID order) of the samples' rows of "
+        "the rank-%d kinship into %d micro-clusters (--max-groups %d; %d to %d members), "
+        "then %s linkage of their centroids weighted by size; levels are cuts of that tree",
+        k,
+        sizes.size,
+        options.max_groups,
+        sizes.min(),
+        sizes.max(),
+        options.cluster,
+    )
+    lap("clustering")
+    gram = None
+    if options.group_kinship == "mean":
+        gram = kinship.group_gram(_packed_group_sums(inputs, micro, options), sizes)
+        log.info(
+            "group kinship: vanraden from the Gram of the %d micro-clusters' genotype sums "
+            "over %d polymorphic SNPs (exact, no n x n matrix)",
+            sizes.size,
+            gram.n_snps,
+        )
+        lap("group kinship")
+    return rel, compression.GroupedKinship(micro, tree, gram)
+
+
+def _packed_group_sums(
+    inputs: Inputs, labels: np.ndarray, options: GwasOptions
+) -> Iterator[np.ndarray]:
+    """Group sums ``Z'X`` (q x B) of the imputed dosages of each block, from the .bed bytes."""
+    bed = packed.open_packed(inputs.bfile)
+    plan = packed.layout(
+        inputs.samples, labels, np.zeros((labels.size, 0)), n_fam=inputs.bfile.n_samples
+    )
+    for start in range(0, inputs.snps.size, options.block_size):
+        rows = bed[inputs.snps[start : start + options.block_size]]
+        with packed.threads(options.threads):
+            stats = packed.statistics(rows, plan, middle=options.impute == "middle")
+        yield stats.group_sums
 
 
 def fixed_names(inputs: Inputs, options: GwasOptions) -> list[str]:
@@ -337,7 +514,10 @@ def check_trait(
         )
         raise CmlmError(msg)
     if np.ptp(y) == 0:
-        msg = f"trait {name} has the same value for every analysed individual{hint}"
+        msg = (
+            f"trait {name} has the same value ({y[0]:g}) for all {n} analysed individuals; "
+            f"a constant trait has no variance to test{hint}"
+        )
         raise CmlmError(msg)
     constant = [names[j] for j in range(1, p) if np.ptp(X[:, j]) == 0]
     if constant:
@@ -346,12 +526,14 @@ def check_trait(
             "individuals and so collinear with the intercept; leave it out"
         )
         raise CmlmError(msg)
-    # Rank on unit-length columns, so that scale alone cannot hide or fake it.
-    if np.linalg.matrix_rank(X / np.linalg.norm(X, axis=0)) < p:
+    redundant = _first_redundant_column(X)
+    if redundant is not None:
+        j, spanning = redundant
+        others = ", ".join(f"'{names[k]}'" for k in spanning)
         msg = (
-            f"trait {name}: the covariates and principal components "
-            f"({', '.join(names[1:p])}) are collinear with each other or the intercept; "
-            "remove the redundant ones"
+            f"trait {name}: '{names[j]}' is a linear combination of {others} among the "
+            "analysed individuals (collinear covariates or principal components); remove "
+            f"'{names[j]}' or one of the others"
         )
         raise CmlmError(msg)
     residual = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
@@ -361,6 +543,21 @@ def check_trait(
             f"({', '.join(names[1:p])}): no variance is left to partition{hint}"
         )
         raise CmlmError(msg)
+
+
+def _first_redundant_column(X: np.ndarray) -> tuple[int, list[int]] | None:
+    """The first column of ``X`` in the span of the ones before it, and that span.
+
+    Returns ``None`` if ``X`` has full column rank; otherwise the column's
+    index and the earlier columns it is a combination of. Columns are scaled
+    to unit length first, so that scale alone cannot hide or fake a rank loss.
+    """
+    unit = X / np.linalg.norm(X, axis=0)
+    for j in range(1, unit.shape[1]):
+        if np.linalg.matrix_rank(unit[:, : j + 1]) <= j:
+            coef = np.linalg.lstsq(unit[:, :j], unit[:, j], rcond=None)[0]
+            return j, [int(k) for k in np.flatnonzero(np.abs(coef) > 1e-8 * np.abs(coef).max())]
+    return None
 
 
 @dataclass(frozen=True)
@@ -423,7 +620,7 @@ def _release_eigenvectors(levels: list[compression.Level]) -> None:
 def fit_traits(
     traits: list[TraitData],
     rel: kinship.Relationship,
-    tree: np.ndarray | None,
+    tree: np.ndarray | compression.GroupedKinship | None,
     inputs: Inputs,
     options: GwasOptions,
 ) -> list[TraitResult]:
@@ -449,9 +646,16 @@ def fit_traits(
         return results
     assert tree is not None
     p = 1 + inputs.covariates.shape[1] + options.pcs
-    counts = compression.parse_groups(options.groups, inputs.samples.size, p)
+    if isinstance(tree, compression.GroupedKinship):
+        counts = compression.parse_groups(
+            options.groups, tree.n_micro, p, what="micro-clusters of the large path"
+        )
+        partitions = compression.iter_grouped_partitions(tree, counts, how=options.group_kinship)
+    else:
+        counts = compression.parse_groups(options.groups, inputs.samples.size, p)
+        partitions = compression.iter_partitions(rel.K, tree, counts, how=options.group_kinship)
     levels: list[list[compression.Level]] = [[] for _ in traits]
-    for partition in compression.iter_partitions(rel.K, tree, counts, how=options.group_kinship):
+    for partition in partitions:
         for t, trait_levels in zip(traits, levels, strict=True):
             level = compression.fit_level(
                 t.y, t.X, partition, t.analysed, method=options.method, solver=options.solver
@@ -478,16 +682,130 @@ def fit_traits(
     return results
 
 
-def scan_traits(results: list[TraitResult], inputs: Inputs, out: str, options: GwasOptions) -> None:
-    """One pass over the SNP blocks, testing every trait, streaming to the files."""
-    bfile = inputs.bfile
-    scanners = [
-        Scanner(r.model, impute=options.impute, variance=options.variance_for(options.model))
-        for r in results
-    ]
-    suffix = ".sumstats.tsv.gz" if options.gzip else ".sumstats.tsv"
-    paths = [f"{out}.{r.name}{suffix}" for r in results]
-    chi2: list[list[np.ndarray]] = [[] for _ in results]
+def make_scanner(model: NullModel, options: GwasOptions) -> Scanner:
+    """The SNP test of one trait's null model.
+
+    Every scan (whole run, chunk, Dask task) builds its scanners here, so
+    that they all run the same test.
+    """
+    if options.exact:
+        return ExactScanner(model, impute=options.impute, method=options.method)
+    return Scanner(model, impute=options.impute, variance=options.variance_for(options.model))
+
+
+def scan_blocks(
+    results: list[TraitResult],
+    inputs: Inputs,
+    options: GwasOptions,
+    *,
+    snps: np.ndarray | None = None,
+    executor: DaskExecutor | None = None,
+) -> Iterator[tuple[np.ndarray, list[ScanResult]]]:
+    """Every trait's test of the SNPs, block by block in .bim order.
+
+    Parameters
+    ----------
+    results : list of TraitResult
+    inputs : Inputs
+    options : GwasOptions
+    snps : ndarray, shape (m_sel,), int, optional
+        .bim rows to test (default ``inputs.snps``); a chunk passes a
+        contiguous range of ``inputs.snps`` that starts on a block boundary,
+        so that its blocks are the whole run's blocks.
+    executor : distributed.DaskExecutor, optional
+        Run each block as a task on a Dask cluster instead of here; the
+        blocks come back in the same order with the same numbers.
+
+    Yields
+    ------
+    snp_index : ndarray, shape (B,), int
+    results : list of ScanResult
+        One per trait.
+    """
+    snps = inputs.snps if snps is None else snps
+    rows = [r.analysed for r in results]
+    if executor is not None:
+        yield from executor.scan(
+            inputs.bfile, snps, inputs.samples, [r.model for r in results], rows, options
+        )
+        return
+    scanners = [make_scanner(r.model, options) for r in results]
+    yield from scan_snps(
+        inputs.bfile,
+        snps,
+        inputs.samples,
+        scanners,
+        rows,
+        block_size=options.block_size,
+        num_threads=options.threads,
+    )
+
+
+def stream_sumstats(
+    results: list[TraitResult],
+    inputs: Inputs,
+    options: GwasOptions,
+    handles: list[IO[str]],
+    *,
+    snps: np.ndarray | None = None,
+    executor: DaskExecutor | None = None,
+    progress_bar: bool = False,
+) -> list[np.ndarray]:
+    """Write every trait's summary-statistics lines (no header) to its handle.
+
+    Parameters
+    ----------
+    results : list of TraitResult
+    inputs : Inputs
+    options : GwasOptions
+    handles : list of text files
+        One per trait.
+    snps, executor
+        As in :func:`scan_blocks`.
+    progress_bar : bool
+        Draw a bar on stderr; otherwise log the progress now and then.
+
+    Returns
+    -------
+    list of ndarray, shape (m_sel,), float64
+        Each trait's squared t statistics in .bim order (NaN where untested),
+        from which :func:`set_lambda_gc` computes lambda_GC.
+    """
+    snps = inputs.snps if snps is None else snps
+    t2: list[list[np.ndarray]] = [[] for _ in results]
+    with Progress(snps.size, options.block_size, bar=progress_bar) as progress:
+        for snp_index, block in scan_blocks(
+            results, inputs, options, snps=snps, executor=executor
+        ):
+            for k, (result, res) in enumerate(zip(results, block, strict=True)):
+                handles[k].writelines(
+                    sumstats_lines(inputs.bfile, snp_index, res, result.analysed.size)
+                )
+                t2[k].append(res.t**2)
+            progress.advance(snp_index.size)
+    return [np.concatenate(values) if values else np.zeros(0) for values in t2]
+
+
+def sumstats_path(out: str, trait: str, options: GwasOptions) -> str:
+    """Where a trait's summary statistics go."""
+    return f"{out}.{trait}.sumstats.tsv{'.gz' if options.gzip else ''}"
+
+
+def scan_traits(
+    results: list[TraitResult],
+    inputs: Inputs,
+    out: str,
+    options: GwasOptions,
+    *,
+    executor: DaskExecutor | None = None,
+    progress_bar: bool = False,
+) -> None:
+    """One pass over the SNP blocks, testing every trait, streaming to the files.
+
+    Sets each result's ``lambda_gc``; ``executor`` and ``progress_bar`` are
+    as in :func:`stream_sumstats`.
+    """
+    paths = [sumstats_path(out, r.name, options) for r in results]
     with contextlib.ExitStack() as stack:
         # Every file is atomic; the stack hands an exception to each of them,
         # so one failure removes all the temporary files.
@@ -496,35 +814,36 @@ def scan_traits(results: list[TraitResult], inputs: Inputs, out: str, options: G
         ]
         for handle in handles:
             handle.write("\t".join(sumstats.SUMSTATS_COLUMNS) + "\n")
-        done = 0
-        for snp_index, block in scan_snps(
-            bfile,
-            inputs.snps,
-            inputs.samples,
-            scanners,
-            [r.analysed for r in results],
-            block_size=options.block_size,
-            num_threads=options.threads,
-        ):
-            for k, (result, res) in enumerate(zip(results, block, strict=True)):
-                handles[k].writelines(sumstats_lines(bfile, snp_index, res, result.analysed.size))
-                chi2[k].append(res.t**2)
-            done += snp_index.size
-            log.debug("scanned %d of %d SNPs", done, inputs.snps.size)
-    for result, path, values in zip(results, paths, chi2, strict=True):
-        stats = np.concatenate(values)
-        untested = int(np.count_nonzero(~np.isfinite(stats)))
-        if untested:
-            log.info(
-                "%s: %d SNPs reported as NA (constant after imputation among the analysed "
-                "individuals, all missing, or collinear with the covariates)",
-                result.name,
-                untested,
-            )
-        stats = stats[np.isfinite(stats)]
-        # lambda_GC on the 1-df chi-square scale (t^2), as PLINK reports it.
-        result.lambda_gc = float(np.median(stats) / 0.4549364231195724) if stats.size else np.nan
+        t2 = stream_sumstats(
+            results, inputs, options, handles, executor=executor, progress_bar=progress_bar
+        )
+    for result, path, stats in zip(results, paths, t2, strict=True):
+        set_lambda_gc(result, stats)
         result.files.append(path)
+
+
+def set_lambda_gc(result: TraitResult, t2: np.ndarray) -> None:
+    """lambda_GC of a trait from every SNP's squared t statistic.
+
+    Parameters
+    ----------
+    result : TraitResult
+        Its ``lambda_gc`` is set.
+    t2 : ndarray, shape (m,), float64
+        In .bim order, NaN for untested SNPs; a chunked run passes the parts'
+        values joined, the same float64 numbers as a whole run's.
+    """
+    untested = int(np.count_nonzero(~np.isfinite(t2)))
+    if untested:
+        log.info(
+            "%s: %d SNPs reported as NA (constant after imputation among the analysed "
+            "individuals, all missing, or collinear with the covariates)",
+            result.name,
+            untested,
+        )
+    stats = t2[np.isfinite(t2)]
+    # lambda_GC on the 1-df chi-square scale (t^2), as PLINK reports it.
+    result.lambda_gc = float(np.median(stats) / 0.4549364231195724) if stats.size else np.nan
 
 
 def sumstats_lines(
@@ -601,6 +920,7 @@ def write_trait_files(result: TraitResult, inputs: Inputs, out: str, options: Gw
         "p": model.p,
         "fixed_effects": dict(zip(names, model.beta.tolist(), strict=True)),
         "snp_variance": options.variance_for(options.model),
+        "snp_test": "exact" if options.exact else "p3d" if options.model != "glm" else "ols",
         "lambda_gc": result.lambda_gc,
         "neg2logL_convention": "GAPIT: r log(2 pi yPy/r) + r + log|H| + log|X'H^-1X| - log|X'X|"
         if model.method == "reml"
@@ -641,6 +961,8 @@ def check_options(options: GwasOptions) -> None:
         (options.group_kinship, choices.GROUP_KINSHIPS, "--group-kinship"),
         (options.snp_variance, choices.SNP_VARIANCES, "--snp-variance"),
         (options.choose, choices.CHOICE_RULES, "--choose"),
+        (options.path, choices.PATHS, "--path"),
+        (options.plot_format, plots.FORMATS, "--plot-format"),
     ]
     for value, allowed, flag in checks:
         if value not in allowed:
@@ -658,59 +980,113 @@ def check_options(options: GwasOptions) -> None:
     if options.pcs < 0:
         msg = f"--pcs {options.pcs} must be 0 or more"
         raise CmlmError(msg)
+    if options.exact and options.snp_variance != "auto":
+        msg = (
+            f"--snp-variance {options.snp_variance} does not apply with --exact, which "
+            "re-estimates the variance components for every SNP; leave --snp-variance out"
+        )
+        raise CmlmError(msg)
+    if options.exact and options.model == "glm":
+        msg = (
+            "--exact re-estimates the variance components for every SNP, and --model glm "
+            "has none; use --model mlm or cmlm, or leave --exact out"
+        )
+        raise CmlmError(msg)
+    if options.max_groups < 1:
+        msg = f"--max-groups {options.max_groups} must be a positive number of groups"
+        raise CmlmError(msg)
+    ssf.check_format(options.format, options.genome_assembly)
 
 
-def run_gwas(
-    bfile: str, pheno: str, out: str, options: GwasOptions | None = None
-) -> list[TraitResult]:
-    """Run the whole analysis and write its files.
+def write_plots(results: list[TraitResult], out: str, options: GwasOptions) -> None:
+    """Each trait's pictures, drawn from its written files.
 
-    Parameters
-    ----------
-    bfile : str
-        PLINK 1 prefix (``PREFIX.bed/.bim/.fam``).
-    pheno : str
-        Phenotype table (``FID IID trait...``).
-    out : str
-        Output prefix; files are ``OUT.TRAIT.sumstats.tsv`` and friends.
-    options : GwasOptions
-
-    Returns
-    -------
-    list of TraitResult
+    The results are complete before this runs and nothing here may lose
+    them: a missing matplotlib or a failing picture is a warning, not an error.
     """
-    options = options or GwasOptions()
-    check_options(options)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    try:
+        plots.require_matplotlib()
+    except CmlmError as err:
+        log.warning("no plots: %s", err)
+        return
+    for result in results:
+        try:
+            result.files.extend(
+                plots.plot_files(
+                    sumstats_path(out, result.name, options),
+                    compression=f"{out}.{result.name}.compression.tsv",
+                    out_prefix=f"{out}.{result.name}",
+                    fmt=options.plot_format,
+                    title=result.name,
+                )
+            )
+        except Exception as err:
+            # Whatever goes wrong in drawing costs only the pictures.
+            log.warning("%s: plots not written (%s); the results are complete", result.name, err)
 
-    def lap(step: str) -> None:
-        nonlocal clock
+
+class _Stopwatch:
+    """Logs the time each step took."""
+
+    def __init__(self) -> None:
+        self.clock = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
         now = time.perf_counter()
-        timings[step] = now - clock
-        clock = now
-        log.info("%s took %.2f s", step, timings[step])
+        log.info("%s took %.2f s", step, now - self.clock)
+        self.clock = now
 
-    _check_out(out)
-    inputs = load_inputs(bfile, pheno, options)
+
+def _make_out_folder(out: str) -> None:
     try:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         msg = f"--out {out}: cannot create the folder {Path(out).parent} ({err.strerror})"
         raise CmlmError(msg) from None
+
+
+def fit_models(
+    bfile: str, pheno: str, out: str, options: GwasOptions, lap: _Stopwatch
+) -> tuple[Inputs, list[TraitResult]]:
+    """Everything before the scan: inputs, kinship, clustering, null models."""
+    check_options(options)
+    _check_out(out)
+    inputs = load_inputs(bfile, pheno, options)
+    if options.format == "ssf":
+        b, kept = inputs.bfile, inputs.snps
+        ssf.check_variants(
+            b.chrom[kept],
+            b.pos[kept],
+            b.a1[kept],
+            b.a2[kept],
+            b.snp[kept],
+            source=f"{b.prefix}.bim",
+        )
+    _make_out_folder(out)
     lap("reading inputs")
-    rel = build_relationship(inputs, options)
-    lap("kinship")
-    tree = grouping.linkage(rel.K, method=options.cluster) if options.model == "cmlm" else None
-    lap("clustering")
+    path, why = choose_path(inputs.samples.size, options)
+    log.info("%s path: %s", path, why)
+    tree: np.ndarray | compression.GroupedKinship | None
+    if path == "large":
+        rel, tree = build_grouped(inputs, options, lap)
+    else:
+        rel = build_relationship(inputs, options)
+        lap("kinship")
+        tree = grouping.linkage(rel.K, method=options.cluster) if options.model == "cmlm" else None
+        lap("clustering")
     traits = [
         trait_data(name, inputs.traits[:, k], rel, inputs, options)
         for k, name in enumerate(inputs.trait_names)
     ]
     results = fit_traits(traits, rel, tree, inputs, options)
     lap("null models")
-    scan_traits(results, inputs, out, options)
-    lap("scan")
+    return inputs, results
+
+
+def write_results(
+    results: list[TraitResult], inputs: Inputs, out: str, options: GwasOptions
+) -> None:
+    """Each trait's files besides the summary statistics, and its summary in the log."""
     for result in results:
         write_trait_files(result, inputs, out, options)
         log.info(
@@ -724,5 +1100,307 @@ def run_gwas(
             result.model.h2,
             result.lambda_gc,
         )
+        if options.format == "ssf":
+            result.files.extend(
+                ssf.write_ssf(
+                    sumstats_path(out, result.name, options),
+                    f"{out}.{result.name}.ssf.tsv.gz",
+                    trait=result.name,
+                    sample_size=result.model.n,
+                    genome_assembly=options.genome_assembly or "",
+                    analysis=f"--model {options.model} --method {options.method}",
+                    covariates=fixed_names(inputs, options)[1:],
+                )
+            )
+
+
+def run_gwas(
+    bfile: str,
+    pheno: str,
+    out: str,
+    options: GwasOptions | None = None,
+    *,
+    executor: DaskExecutor | None = None,
+    progress_bar: bool = False,
+) -> list[TraitResult]:
+    """Run the whole analysis and write its files.
+
+    Parameters
+    ----------
+    bfile : str
+        PLINK 1 prefix (``PREFIX.bed/.bim/.fam``).
+    pheno : str
+        Phenotype table (``FID IID trait...``).
+    out : str
+        Output prefix; files are ``OUT.TRAIT.sumstats.tsv`` and friends.
+    options : GwasOptions
+    executor : distributed.DaskExecutor, optional
+        Scan the SNP blocks on a Dask cluster; the files are the same bytes.
+    progress_bar : bool
+        Draw the scan's progress as a bar on stderr (a terminal) rather than
+        as log lines.
+
+    Returns
+    -------
+    list of TraitResult
+    """
+    options = options or GwasOptions()
+    lap = _Stopwatch()
+    inputs, results = fit_models(bfile, pheno, out, options, lap)
+    scan_traits(results, inputs, out, options, executor=executor, progress_bar=progress_bar)
+    lap("scan")
+    write_results(results, inputs, out, options)
     lap("writing")
+    if options.plots:
+        write_plots(results, out, options)
+        lap("plots")
+    return results
+
+
+# --------------------------------------------------------------------------
+# Fit once, scan in chunks, merge: the same files as run_gwas, in pieces
+# --------------------------------------------------------------------------
+
+
+def fit_file(out: str) -> str:
+    """Where ``cmlm fit --out OUT`` saves the fitted models."""
+    return f"{out}.fit.npz"
+
+
+def run_fit(bfile: str, pheno: str, out: str, options: GwasOptions | None = None) -> str:
+    """Fit every trait's null model, as :func:`run_gwas` does, and save them.
+
+    Parameters
+    ----------
+    bfile, pheno, out, options
+        As in :func:`run_gwas`.
+
+    Returns
+    -------
+    str
+        The saved file, ``OUT.fit.npz``, that :func:`run_scan` and
+        :func:`run_merge` read.
+    """
+    options = options or GwasOptions()
+    lap = _Stopwatch()
+    inputs, results = fit_models(bfile, pheno, out, options, lap)
+    path = fit_file(out)
+    model_io.save_fit(path, inputs=inputs, results=results, options=options)
+    lap("writing")
+    log.info("wrote %s", path)
+    return path
+
+
+@dataclass(frozen=True)
+class LoadedFit:
+    """A saved fit with its inputs re-opened and checked (:func:`load_fit`)."""
+
+    inputs: Inputs
+    results: list[TraitResult]
+    options: GwasOptions
+    digest: str
+
+
+def load_fit(path: str, *, bfile: str | None = None, threads: int | None = None) -> LoadedFit:
+    """Read a saved fit and re-open the genotypes it was fitted on.
+
+    Parameters
+    ----------
+    path : str
+        ``OUT.fit.npz`` written by :func:`run_fit`.
+    bfile : str, optional
+        PLINK prefix to scan instead of the saved one (the files moved); it
+        must be the same files, which the saved fingerprint checks.
+    threads : int, optional
+        Replaces the fit's ``--threads`` for this scan.
+    """
+    saved = model_io.load_fit(path)
+    try:
+        options = GwasOptions(**saved.options)
+    except TypeError:
+        msg = (
+            f"{path}: its options ({', '.join(sorted(saved.options))}) are not those of this "
+            f"version of cmlm ({__version__}); refit with cmlm fit"
+        )
+        raise CmlmError(msg) from None
+    if threads is not None:
+        options = dataclasses.replace(options, threads=threads)
+    genotypes = plink.open_bfile(bfile or saved.bfile_prefix)
+    model_io.check_inputs(saved, genotypes)
+    inputs = Inputs(
+        genotypes,
+        saved.samples,
+        saved.snps,
+        saved.traits,
+        saved.trait_names,
+        saved.covariates,
+        saved.covariate_names,
+    )
+    results = [
+        TraitResult(t.name, t.analysed, t.levels, t.chosen, t.model) for t in saved.results
+    ]
+    return LoadedFit(inputs, results, options, saved.digest)
+
+
+def parse_chunk(spec: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with ``1 <= K <= N``."""
+    k_text, slash, n_text = spec.partition("/")
+    if not (slash and k_text.strip().isdigit() and n_text.strip().isdigit()):
+        msg = f"--chunk {spec!r} is not K/N; give the chunk number and the count, e.g. 3/10"
+        raise CmlmError(msg)
+    k, n = int(k_text), int(n_text)
+    if n < 1:
+        msg = f"--chunk {spec!r}: N must be at least 1"
+        raise CmlmError(msg)
+    if not 1 <= k <= n:
+        msg = f"--chunk {spec!r}: K must be between 1 and N = {n}; chunks are numbered 1..N"
+        raise CmlmError(msg)
+    return k, n
+
+
+def chunk_snps(snps: np.ndarray, chunk: int, n_chunks: int, block_size: int) -> np.ndarray:
+    """The kept SNPs of chunk ``chunk`` of ``n_chunks`` (1-based).
+
+    Chunks are contiguous and split the run's blocks as evenly as they can,
+    so that each block is read and tested exactly as in a whole run and the
+    numbers are the same bits. With more chunks than blocks some are empty.
+    """
+    n_blocks = -(-snps.size // block_size)
+    first = (chunk - 1) * n_blocks // n_chunks
+    last = chunk * n_blocks // n_chunks
+    return snps[first * block_size : last * block_size]
+
+
+def run_scan(
+    fit: str,
+    out: str,
+    *,
+    chunk: str = "1/1",
+    bfile: str | None = None,
+    threads: int | None = None,
+    executor: DaskExecutor | None = None,
+    progress_bar: bool = False,
+) -> str:
+    """Scan one chunk of the SNPs against a saved fit and write its part.
+
+    The part is every trait's summary-statistics lines of the chunk
+    (``OUT.part-K-of-N.TRAIT.tsv``) and, written last, the manifest
+    ``OUT.part-K-of-N.npz`` with their checksums and the squared t
+    statistics. A chunk whose part is complete and matches this fit is not
+    scanned again.
+
+    Parameters
+    ----------
+    fit : str
+        ``OUT.fit.npz`` from :func:`run_fit`.
+    out : str
+        Output prefix of the parts (and of :func:`run_merge`).
+    chunk : str
+        ``"K/N"``: the K-th of N contiguous ranges of the kept SNPs.
+    bfile, threads
+        As in :func:`load_fit`.
+    executor, progress_bar
+        As in :func:`run_gwas`.
+
+    Returns
+    -------
+    str
+        The part's manifest.
+    """
+    k, n = parse_chunk(chunk)
+    _check_out(out)
+    loaded = load_fit(fit, bfile=bfile, threads=threads)
+    inputs, results, options = loaded.inputs, loaded.results, loaded.options
+    _make_out_folder(out)
+    names = [r.name for r in results]
+    manifest = model_io.part_manifest(out, k, n)
+    if model_io.part_is_complete(
+        manifest, digest=loaded.digest, chunk=k, n_chunks=n, traits=names
+    ):
+        log.info("%s is complete and matches %s: chunk %d/%d is done", manifest, fit, k, n)
+        return manifest
+    # A stale manifest (another fit, changed texts) goes first: nothing may
+    # claim the chunk is done while it is being scanned again.
+    Path(manifest).unlink(missing_ok=True)
+    snps = chunk_snps(inputs.snps, k, n, options.block_size)
+    log.info("chunk %d/%d: %d of the %d kept SNPs", k, n, snps.size, inputs.snps.size)
+    texts = [model_io.part_text(out, k, n, name) for name in names]
+    lap = _Stopwatch()
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(sumstats.atomic_open(p)) for p in texts]
+        t2 = stream_sumstats(
+            results,
+            inputs,
+            options,
+            handles,
+            snps=snps,
+            executor=executor,
+            progress_bar=progress_bar,
+        )
+    lap("scan")
+    model_io.write_part(
+        manifest, digest=loaded.digest, chunk=k, n_chunks=n, traits=names, texts=texts, t2=t2
+    )
+    log.info("wrote %s and %s", manifest, ", ".join(texts))
+    return manifest
+
+
+def run_merge(fit: str, out: str, *, chunks: int, bfile: str | None = None) -> list[TraitResult]:
+    """Join the parts of ``chunks`` chunks into the files :func:`run_gwas` writes.
+
+    The summary statistics, compression profiles, models and groups are the
+    same bytes as those of one ``cmlm gwas`` run with the fit's options;
+    lambda_GC is the median of the parts' squared t statistics, the same
+    float64 numbers the whole run takes it from.
+
+    Parameters
+    ----------
+    fit : str
+        ``OUT.fit.npz`` from :func:`run_fit`.
+    out : str
+        The prefix the parts were written with; the files go there too.
+    chunks : int
+        N of the ``--chunk K/N`` scans.
+    bfile : str, optional
+        As in :func:`load_fit`.
+
+    Returns
+    -------
+    list of TraitResult
+    """
+    if chunks < 1:
+        msg = f"--chunks {chunks} must be the N of the scans' --chunk K/N, at least 1"
+        raise CmlmError(msg)
+    _check_out(out)
+    loaded = load_fit(fit, bfile=bfile)
+    inputs, results, options = loaded.inputs, loaded.results, loaded.options
+    names = [r.name for r in results]
+    # Every part is checked before any file is written: a missing chunk
+    # costs nothing and leaves nothing behind.
+    parts = [
+        model_io.read_part(out, k, chunks, digest=loaded.digest, traits=names, fit=fit)
+        for k in range(1, chunks + 1)
+    ]
+    rows = sum(part.rows for part in parts)
+    if rows != inputs.snps.size:
+        msg = (
+            f"the {chunks} parts of {out} hold {rows} SNPs, but {fit} tests "
+            f"{inputs.snps.size}; were they scanned with another --chunk N? rerun cmlm scan "
+            f"--chunk K/{chunks} for every K"
+        )
+        raise CmlmError(msg)
+    lap = _Stopwatch()
+    for k, result in enumerate(results):
+        path = sumstats_path(out, result.name, options)
+        with sumstats.atomic_open(path, compress=options.gzip) as handle:
+            handle.write("\t".join(sumstats.SUMSTATS_COLUMNS) + "\n")
+            for part in parts:
+                model_io.copy_text(part.texts[k], handle)
+        set_lambda_gc(result, np.concatenate([part.t2[k] for part in parts]))
+        result.files.append(path)
+    write_results(results, inputs, out, options)
+    lap("merging")
+    if options.plots:
+        write_plots(results, out, options)
+        lap("plots")
     return results

@@ -9,6 +9,7 @@ allele counts (0, 1, 2; bim column 5 is A1) with ``NaN`` for a missing call.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ _BIM_FIELDS = ("chromosome", "SNP", "cM", "position", "A1", "A2")
 _BED_MAGIC = b"\x6c\x1b"
 _SNP_MAJOR = 0x01
 _INDIVIDUAL_MAJOR = 0x00
+
+log = logging.getLogger("cmlm")
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,7 +175,38 @@ def _read_bim(path: Path) -> tuple[np.ndarray, ...]:
     chrom, snp, a1, a2 = np.array(
         [[f[0], f[1], f[4], f[5]] for _, f in numbered], dtype=str
     ).T.copy()
+    _warn_duplicate_snps(path, snp, [number for number, _ in numbered])
     return chrom, snp, cm, pos, a1, a2
+
+
+def _warn_duplicate_snps(path: Path, snp: np.ndarray, lines: list[int]) -> None:
+    """Warn (not refuse) about repeated SNP ids: PLINK accepts them too.
+
+    Every row is still read, tested and reported; only the id no longer tells
+    the rows apart (``--extract`` selects all of them), so the warning names
+    the first repeat and how to make the ids unique.
+    """
+    first: dict[str, int] = {}
+    repeats: list[tuple[str, int, int]] = []
+    for name, number in zip(snp.tolist(), lines, strict=True):
+        if name in first:
+            repeats.append((name, first[name], number))
+        else:
+            first[name] = number
+    if repeats:
+        name, a, b = repeats[0]
+        log.warning(
+            ".bim file '%s': the SNP ids of %d line%s repeat an earlier line's (e.g. '%s' on "
+            "lines %d and %d); every row is analysed and reported, but --extract selects all "
+            "rows of an id; tell them apart by chromosome and position, or make the ids unique "
+            "(plink2 --set-all-var-ids)",
+            path,
+            len(repeats),
+            "s" if len(repeats) > 1 else "",
+            name,
+            a,
+            b,
+        )
 
 
 def _check_bed(path: Path, *, n: int, m: int) -> None:
@@ -222,6 +256,7 @@ def read_dosages(
     *,
     samples: np.ndarray | None = None,
     num_threads: int | None = None,
+    dtype: str = "float64",
 ) -> np.ndarray:
     """Read A1 dosages of some SNPs.
 
@@ -236,10 +271,13 @@ def read_dosages(
     num_threads : int, optional
         Threads for decoding; bed-reader's default (all cores, or the
         ``NUM_THREADS`` environment variable) if ``None``.
+    dtype : {"float64", "float32"}
+        ``float32`` holds the counts exactly in half the memory, and is
+        faster to decode.
 
     Returns
     -------
-    ndarray, shape (n_sel, B), float64, Fortran order
+    ndarray, shape (n_sel, B), ``dtype``, Fortran order
         Counts of the .bim A1 allele (0, 1, 2), ``NaN`` where missing.
     """
     rows = slice(None) if samples is None else _as_index(samples)
@@ -260,7 +298,7 @@ def read_dosages(
         count_A1=True,
         num_threads=num_threads,
     )
-    return bed.read(index=np.s_[rows, _as_index(snps)], dtype="float64", num_threads=num_threads)
+    return bed.read(index=np.s_[rows, _as_index(snps)], dtype=dtype, num_threads=num_threads)
 
 
 def iter_blocks(
@@ -270,6 +308,7 @@ def iter_blocks(
     samples: np.ndarray | None = None,
     block_size: int = 1000,
     num_threads: int | None = None,
+    dtype: str = "float64",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream SNP blocks, so that memory stays at n_sel x block_size dosages.
 
@@ -282,14 +321,14 @@ def iter_blocks(
         .fam rows in any order, as in :func:`read_dosages`.
     block_size : int
         Most SNPs read at once.
-    num_threads : int, optional
+    num_threads, dtype
         As in :func:`read_dosages`.
 
     Yields
     ------
     snp_indices : ndarray of int, shape (B,)
         The .bim rows of this block, B <= block_size.
-    G : ndarray, shape (n_sel, B), float64
+    G : ndarray, shape (n_sel, B)
         Their dosages, as :func:`read_dosages` returns them.
     """
     if block_size < 1:
@@ -298,4 +337,5 @@ def iter_blocks(
     indices = np.arange(bfile.n_snps) if snps is None else np.asarray(snps, dtype=np.intp)
     for start in range(0, len(indices), block_size):
         block = indices[start : start + block_size]
-        yield block, read_dosages(bfile, block, samples=samples, num_threads=num_threads)
+        G = read_dosages(bfile, block, samples=samples, num_threads=num_threads, dtype=dtype)
+        yield block, G

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 import scipy.special
 
-from cmlm_cli import plink
+from cmlm_cli import packed, plink
+from cmlm_cli.choices import IMPUTE_METHODS
 from cmlm_cli.dosage import allele_frequency, impute
 from cmlm_cli.null_model import CompressedBasis, CompressedLikelihood, NullModel
 
@@ -37,6 +39,8 @@ VARIANCES = ("null", "refit")
 # A SNP whose part orthogonal to the covariates (in the H^-1 metric) keeps
 # less than this fraction of its sum of squares is collinear with them.
 COLLINEAR_RTOL = 1e-9
+# SNPs per call of the dense algebra (see Scanner._test).
+TILE = 256
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class Scanner:
     """
 
     def __init__(self, model: NullModel, *, impute: str = "mean", variance: str = "null"):
+        if impute not in IMPUTE_METHODS:
+            msg = f"unknown imputation {impute!r}; expected one of {', '.join(IMPUTE_METHODS)}"
+            raise ValueError(msg)
         if variance not in VARIANCES:
             msg = f"unknown variance {variance!r}; expected one of {', '.join(VARIANCES)}"
             raise ValueError(msg)
@@ -88,6 +95,21 @@ class Scanner:
         self.XHy = profile.XHy
         self.yPy = profile.yPy
         self.df = model.n - model.p - 1
+        # The per-SNP dot products: the columns of X_w that are not zero (the
+        # intercept is, within groups), then y_w last.
+        Xw = self.lik.Xw
+        self._used = np.flatnonzero(np.any(Xw != 0, axis=0))
+        self._columns = np.column_stack([Xw[:, self._used], self.lik.yw])
+        if self.basis is not None:
+            # From group sums Z'x to H^-1 products in the U basis: U'x =
+            # W' N^-1/2 Z'x, weighed by inv = 1/(s + d). The quadratic form
+            # x'U diag(inv) U'x is |R Z'x|^2 with R the triangular factor of
+            # diag(sqrt(inv)) W' N^-1/2: a triangular product per block, half
+            # the flops of the rotation by W'.
+            rotate = self.basis.W.T / np.sqrt(self.basis.counts)[None, :]
+            self._R = scipy.linalg.qr(np.sqrt(self.inv)[:, None] * rotate, mode="r")[0]
+            weighted = self.inv[:, None] * rotate
+            self._M = np.vstack([self.lik.UX.T @ weighted, self.lik.Uy @ weighted])
 
     def scan(self, G: np.ndarray) -> ScanResult:
         """Test every SNP of a block.
@@ -102,31 +124,93 @@ class Scanner:
         -------
         ScanResult
         """
-        model, d = self.model, self.d
+        return self._test(self.statistics(G))
+
+    def statistics(self, G: np.ndarray) -> packed.Statistics:
+        """The sufficient statistics of a block of dosages that :meth:`scan` tests.
+
+        Parameters
+        ----------
+        G : ndarray, shape (n, B)
+            A1 dosages in the model's row order, ``NaN`` where missing.
+
+        Returns
+        -------
+        packed.Statistics
+        """
         G = np.asarray(G, dtype=np.float64)
-        if G.ndim != 2 or G.shape[0] != model.n:
-            msg = f"G must have shape (n={model.n}, B); got {G.shape}"
+        if G.ndim != 2 or G.shape[0] != self.model.n:
+            msg = f"G must have shape (n={self.model.n}, B); got {G.shape}"
             raise ValueError(msg)
         n_miss = np.isnan(G).sum(axis=0)
         af = allele_frequency(G)
         Gi = impute(G, self.impute)
         constant = Gi.max(axis=0) == Gi.min(axis=0) if Gi.shape[0] else np.ones(Gi.shape[1], bool)
-
-        Gw = self.basis.within(Gi) if self.basis else Gi
-        XHG = self.lik.Xw.T @ Gi / d
-        e = np.einsum("ij,ij->j", Gw, Gw) / d
-        f = Gi.T @ self.lik.yw / d
         if self.basis is not None:
-            UG = self.basis.rotate(Gi)
-            IUG = self.inv[:, None] * UG
-            XHG += self.lik.UX.T @ IUG
-            e += np.einsum("ij,ij->j", UG, IUG)
-            f += IUG.T @ self.lik.Uy
-        C = scipy.linalg.cho_solve(self.chol, XHG)
-        xPx = e - np.einsum("ij,ij->j", XHG, C)
-        xPy = f - C.T @ self.XHy
+            group_sums = self.basis.group_sums(Gi)
+            Gw = self.basis.within(Gi)
+        else:
+            group_sums = np.zeros((0, G.shape[1]))
+            Gw = Gi
+        return packed.Statistics(
+            group_sums=group_sums,
+            dots=self._columns.T @ Gi,
+            ssw=np.einsum("ij,ij->j", Gw, Gw),
+            constant=constant,
+            af=af,
+            n_miss=n_miss,
+        )
 
-        bad = constant | (xPx <= COLLINEAR_RTOL * e)
+    def layout(self, fam_rows: np.ndarray, *, n_fam: int) -> packed.Layout:
+        """How :meth:`scan_packed` visits this model's individuals in .bed rows.
+
+        Parameters
+        ----------
+        fam_rows : ndarray, shape (n,), int
+            .fam row of each of the model's individuals, in its row order.
+        n_fam : int
+            Samples in the .fam.
+        """
+        labels = None if self.basis is None else self.basis.labels
+        return packed.layout(fam_rows, labels, self._columns, n_fam=n_fam)
+
+    def scan_packed(self, rows: np.ndarray, plan: packed.Layout) -> ScanResult:
+        """Test every SNP of a block of packed .bed rows; the same test as :meth:`scan`.
+
+        Parameters
+        ----------
+        rows : ndarray, shape (B, ceil(n_fam / 4)), uint8
+            The .bed bytes of the block's SNPs.
+        plan : packed.Layout
+            From :meth:`layout`.
+
+        Returns
+        -------
+        ScanResult
+        """
+        return self._test(packed.statistics(rows, plan, middle=self.impute == "middle"))
+
+    def _test(self, stats: packed.Statistics) -> ScanResult:
+        """The GLS test of each SNP from its sufficient statistics."""
+        model = self.model
+        B = stats.ssw.shape[0]
+        # BLAS rounds a column differently depending on how many columns
+        # share the call, so the algebra runs on tiles of a fixed width (the
+        # last one padded with zeros): a SNP's numbers do not depend on the
+        # block size.
+        width = -(-B // TILE) * TILE
+        pad = ((0, 0), (0, width - B))
+        group_sums = np.pad(stats.group_sums, pad) if self.basis is not None else None
+        dots = np.pad(stats.dots, pad)
+        ssw = np.pad(stats.ssw, pad[1])
+        xPx, xPy, e = np.empty(width), np.empty(width), np.empty(width)
+        for start in range(0, width, TILE):
+            tile = slice(start, start + TILE)
+            sums = None if group_sums is None else group_sums[:, tile]
+            xPx[tile], xPy[tile], e[tile] = self._quadratic_forms(sums, dots[:, tile], ssw[tile])
+        xPx, xPy, e = xPx[:B], xPy[:B], e[:B]
+
+        bad = stats.constant | (xPx <= COLLINEAR_RTOL * e)
         with np.errstate(divide="ignore", invalid="ignore"):
             xPx = np.where(bad, np.nan, xPx)
             beta = xPy / xPx
@@ -143,9 +227,28 @@ class Scanner:
             t=t,
             df=np.full(beta.shape, self.df, dtype=np.int64),
             p=p,
-            af=af,
-            n_miss=n_miss,
+            af=stats.af,
+            n_miss=stats.n_miss,
         )
+
+    def _quadratic_forms(
+        self, group_sums: np.ndarray | None, dots: np.ndarray, ssw: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``x'Px``, ``x'Py`` and ``x'H^-1x`` of a tile of SNPs, each of shape (T,)."""
+        d = self.d
+        XHG = np.zeros((self.model.p, ssw.shape[0]))
+        XHG[self._used] = dots[:-1]
+        XHG /= d
+        e = ssw / d
+        f = dots[-1] / d
+        if self.basis is not None and group_sums is not None:
+            RG = scipy.linalg.blas.dtrmm(1.0, self._R, np.asfortranarray(group_sums))
+            e += np.einsum("ij,ij->j", RG, RG)
+            MG = self._M @ group_sums
+            XHG += MG[:-1]
+            f += MG[-1]
+        C = scipy.linalg.cho_solve(self.chol, XHG)
+        return e - np.einsum("ij,ij->j", XHG, C), f - C.T @ self.XHy, e
 
 
 def scan_block(
@@ -205,7 +308,23 @@ def scan_snps(
     results : list of ScanResult
         One per scanner.
     """
-    for snp_index, G in plink.iter_blocks(
-        bfile, snps=snps, samples=samples, block_size=block_size, num_threads=num_threads
-    ):
-        yield snp_index, [s.scan(G[r]) for s, r in zip(scanners, rows, strict=True)]
+    if block_size < 1:
+        msg = f"block_size must be at least 1, got {block_size}"
+        raise ValueError(msg)
+    snps = np.asarray(snps, dtype=np.intp)
+    samples = np.asarray(samples, dtype=np.intp)
+    bed = packed.open_packed(bfile)
+    plans = [
+        s.layout(samples[r], n_fam=bfile.n_samples) for s, r in zip(scanners, rows, strict=True)
+    ]
+    for start in range(0, snps.size, block_size):
+        block = snps[start : start + block_size]
+        # A run of consecutive SNPs is one read; --extract's gaps need a gather.
+        if block[-1] - block[0] + 1 == block.size:
+            raw = np.array(bed[block[0] : block[-1] + 1])
+        else:
+            raw = bed[block]
+        # Every trait decodes the same bytes of the block.
+        with packed.threads(num_threads):
+            results = [s.scan_packed(raw, plan) for s, plan in zip(scanners, plans, strict=True)]
+        yield block, results

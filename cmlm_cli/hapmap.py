@@ -1,0 +1,681 @@
+"""GAPIT/TASSEL genotype files (HapMap text, numeric GD/GM) to a PLINK 1 fileset.
+
+The analysis reads genotypes only from a PLINK 1 .bed, so the formats GAPIT
+users already have are converted once: :func:`hapmap_to_bed` streams a HapMap
+file (SNP-major text, one row per SNP) in one pass, and :func:`numeric_to_bed`
+reads GAPIT's individual-major GD table in column blocks. Both write the
+.bed block by block, so memory stays at one block of SNPs, and write all three
+files to temporary names that appear only when the conversion succeeds.
+:func:`genotype_source` gives ``cmlm gwas`` a PLINK prefix whatever the
+source, converting into a temporary folder that is removed after the run.
+
+HapMap rules (chosen to reproduce the repository's ``data/mdp`` exactly):
+
+* columns ``rs# alleles chrom pos strand assembly# center protLSID assayLSID
+  panelLSID QCcode`` then one per taxon; FID = IID = the taxon name;
+* calls are two letters (``AG``) or one IUPAC letter (``A``, ``R`` = A/G,
+  ``Y`` = C/T, ``S`` = C/G, ``W`` = A/T, ``K`` = G/T, ``M`` = A/C), any case;
+  ``N``, ``NN`` and every call containing ``N``, ``-``, ``+``, ``0``, ``X`` or
+  ``/`` are missing: indels and half calls are not SNP genotypes (GAPIT sets
+  ``-``, ``+``, ``X``, ``/`` and their doubles missing too);
+* alleles come from the calls, not the ``alleles`` column; A1 (the counted,
+  effect allele) is the minor allele over all called genotypes (a heterozygote
+  counts one copy of each), A2 the major; ties and ranks among equal counts go
+  by the order of the ``alleles`` column (listed first = more major), then
+  alphabetically;
+* a SNP with more than two observed alleles keeps the two most frequent; calls
+  with any other allele become missing (logged as a warning);
+* a SNP with one observed allele (or none) takes the missing allele(s) from
+  the ``alleles`` column, or PLINK's ``0`` if it names none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, cast
+
+import numpy as np
+
+from cmlm_cli import sumstats, tables
+from cmlm_cli.errors import CmlmError
+
+log = logging.getLogger("cmlm")
+
+HAPMAP_COLUMNS = (
+    "rs#",
+    "alleles",
+    "chrom",
+    "pos",
+    "strand",
+    "assembly#",
+    "center",
+    "protLSID",
+    "assayLSID",
+    "panelLSID",
+    "QCcode",
+)
+_READ_COLUMNS = ["alleles", "chrom", "pos"]
+_NUCLEOTIDES = "ACGT"
+_IUPAC = {"R": "AG", "Y": "CT", "S": "CG", "W": "AT", "K": "GT", "M": "AC"}
+_MISSING_SYMBOLS = "N-+0X/"
+# PLINK 1 .bed 2-bit codes, indexed by A1 count + 1 (index 0: missing call).
+_BED_CODE = np.array([0b01, 0b11, 0b10, 0b00], dtype=np.uint8)
+_GD_MISSING = ("NA", "NaN", "nan", "N", "")
+_GD_VALUE = {"0": 0, "1": 1, "2": 2, "0.0": 0, "1.0": 1, "2.0": 2} | dict.fromkeys(_GD_MISSING, -1)
+# Alleles written for GAPIT numeric input, which names none: the GD value
+# counts allele "1", as in PLINK's 1/2 allele coding.
+GD_ALLELES = ("1", "2")
+
+
+def _call_table() -> dict[str, tuple[str, str] | None]:
+    """Every accepted HapMap call: its two alleles, or None if missing."""
+    table: dict[str, tuple[str, str] | None] = {}
+    for a in _NUCLEOTIDES:
+        table[a] = (a, a)
+        for b in _NUCLEOTIDES:
+            table[a + b] = (a, b)
+    for code, pair in _IUPAC.items():
+        table[code] = (pair[0], pair[1])
+    symbols = _NUCLEOTIDES + _MISSING_SYMBOLS
+    for a in _MISSING_SYMBOLS:
+        table[a] = None
+        for b in symbols:
+            table[a + b] = table[b + a] = None
+    return table
+
+
+def _categories() -> tuple[list[tuple[str, str] | None], dict[str, int]]:
+    """Genotype categories (0: missing, then unordered allele pairs) and each call's one."""
+    pairs: list[tuple[str, str] | None] = [None]
+    index: dict[tuple[str, str], int] = {}
+    of_call = {}
+    for call, pair in _call_table().items():
+        category = 0
+        if pair is not None:
+            key = (min(pair), max(pair))
+            category = index.setdefault(key, len(pairs))
+            if category == len(pairs):
+                pairs.append(key)
+        of_call[call] = of_call[call.lower()] = category
+    return pairs, of_call
+
+
+_PAIRS, _CATEGORY = _categories()
+# Copies of A, C, G, T in each category, shape (categories, 4).
+_COPIES = np.array([[0] * 4 if p is None else [p.count(a) for a in _NUCLEOTIDES] for p in _PAIRS])
+# Category of a call from its two bytes (a one-letter call's second byte is
+# the tab after it); -1 for anything else.
+_BYTE_CATEGORY = np.full(1 << 16, -1, dtype=np.int16)
+for _call, _category in _CATEGORY.items():
+    _BYTE_CATEGORY[ord(_call[0]) << 8 | (ord(_call[1]) if len(_call) == 2 else 9)] = _category
+
+
+def _fixed_width_categories(calls: str, n: int) -> np.ndarray | None:
+    """Categories of a row whose n calls all have one or all two letters, tab-separated.
+
+    The fast path for the usual file: the calls are cut from the bytes at a
+    fixed stride instead of split into n strings. ``None`` if the row is
+    anything else (the caller then reads it field by field and reports what
+    is wrong).
+    """
+    try:
+        raw = calls.encode("ascii") + b"\t"
+    except UnicodeEncodeError:
+        return None
+    for width in (2, 1):
+        if len(raw) == (width + 1) * n:
+            cells = np.frombuffer(raw, dtype=np.uint8).reshape(n, width + 1).astype(np.uint16)
+            if not (cells[:, width] == 9).all():
+                return None
+            category = _BYTE_CATEGORY[cells[:, 0] << 8 | cells[:, 1]]
+            return category if (category >= 0).all() else None
+    return None
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What a conversion wrote.
+
+    Attributes
+    ----------
+    prefix : str
+        The PLINK prefix written (``PREFIX.bed/.bim/.fam``).
+    n_samples, n_snps : int
+    n_missing : int
+        Missing calls in the output (including those set missing below).
+    n_multiallelic : int
+        SNPs with more than two observed alleles, reduced to the two most
+        frequent.
+    n_dropped_calls : int
+        Calls set missing because they carry a third or fourth allele.
+    multiallelic : tuple of str
+        IDs of those SNPs.
+    """
+
+    prefix: str
+    n_samples: int
+    n_snps: int
+    n_missing: int
+    n_multiallelic: int = 0
+    n_dropped_calls: int = 0
+    multiallelic: tuple[str, ...] = ()
+
+    def describe(self, source: str) -> str:
+        """One line for the log."""
+        text = (
+            f"converted {source} to {self.prefix}.bed/.bim/.fam: {self.n_samples} samples, "
+            f"{self.n_snps} SNPs, {self.n_missing} missing calls"
+        )
+        if self.n_multiallelic:
+            text += (
+                f"; {self.n_multiallelic} SNPs with more than two alleles kept their two most "
+                f"frequent and {self.n_dropped_calls} calls with another allele became missing"
+            )
+        return text
+
+
+def _stream_lines(path: str | os.PathLike[str], what: str) -> Iterator[tuple[int, str]]:
+    """Non-blank lines with their 1-based numbers, read one at a time.
+
+    The same rules as :func:`cmlm_cli.tables.read_text_lines` (gzip by magic
+    bytes, UTF-8 with optional byte-order mark, Windows line ends), but
+    streaming: genotype files can be larger than memory.
+    """
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError:
+        msg = f"{what} file '{path}' not found"
+        raise CmlmError(msg) from None
+    except OSError as err:
+        msg = f"cannot read {what} file '{path}': {err.strerror}"
+        raise CmlmError(msg) from None
+    try:
+        magic = raw.peek(2)[:2] if isinstance(raw, io.BufferedReader) else b""
+        binary = cast(IO[bytes], gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw)
+        number = 0
+        try:
+            for number, data in enumerate(binary, start=1):
+                text = data.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                if text.strip():
+                    yield number, text
+        except UnicodeDecodeError:
+            msg = (
+                f"{what} file '{path}', line {number}: not UTF-8 text; save the file as "
+                "UTF-8 (or plain ASCII)"
+            )
+            raise CmlmError(msg) from None
+        except (OSError, EOFError) as err:
+            msg = f"{what} file '{path}' starts like gzip but cannot be decompressed ({err})"
+            raise CmlmError(msg) from None
+    finally:
+        raw.close()
+
+
+def _splitter(header: str):
+    """Tab-separated if the header has a tab (taxa names may hold spaces)."""
+    if "\t" in header:
+        return lambda line: line.split("\t")
+    return str.split
+
+
+def _check_ids(path: str, what: str, ids: list[str], lines: list[int]) -> None:
+    """Sample IDs become the .fam's FID and IID: unique, no spaces, not empty.
+
+    ``lines`` gives the line of each ID in the file.
+    """
+    seen: set[str] = set()
+    for name, line in zip(ids, lines, strict=True):
+        if not name or any(c.isspace() for c in name):
+            msg = (
+                f"{what} file '{path}', line {line}: taxon name {name!r} is empty or holds a "
+                "space; PLINK sample IDs cannot"
+            )
+            raise CmlmError(msg)
+        if name in seen:
+            msg = (
+                f"{what} file '{path}', line {line}: taxon '{name}' is named twice; taxa "
+                "must be unique"
+            )
+            raise CmlmError(msg)
+        seen.add(name)
+
+
+def _pack(dosage: np.ndarray) -> bytes:
+    """PLINK 1 SNP-major bytes of a block of A1 counts.
+
+    Parameters
+    ----------
+    dosage : ndarray, shape (B, n), int8
+        A1 counts 0, 1, 2 and -1 for missing; one row per SNP.
+
+    Returns
+    -------
+    bytes
+        B * ceil(n / 4) bytes, samples in order within each SNP, the first
+        sample in the lowest two bits; padding bits are 0 as PLINK writes them.
+    """
+    B, n = dosage.shape
+    codes = np.zeros((B, -(-n // 4) * 4), dtype=np.uint8)
+    codes[:, :n] = _BED_CODE[dosage + 1]
+    quads = codes.reshape(B, codes.shape[1] // 4, 4)
+    packed = quads[:, :, 0] | quads[:, :, 1] << 2 | quads[:, :, 2] << 4 | quads[:, :, 3] << 6
+    return packed.astype(np.uint8).tobytes()
+
+
+@contextlib.contextmanager
+def _plink_writer(prefix: str, taxa: list[str]) -> Iterator[tuple[IO[bytes], IO[str]]]:
+    """Open PREFIX.bed and PREFIX.bim for writing and write PREFIX.fam.
+
+    All three files appear together when the block completes; on an error
+    none does.
+    """
+    with contextlib.ExitStack() as stack:
+        bed = stack.enter_context(sumstats.atomic_open_binary(f"{prefix}.bed"))
+        bim = stack.enter_context(sumstats.atomic_open(f"{prefix}.bim"))
+        fam = stack.enter_context(sumstats.atomic_open(f"{prefix}.fam"))
+        fam.writelines(f"{name} {name} 0 0 0 -9\n" for name in taxa)
+        bed.write(b"\x6c\x1b\x01")
+        yield bed, bim
+
+
+def _choose_alleles(counts: dict[str, int], listed: list[str]) -> tuple[str, str, list[str]]:
+    """A1 (minor), A2 (major) and the alleles beyond the two kept.
+
+    Parameters
+    ----------
+    counts : dict
+        Copies of each observed allele.
+    listed : list of str
+        Alleles of the HapMap ``alleles`` column, in order.
+    """
+    rank = {a: k for k, a in enumerate(listed)}
+    observed = sorted(
+        (a for a, c in counts.items() if c > 0),
+        key=lambda a: (-counts[a], rank.get(a, len(listed)), a),
+    )
+    if len(observed) >= 2:
+        return observed[1], observed[0], observed[2:]
+    others = [a for a in listed if a not in observed and a in tuple(_NUCLEOTIDES)]
+    if observed:
+        return (others[0] if others else "0"), observed[0], []
+    if len(others) >= 2:
+        return others[1], others[0], []
+    return "0", (others[0] if others else "0"), []
+
+
+def hapmap_to_bed(
+    path: str | os.PathLike[str], out_prefix: str | os.PathLike[str], *, block_size: int = 5000
+) -> Conversion:
+    """Convert a GAPIT/TASSEL HapMap file to a PLINK 1 .bed/.bim/.fam in one pass.
+
+    Parameters
+    ----------
+    path : str or path-like
+        HapMap text, plain or gzipped (rules in the module docstring).
+    out_prefix : str or path-like
+        Output prefix; its folder must exist.
+    block_size : int
+        SNPs held before they are written.
+
+    Returns
+    -------
+    Conversion
+
+    Raises
+    ------
+    CmlmError
+        Wrong header, a row with another number of fields, a position that is
+        not an integer, an unknown call, duplicate taxa, no SNP rows.
+    """
+    path, prefix = str(path), str(out_prefix)
+    lines = _stream_lines(path, "HapMap")
+    first = next(lines, None)
+    if first is None:
+        msg = f"HapMap file '{path}' is empty; expected a header line and one line per SNP"
+        raise CmlmError(msg)
+    split = _splitter(first[1])
+    tabs = "\t" in first[1]
+    header = split(first[1])
+    names = [h.strip().lower() for h in header[:4]]
+    # GAPIT's own files write 'rs' and 'assembly'; only the columns read are checked.
+    if len(header) < 12 or names[0] not in ("rs#", "rs") or names[1:] != _READ_COLUMNS:
+        msg = (
+            f"HapMap file '{path}', line {first[0]}: found the header "
+            f"'{' '.join(header[:5])}{' ...' if len(header) > 5 else ''}' with {len(header)} "
+            f"columns, expected '{' '.join(HAPMAP_COLUMNS)}' followed by one column per taxon"
+        )
+        raise CmlmError(msg)
+    taxa = [t.strip() for t in header[11:]]
+    _check_ids(path, "HapMap", taxa, [first[0]] * len(taxa))
+    n = len(taxa)
+    n_snps = n_missing = n_dropped = 0
+    multiallelic: list[str] = []
+    with _plink_writer(prefix, taxa) as (bed, bim):
+        block = np.empty((block_size, n), dtype=np.int8)
+        rows = 0
+        for number, line in lines:
+            fields = line.split("\t", 11) if tabs else []
+            category = _fixed_width_categories(fields[11], n) if len(fields) == 12 else None
+            if category is None:
+                fields = split(line)
+                if len(fields) != len(header):
+                    msg = (
+                        f"HapMap file '{path}', line {number}: found {len(fields)} fields, "
+                        f"expected {len(header)} (11 SNP columns and {n} taxa, as in the header)"
+                    )
+                    raise CmlmError(msg)
+                category = _categories_of(fields[11:], path, number, header)
+            snp, chrom, pos = fields[0].strip(), fields[2].strip(), fields[3].strip()
+            if not pos.isdigit():
+                msg = (
+                    f"HapMap file '{path}', line {number}: position (column 4, pos) is "
+                    f"'{pos}', expected an integer base-pair position (0 if unknown)"
+                )
+                raise CmlmError(msg)
+            if not snp or not chrom:
+                msg = f"HapMap file '{path}', line {number}: the SNP id or chromosome is empty"
+                raise CmlmError(msg)
+            tally = np.bincount(category, minlength=len(_PAIRS))
+            copies = tally @ _COPIES
+            counts = {a: int(c) for a, c in zip(_NUCLEOTIDES, copies.tolist(), strict=True)}
+            listed = [a.strip().upper() for a in fields[1].split("/")]
+            a1, a2, extra = _choose_alleles(counts, listed)
+            dose = np.array(
+                [-1 if p is None or not set(p) <= {a1, a2} else p.count(a1) for p in _PAIRS],
+                dtype=np.int8,
+            )
+            if extra:
+                multiallelic.append(snp)
+                n_dropped += int(tally[1:][dose[1:] < 0].sum())
+            block[rows] = dose[category]
+            n_missing += int(np.count_nonzero(block[rows] < 0))
+            bim.write(f"{chrom}\t{snp}\t0\t{pos}\t{a1}\t{a2}\n")
+            rows += 1
+            n_snps += 1
+            if rows == block_size:
+                bed.write(_pack(block))
+                rows = 0
+        bed.write(_pack(block[:rows]))
+        if n_snps == 0:
+            msg = f"HapMap file '{path}' has a header but no SNP rows"
+            raise CmlmError(msg)
+    if multiallelic:
+        log.warning(
+            "%s: %d SNPs have more than two alleles; each keeps its two most frequent and %d "
+            "calls with another allele are set missing: %s",
+            path,
+            len(multiallelic),
+            n_dropped,
+            " ".join(multiallelic),
+        )
+    return Conversion(
+        prefix, n, n_snps, n_missing, len(multiallelic), n_dropped, tuple(multiallelic)
+    )
+
+
+def _categories_of(calls: list[str], path: str, number: int, header: list[str]) -> np.ndarray:
+    """Categories of a row's calls one by one, naming the first unknown call."""
+    category = np.empty(len(calls), dtype=np.int16)
+    for k, call in enumerate(calls):
+        found = _CATEGORY.get(call.strip().upper())
+        if found is None:
+            msg = (
+                f"HapMap file '{path}', line {number}, column {12 + k} (taxon {header[11 + k]}): "
+                f"unknown call '{call}'; expected two letters of ACGT (AG), one IUPAC letter "
+                "(A C G T R Y S W K M) or N/NN for missing"
+            )
+            raise CmlmError(msg)
+        category[k] = found
+    return category
+
+
+def _read_gm(path: str) -> tuple[list[str], list[str], list[int]]:
+    """SNP ids, chromosomes and positions of a GAPIT GM file."""
+    numbered = tables.numbered_lines(path, what="GM", expected="a header and one line per SNP")
+    number, header = numbered[0]
+    if len(header.split()) != 3:
+        msg = (
+            f"GM file '{path}', line {number}: found {len(header.split())} columns, expected "
+            "the 3 columns 'SNP Chromosome Position' of GAPIT's genetic map"
+        )
+        raise CmlmError(msg)
+    snps, chroms, positions = [], [], []
+    for number, line in numbered[1:]:
+        fields = line.split()
+        if len(fields) != 3:
+            msg = (
+                f"GM file '{path}', line {number}: found {len(fields)} fields, expected 3 "
+                "(SNP Chromosome Position)"
+            )
+            raise CmlmError(msg)
+        if not fields[2].isdigit():
+            msg = (
+                f"GM file '{path}', line {number}: position is '{fields[2]}', expected an "
+                "integer base-pair position (0 if unknown)"
+            )
+            raise CmlmError(msg)
+        snps.append(fields[0])
+        chroms.append(fields[1])
+        positions.append(int(fields[2]))
+    if not snps:
+        msg = f"GM file '{path}' has a header but no SNP rows"
+        raise CmlmError(msg)
+    return snps, chroms, positions
+
+
+def _single_digits(line: str, m: int) -> np.ndarray | None:
+    """The m values of a GD row if all are one digit 0-2 between single tabs.
+
+    The fast path for the usual file (no missing values, integers); ``None``
+    for anything else, which the caller reads field by field.
+    """
+    _, tab, values = line.partition("\t")
+    try:
+        raw = values.encode("ascii") + b"\t"
+    except UnicodeEncodeError:
+        return None
+    if not tab or len(raw) != 2 * m:
+        return None
+    cells = np.frombuffer(raw, dtype=np.uint8).reshape(m, 2)
+    digits = cells[:, 0].astype(np.int8) - ord("0")
+    if not ((cells[:, 1] == 9).all() and (digits >= 0).all() and (digits <= 2).all()):
+        return None
+    return digits
+
+
+def _gd_block(path: str, start: int, stop: int, n: int, m: int, split) -> np.ndarray:
+    """Columns ``start:stop`` of the m GD values as A1 counts, one row per SNP.
+
+    Returns
+    -------
+    ndarray, shape (stop - start, n), int8
+        0, 1, 2, or -1 where missing.
+    """
+    block = np.empty((stop - start, n), dtype=np.int8)
+    lines = _stream_lines(path, "GD")
+    next(lines)
+    for row, (number, line) in enumerate(lines):
+        digits = _single_digits(line, m)
+        if digits is not None:
+            block[:, row] = digits[start:stop]
+            continue
+        fields = split(line)[1 + start : 1 + stop]
+        known = np.array([_GD_VALUE.get(v, 9) for v in fields], dtype=np.int8)
+        if (known != 9).all():
+            block[:, row] = known
+            continue
+        # Other spellings of 0, 1, 2 (2.00, 1e0) are read as numbers.
+        text = np.array(fields)
+        missing = np.isin(text, _GD_MISSING)
+        values = np.full(text.size, np.nan)
+        try:
+            values[~missing] = text[~missing].astype(float)
+        except ValueError:
+            # Mark the first unreadable entry; the check below reports it.
+            k = next(k for k, v in enumerate(text.tolist()) if not missing[k] and not _is_number(v))
+            values[k] = np.inf
+        ok = np.isnan(values) | np.isin(values, (0.0, 1.0, 2.0))
+        if not ok.all():
+            k = int(np.flatnonzero(~ok)[0])
+            msg = (
+                f"GD file '{path}', line {number}, column {start + k + 2}: value "
+                f"'{text[k]}', expected 0, 1 or 2 (or NA); a .bed holds only allele counts, "
+                "so round or recode the file"
+            )
+            raise CmlmError(msg)
+        block[:, row] = np.where(np.isnan(values), -1, values).astype(np.int8)
+    return block
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def numeric_to_bed(
+    gd: str | os.PathLike[str],
+    gm: str | os.PathLike[str],
+    out_prefix: str | os.PathLike[str],
+    *,
+    max_bytes: int = 256 * 2**20,
+) -> Conversion:
+    """Convert GAPIT numeric genotypes (GD values, GM map) to a PLINK 1 fileset.
+
+    The GD file is individual-major (a ``taxa`` column, then one column per
+    SNP, values 0/1/2). It is read in column blocks of at most ``max_bytes``
+    (one byte per genotype), one pass over the file per block, so memory
+    stays bounded whatever the panel's size. The GD value is the A1 count;
+    GAPIT's files name no alleles, so A1 and A2 are written as ``1`` and
+    ``2`` (:data:`GD_ALLELES`).
+
+    Parameters
+    ----------
+    gd, gm : str or path-like
+        GAPIT's GD (``taxa SNP1 SNP2 ...``) and GM (``SNP Chromosome
+        Position``) files; the GM lists the GD's SNP columns in their order.
+    out_prefix : str or path-like
+    max_bytes : int
+        Genotypes held at once.
+
+    Returns
+    -------
+    Conversion
+    """
+    gd, gm, prefix = str(gd), str(gm), str(out_prefix)
+    snps, chroms, positions = _read_gm(gm)
+    lines = _stream_lines(gd, "GD")
+    first = next(lines, None)
+    if first is None:
+        msg = f"GD file '{gd}' is empty; expected a header 'taxa SNP1 SNP2 ...'"
+        raise CmlmError(msg)
+    split = _splitter(first[1])
+    header = [h.strip() for h in split(first[1])]
+    if header[1:] != snps:
+        where = next(
+            (k for k, (a, b) in enumerate(zip(header[1:], snps, strict=False)) if a != b),
+            min(len(header) - 1, len(snps)),
+        )
+        found = header[1 + where] if 1 + where < len(header) else "(end of header)"
+        wanted = snps[where] if where < len(snps) else "(end of GM)"
+        msg = (
+            f"GD file '{gd}', line {first[0]}: SNP column {where + 2} is '{found}' but line "
+            f"{where + 2} of GM file '{gm}' is '{wanted}'; the GD header must list the GM's "
+            f"SNPs in the same order ({len(header) - 1} GD columns, {len(snps)} GM SNPs)"
+        )
+        raise CmlmError(msg)
+    taxa, taxa_lines = [], []
+    for number, line in lines:
+        fields = split(line)
+        if len(fields) != len(header):
+            msg = (
+                f"GD file '{gd}', line {number}: found {len(fields)} fields, expected "
+                f"{len(header)} (taxa and {len(snps)} SNPs, as in the header)"
+            )
+            raise CmlmError(msg)
+        taxa.append(fields[0].strip())
+        taxa_lines.append(number)
+    if not taxa:
+        msg = f"GD file '{gd}' has a header but no taxa rows"
+        raise CmlmError(msg)
+    _check_ids(gd, "GD", taxa, taxa_lines)
+    n, m = len(taxa), len(snps)
+    step = max(1, min(m, max_bytes // n))
+    n_missing = 0
+    with _plink_writer(prefix, taxa) as (bed, bim):
+        for start in range(0, m, step):
+            stop = min(m, start + step)
+            block = _gd_block(gd, start, stop, n, m, split)
+            n_missing += int(np.count_nonzero(block < 0))
+            bed.write(_pack(block))
+            bim.writelines(
+                f"{chroms[j]}\t{snps[j]}\t0\t{positions[j]}\t{GD_ALLELES[0]}\t{GD_ALLELES[1]}\n"
+                for j in range(start, stop)
+            )
+    return Conversion(prefix, n, m, n_missing)
+
+
+@contextlib.contextmanager
+def genotype_source(
+    *,
+    bfile: str | None = None,
+    hapmap: str | None = None,
+    gd: str | None = None,
+    gm: str | None = None,
+    workdir: str | os.PathLike[str] = ".",
+) -> Iterator[str]:
+    """A PLINK prefix for exactly one genotype source, converted if need be.
+
+    HapMap or GD/GM input is converted into a temporary folder inside
+    ``workdir`` (the output folder, which has room for the results anyway),
+    and the folder is removed when the block ends, whatever happens.
+
+    Yields
+    ------
+    str
+        The PLINK 1 prefix to analyse.
+    """
+    given = [flag for flag, v in (("--bfile", bfile), ("--hapmap", hapmap), ("--gd", gd)) if v]
+    if len(given) != 1 or bool(gd) != bool(gm):
+        if bool(gd) != bool(gm):
+            problem = "--gd and --gm go together"
+        elif given:
+            problem = f"{' and '.join(given)} were both given"
+        else:
+            problem = "no genotypes were given"
+        msg = (
+            f"{problem}; give exactly one genotype source: --bfile PREFIX, --hapmap FILE, "
+            "or --gd FILE --gm FILE"
+        )
+        raise CmlmError(msg)
+    if bfile:
+        yield bfile
+        return
+    try:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        folder = tempfile.TemporaryDirectory(prefix=".cmlm-convert-", dir=workdir)
+    except OSError as err:
+        msg = f"cannot create a temporary folder in {workdir} for the conversion ({err.strerror})"
+        raise CmlmError(msg) from None
+    with folder as tmp:
+        prefix = os.path.join(tmp, "genotypes")
+        if hapmap:
+            done = hapmap_to_bed(hapmap, prefix)
+            source = f"HapMap {hapmap}"
+        else:
+            assert gd is not None
+            assert gm is not None
+            done = numeric_to_bed(gd, gm, prefix)
+            source = f"GD {gd} / GM {gm}"
+        log.info("%s (temporary, removed after the run)", done.describe(source))
+        yield prefix

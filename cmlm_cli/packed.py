@@ -1,0 +1,346 @@
+"""Per-SNP sufficient statistics straight from the packed 2-bit .bed bytes.
+
+The association test (:mod:`cmlm_cli.scan`) needs, for each SNP, only linear
+statistics of the imputed dosages ``x`` over a model's individuals: group
+sums ``Z'x``, dot products with a few fixed columns (``X_w'x`` and
+``y_w'x``), the within-group sum of squares, the allele frequency over the
+called genotypes and the number of missing calls. This module computes them
+with a numba kernel that reads the .bed bytes of a block of SNPs and never
+builds a float matrix of dosages.
+
+A .bed stores each SNP as ``ceil(n / 4)`` bytes, four samples per byte from
+the low bits up; the 2-bit codes are ``00`` two copies of A1, ``01`` missing,
+``10`` heterozygous, ``11`` two copies of A2. The individuals of a model are
+visited sorted by group, so that group sums are running sums over a segment
+rather than scattered additions; each SNP is summed by one thread in a fixed
+order, so the numbers do not depend on the block size or the thread count.
+
+Notes
+-----
+With ``c_g`` called genotypes in group g, of sum ``S_g`` and sum of squares
+``Q_g``, and ``m_g = n_g - c_g`` missing ones imputed with ``mu``, the
+within-group sum of squares is
+
+    (c_g Q_g - S_g^2) / c_g + c_g m_g (S_g / c_g - mu)^2 / n_g
+
+whose first numerator is an exact integer: no cancellation, unlike
+``sum x^2 - (Z'x)^2 / n_g``, so singleton groups give exactly 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from cmlm_cli import plink
+
+# SNPs handed to one parallel task: enough to amortise the work buffers.
+_CHUNK = 16
+# numba's fallback threading layer (workqueue) must not be entered by two
+# Python threads at once (Dask workers run scans in threads).
+_KERNEL_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a model's individuals sit in the .bed bytes, visited by group.
+
+    Attributes
+    ----------
+    order : ndarray, shape (n,), int64
+        Model rows in visiting order: by group, then by .fam row.
+    position : ndarray, shape (n,), int64
+        .fam row of each visited individual (``fam_rows[order]``).
+    starts : ndarray, shape (g + 1,), int64
+        Visiting positions where each group begins; one segment (``g = 1``)
+        when the model has no groups.
+    columns : ndarray, shape (k, n), float64
+        Fixed columns to take dot products with, in visiting order.
+    centre : bool
+        Whether ``ssw`` is the within-group sum of squares (groups) or the
+        plain sum of squares (no groups).
+    """
+
+    order: np.ndarray
+    position: np.ndarray
+    starts: np.ndarray
+    columns: np.ndarray
+    centre: bool
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Sufficient statistics of the imputed dosages of one block (B SNPs).
+
+    Attributes
+    ----------
+    group_sums : ndarray, shape (g, B)
+        ``Z'x`` per segment of the :class:`Layout`.
+    dots : ndarray, shape (k, B)
+        ``columns x``.
+    ssw : ndarray, shape (B,)
+        Within-group sum of squares of ``x`` (plain sum of squares without groups).
+    constant : ndarray, shape (B,), bool
+        ``x`` is the same for every individual (monomorphic or all missing).
+    af : ndarray, shape (B,)
+        A1 frequency over the called genotypes, ``NaN`` if none is called.
+    n_miss : ndarray, shape (B,), int64
+        Missing calls.
+    """
+
+    group_sums: np.ndarray
+    dots: np.ndarray
+    ssw: np.ndarray
+    constant: np.ndarray
+    af: np.ndarray
+    n_miss: np.ndarray
+
+
+def layout(
+    fam_rows: np.ndarray, labels: np.ndarray | None, columns: np.ndarray, *, n_fam: int
+) -> Layout:
+    """Plan the visit of a model's individuals.
+
+    Parameters
+    ----------
+    fam_rows : ndarray, shape (n,), int
+        .fam row of each model row.
+    labels : ndarray, shape (n,), int, or None
+        Group of each model row in ``0..q-1`` (every group used); ``None``
+        for a model without groups.
+    columns : ndarray, shape (n, k)
+        Columns to take dot products with, in model row order.
+    n_fam : int
+        Samples in the .fam (the .bed's row length is ``ceil(n_fam / 4)`` bytes).
+
+    Returns
+    -------
+    Layout
+    """
+    fam_rows = np.asarray(fam_rows, dtype=np.int64)
+    n = fam_rows.size
+    if n and (fam_rows.min() < 0 or fam_rows.max() >= n_fam):
+        msg = f"fam_rows must lie in 0..{n_fam - 1}"
+        raise ValueError(msg)
+    if labels is None:
+        order = np.argsort(fam_rows, kind="stable")
+        starts = np.array([0, n], dtype=np.int64)
+    else:
+        labels = np.asarray(labels, dtype=np.int64)
+        order = np.lexsort((fam_rows, labels))
+        counts = np.bincount(labels)
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    columns = np.ascontiguousarray(np.asarray(columns, dtype=np.float64)[order].T)
+    return Layout(order, fam_rows[order], starts, columns, labels is not None)
+
+
+def open_packed(bfile: plink.Bfile) -> np.ndarray:
+    """The .bed genotypes as a read-only (m, ceil(n / 4)) uint8 memory map.
+
+    The header was checked by :func:`cmlm_cli.plink.open_bfile`; row ``j``
+    holds SNP ``j``.
+    """
+    width = -(-bfile.n_samples // 4)
+    return np.memmap(
+        f"{bfile.prefix}.bed", dtype=np.uint8, mode="r", offset=3, shape=(bfile.n_snps, width)
+    )
+
+
+def statistics(packed: np.ndarray, plan: Layout, *, middle: bool) -> Statistics:
+    """Sufficient statistics of every SNP of a block of packed rows.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (B, ceil(n_fam / 4)), uint8
+        .bed rows of the block.
+    plan : Layout
+    middle : bool
+        Impute missing calls with 1 (GAPIT's "Middle") rather than the SNP
+        mean over the model's called genotypes.
+
+    Returns
+    -------
+    Statistics
+    """
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    if packed.ndim != 2 or (plan.position.size and 4 * packed.shape[1] <= plan.position.max()):
+        # The kernel does not check its indices: refuse rows too short here.
+        msg = f"packed must have shape (B, >= {plan.position.max() // 4 + 1}); got {packed.shape}"
+        raise ValueError(msg)
+    B = packed.shape[0]
+    segments = plan.starts.size - 1
+    # The kernel writes each SNP's group sums contiguously: (B, g), seen as (g, B).
+    out = Statistics(
+        group_sums=np.empty((B, segments)).T,
+        dots=np.empty((plan.columns.shape[0], B)),
+        ssw=np.empty(B),
+        constant=np.empty(B, dtype=np.bool_),
+        af=np.empty(B),
+        n_miss=np.empty(B, dtype=np.int64),
+    )
+    with _KERNEL_LOCK:
+        _block(
+            packed,
+            plan.position.astype(np.uint64),
+            plan.starts,
+            plan.columns,
+            middle,
+            plan.centre,
+            out.group_sums.T,
+            out.dots,
+            out.ssw,
+            out.constant,
+            out.af,
+            out.n_miss,
+        )
+    return out
+
+
+@contextlib.contextmanager
+def threads(num_threads: int | None) -> Iterator[None]:
+    """Run the kernel on ``num_threads`` threads inside the block (all cores if ``None``)."""
+    if num_threads is None:
+        yield
+        return
+    previous = numba.get_num_threads()
+    # numba refuses more threads than its pool (NUMBA_NUM_THREADS, all cores).
+    most = int(getattr(numba.config, "NUMBA_NUM_THREADS"))  # noqa: B009 - invisible to mypy
+    numba.set_num_threads(max(1, min(num_threads, most)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+# Sums of small integers are exact in any order, and a dot product's order
+# is fixed by the compiled code and the length: reassociation (which lets LLVM
+# vectorise) changes no result with the thread count or the block.
+_FAST = {"reassoc", "contract"}
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode(row, dosage):  # pragma: no cover - compiled
+    """Bytes -> 2, -1 (missing), 1, 0 copies of A1 as int8, in .fam order."""
+    for b in range(row.size):
+        v = np.int32(row[b])
+        for k in range(4):
+            c = (v >> (2 * k)) & 3
+            lo = c & 1
+            hi = c >> 1
+            # 00 -> 2, 01 -> -1, 10 -> 1, 11 -> 0.
+            dosage[4 * b + k] = 2 - hi - 2 * lo + lo * hi - (lo & (1 - hi))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _segment(x):  # pragma: no cover - compiled
+    """Sum, sum of squares and missing count of the called values in x."""
+    s = 0.0
+    sq = 0.0
+    ms = 0.0
+    # range(size), not range(start, stop) over the whole array: LLVM cannot
+    # vectorise past numba's wrap-around of indices that might be negative.
+    for i in range(x.size):
+        v = x[i]
+        miss = 1.0 if v < 0.0 else 0.0
+        value = v + miss
+        s += value
+        sq += value * value
+        ms += miss
+    return s, sq, ms
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _dot(a, b):  # pragma: no cover - compiled
+    total = 0.0
+    for i in range(a.size):
+        total += a[i] * b[i]
+    return total
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _block(
+    packed, position, starts, columns, middle, centre, group_sums, dots, ssw, constant, af, n_miss
+):  # pragma: no cover - compiled
+    B, width = packed.shape
+    n = position.size
+    segments = starts.size - 1
+    k = columns.shape[0]
+    size = starts[1:] - starts[:-1]
+    # A multiplication per group, not a division (which costs ~15 cycles).
+    inverse = 1.0 / size
+    # Individuals already in .fam order from the first row need no gather.
+    direct = True
+    for i in range(n):
+        if position[i] != i:
+            direct = False
+            break
+    for chunk in numba.prange((B + _CHUNK - 1) // _CHUNK):
+        # int8 keeps the decoded row in L1 cache for the gather.
+        decoded = np.empty(4 * width, dtype=np.int8)
+        x = np.empty(n)
+        sums = np.empty(segments, dtype=np.int64)
+        squares = np.empty(segments, dtype=np.int64)
+        misses = np.empty(segments, dtype=np.int64)
+        for j in range(chunk * _CHUNK, min(B, (chunk + 1) * _CHUNK)):
+            _decode(packed[j], decoded)
+            if direct:
+                for i in range(n):
+                    x[i] = decoded[i]
+            else:
+                for i in range(n):
+                    # Unsigned: no wrap-around test for negative indices.
+                    x[i] = decoded[position[i]]
+            total_s = 0
+            total_q = 0
+            total_m = 0
+            for g in range(segments):
+                s, sq, ms = _segment(x[starts[g] : starts[g + 1]])
+                sums[g] = np.int64(s)
+                squares[g] = np.int64(sq)
+                misses[g] = np.int64(ms)
+                total_s += sums[g]
+                total_q += squares[g]
+                total_m += misses[g]
+            called = n - total_m
+            n_miss[j] = total_m
+            if called > 0:
+                freq = total_s / (2.0 * called)
+                af[j] = freq
+                mu = 1.0 if middle else 2.0 * freq
+            else:
+                af[j] = np.nan
+                mu = 1.0 if middle else 0.0
+            if total_m > 0:
+                for i in range(n):
+                    x[i] = mu if x[i] < 0.0 else x[i]
+            # Called genotypes all equal (Cauchy-Schwarz equality in integers),
+            # and the imputed value equal to them too.
+            if called == 0:
+                constant[j] = True
+            elif called * total_q == total_s * total_s:
+                constant[j] = total_m == 0 or mu * called == total_s
+            else:
+                constant[j] = False
+            within = 0.0
+            for g in range(segments):
+                m = misses[g]
+                group_sums[j, g] = sums[g] + m * mu
+                if not centre or m == size[g]:
+                    continue
+                c = size[g] - m
+                spread = c * squares[g] - sums[g] * sums[g]
+                if m == 0:
+                    within += spread * inverse[g]
+                else:
+                    gap = sums[g] / c - mu
+                    within += spread / c + c * m * gap * gap * inverse[g]
+            if not centre:
+                within = total_q + total_m * mu * mu
+            ssw[j] = within
+            for r in range(k):
+                dots[r, j] = _dot(columns[r], x)

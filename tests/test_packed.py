@@ -1,0 +1,243 @@
+"""The scan on packed .bed bytes against the float path, the dense oracle and bed-reader.
+
+The panels are those of ``test_oracle.py`` (three subpopulations, 3% missing
+calls, two covariates), written to a .bed whose .fam holds extra samples in
+shuffled positions, so that the kernel's sample lookup, group sorting and
+missing-call handling are all exercised. Tolerances (STYLE.md §6): 1e-10
+relative between the packed and the float path (the same formulas on the
+same statistics, summed in another order); the oracle's 1e-8 of
+``test_oracle.py`` against the dense GLS; exact equality where the sums are
+integers (allele frequency, missing counts) and across block sizes and
+thread counts (each SNP is summed by one thread in a fixed order).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from oracle import dense_profile, dense_scan, h_matrix, ols_scan
+from test_oracle import CASES, PANELS, check_scan
+from test_plink import encode_bed
+
+from cmlm_cli import packed, sumstats
+from cmlm_cli.null_model import fit_glm, fit_null
+from cmlm_cli.plink import open_bfile, read_dosages
+from cmlm_cli.scan import Scanner, scan_snps
+
+N_EXTRA = 13  # .fam samples that no model uses
+
+
+def write_bfile(directory, G: np.ndarray, seed: int):
+    """Write ``G`` (n x m) as a .bed among extra samples; return the bfile and .fam rows.
+
+    The model's individual ``i`` sits on .fam row ``fam_rows[i]``.
+    """
+    rng = np.random.default_rng(seed)
+    n, m = G.shape
+    n_fam = n + N_EXTRA
+    fam_rows = rng.permutation(n_fam)[:n]
+    full = rng.binomial(2, 0.5, size=(n_fam, m)).astype(float)
+    full[fam_rows] = G
+    prefix = directory / "panel"
+    prefix.with_suffix(".bed").write_bytes(encode_bed(full))
+    prefix.with_suffix(".fam").write_text("".join(f"f{i} i{i} 0 0 0 -9\n" for i in range(n_fam)))
+    prefix.with_suffix(".bim").write_text(
+        "".join(f"1\trs{j}\t0\t{j + 1}\tA\tG\n" for j in range(m))
+    )
+    return open_bfile(prefix), fam_rows
+
+
+def edge_snps(n: int) -> np.ndarray:
+    """SNPs whose imputed dosages are constant, or nearly so, in every way a .bed allows."""
+    G = np.ones((n, 7))
+    G[:, 0] = np.nan  # all missing
+    G[:, 1] = 2.0  # monomorphic
+    G[::3, 2] = np.nan  # monomorphic with missing calls: constant after imputation
+    G[:, 3] = 0.0
+    G[0, 3] = 2.0  # one carrier
+    G[::2, 4] = np.nan  # heterozygous with missing calls: constant for mean and middle
+    G[:, 5] = 0.0
+    G[1::4, 5] = np.nan  # homozygous with missing calls: not constant for middle
+    G[:, 6] = 2.0
+    G[0, 6] = np.nan
+    G[1, 6] = 1.0
+    return G
+
+
+def models(case: str):
+    """The panel and a model of it: GLM for ``glm``, else the REML fit of the oracle case."""
+    pn = PANELS["mean" if case == "glm" else case]
+    if case == "glm":
+        return pn, fit_glm(pn.y, pn.X), np.eye(pn.y.size)
+    model = fit_null(pn.y, pn.X, pn.labels, pn.Kc)
+    return pn, model, h_matrix(model.delta, pn.labels, pn.Kc)
+
+
+class Panels(dict):
+    """Case -> (panel, model, H, G, bfile, fam_rows); a short repr for hypothesis' reports."""
+
+    def __repr__(self) -> str:
+        return f"Panels({', '.join(self)})"
+
+
+@pytest.fixture(scope="module")
+def panels(tmp_path_factory):
+    """Each case's model and its scan SNPs (with the edge SNPs) written to a .bed."""
+    built = Panels()
+    for k, case in enumerate(("glm", *CASES)):
+        pn, model, H = models(case)
+        G = np.column_stack([pn.G, edge_snps(pn.y.size)])
+        bfile, fam_rows = write_bfile(tmp_path_factory.mktemp(case), G, seed=k)
+        built[case] = (pn, model, H, G, bfile, fam_rows)
+    return built
+
+
+def head(result, m: int) -> SimpleNamespace:
+    """The first ``m`` SNPs of a scan result (the edge SNPs, some of af 0, follow)."""
+    return SimpleNamespace(**{f.name: getattr(result, f.name)[:m] for f in fields(result)})
+
+
+def packed_scan(scanner: Scanner, bfile, fam_rows):
+    plan = scanner.layout(fam_rows, n_fam=bfile.n_samples)
+    return scanner.scan_packed(np.asarray(packed.open_packed(bfile)), plan)
+
+
+@pytest.mark.parametrize("variance", ["null", "refit"])
+@pytest.mark.parametrize("impute", ["mean", "middle"])
+@pytest.mark.parametrize("case", ["glm", *CASES])
+def test_packed_equals_float_path(panels, case, impute, variance):
+    pn, model, _, G, bfile, fam_rows = panels[case]
+    scanner = Scanner(model, impute=impute, variance=variance)
+    fast, slow = packed_scan(scanner, bfile, fam_rows), scanner.scan(G)
+    m = pn.G.shape[1]
+    check_scan(head(fast, m), head(slow, m), 1e-10)
+    np.testing.assert_array_equal(np.isnan(fast.beta), np.isnan(slow.beta))
+    np.testing.assert_array_equal(fast.af, slow.af)
+    np.testing.assert_array_equal(fast.n_miss, slow.n_miss)
+
+
+@pytest.mark.parametrize("variance", ["null", "refit"])
+@pytest.mark.parametrize("impute", ["mean", "middle"])
+@pytest.mark.parametrize("case", ["glm", *CASES])
+def test_packed_equals_dense_oracle(panels, case, impute, variance):
+    pn, model, H, G, bfile, fam_rows = panels[case]
+    fast = packed_scan(Scanner(model, impute=impute, variance=variance), bfile, fam_rows)
+    if case == "glm" and variance == "refit":
+        ref = ols_scan(pn.y, pn.X, G, impute_with=impute)
+    else:
+        sigma2 = dense_profile(H, pn.y, pn.X, method="reml").sigma2
+        ref = dense_scan(pn.y, pn.X, H, G, sigma2=sigma2, variance=variance, impute_with=impute)
+    m = pn.G.shape[1]
+    check_scan(head(fast, m), head(ref, m), 1e-8)
+    np.testing.assert_array_equal(np.isnan(fast.beta), np.isnan(ref.beta))
+    np.testing.assert_array_equal(fast.af, ref.af)
+    # The edge SNPs: NaN exactly where the imputed column is constant.
+    constant = [0, 1, 2, 4] + ([5] if impute == "mean" else [])
+    assert set(np.flatnonzero(np.isnan(fast.beta))) >= {pn.G.shape[1] + c for c in constant}
+
+
+def test_statistics_match_their_definition(panels):
+    # Every field of the kernel's output against numpy on the dense dosages:
+    # group sums, dot products and within-group sums of squares of the
+    # imputed dosages, with groups (labels) and without.
+    pn, _, _, G, bfile, fam_rows = panels["mean"]
+    rng = np.random.default_rng(3)
+    columns = rng.normal(size=(G.shape[0], 3))
+    raw = np.asarray(packed.open_packed(bfile))
+    called = ~np.isnan(G)
+    with np.errstate(invalid="ignore"):
+        af = np.where(called, G, 0).sum(0) / (2 * called.sum(0))  # NaN: all missing
+    for labels in (pn.labels, None):
+        for middle in (False, True):
+            plan = packed.layout(fam_rows, labels, columns, n_fam=bfile.n_samples)
+            stats = packed.statistics(raw, plan, middle=middle)
+            fill = np.ones(G.shape[1]) if middle else np.nan_to_num(2 * af)
+            Gi = np.where(called, G, fill)
+            if labels is None:
+                Z = np.ones((G.shape[0], 1))
+                resid = Gi
+            else:
+                Z = np.eye(labels.max() + 1)[labels]
+                resid = Gi - Z @ np.linalg.lstsq(Z, Gi, rcond=None)[0]
+            np.testing.assert_allclose(stats.group_sums, Z.T @ Gi, rtol=1e-13, atol=1e-12)
+            np.testing.assert_allclose(stats.dots, columns.T @ Gi, rtol=1e-11, atol=1e-11)
+            np.testing.assert_allclose(stats.ssw, (resid**2).sum(0), rtol=1e-11, atol=1e-11)
+            np.testing.assert_array_equal(stats.af, af)
+            np.testing.assert_array_equal(stats.n_miss, (~called).sum(0))
+            np.testing.assert_array_equal(stats.constant, np.ptp(Gi, axis=0) == 0)
+
+
+def test_codes_agree_with_bed_reader():
+    # Singleton groups make the group sums the dosages themselves: the 2-bit
+    # table must give bed-reader's A1 counts (count_A1=True) on a real .bed.
+    from pathlib import Path
+
+    bfile = open_bfile(Path(__file__).parent.parent / "data" / "mdp")
+    rng = np.random.default_rng(0)
+    fam_rows = rng.permutation(bfile.n_samples)[:200]
+    snps = np.arange(0, bfile.n_snps, 7)
+    G = read_dosages(bfile, snps, samples=fam_rows)
+    assert np.isnan(G).any()
+    plan = packed.layout(fam_rows, np.arange(200), np.zeros((200, 0)), n_fam=bfile.n_samples)
+    stats = packed.statistics(np.asarray(packed.open_packed(bfile))[snps], plan, middle=True)
+    np.testing.assert_array_equal(stats.group_sums, np.where(np.isnan(G), 1.0, G))
+    np.testing.assert_array_equal(stats.n_miss, np.isnan(G).sum(0))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    block_size=st.integers(1, 40),
+    num_threads=st.sampled_from([None, 1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_block_size_threads_and_snp_gaps_change_nothing(panels, block_size, num_threads, seed):
+    # Two traits with different individuals share one pass; the SNPs tested
+    # have gaps (as after --extract). Results must be bit-identical to one
+    # block on one thread, and equal to the float path on bed-reader's dosages.
+    pn, model, _, G, bfile, fam_rows = panels["mean"]
+    rng = np.random.default_rng(seed)
+    snps = np.flatnonzero(rng.random(G.shape[1]) < 0.7)
+    if snps.size == 0:
+        snps = np.array([3])
+    samples = np.sort(fam_rows)
+    rows = [np.searchsorted(samples, fam_rows)]
+    half = rng.permutation(pn.y.size)[: pn.y.size // 2]
+    glm = fit_glm(pn.y[half], pn.X[half])
+    rows.append(rows[0][half])
+    scanners = [Scanner(model), Scanner(glm, variance="refit")]
+
+    def run(size, threads):
+        blocks = list(
+            scan_snps(bfile, snps, samples, scanners, rows, block_size=size, num_threads=threads)
+        )
+        assert all(index.size <= size for index, _ in blocks)
+        np.testing.assert_array_equal(np.concatenate([index for index, _ in blocks]), snps)
+        return [
+            {f: np.concatenate([getattr(res[k], f) for _, res in blocks]) for f in ("beta", "p")}
+            for k in range(2)
+        ]
+
+    got, whole = run(block_size, num_threads), run(snps.size, 1)
+    for a, b in zip(got, whole, strict=True):
+        for field in a:
+            np.testing.assert_array_equal(a[field], b[field])
+    dosages = read_dosages(bfile, snps, samples=samples)
+    for k, scanner in enumerate(scanners):
+        np.testing.assert_allclose(
+            got[k]["beta"], scanner.scan(dosages[rows[k]]).beta, rtol=1e-10, atol=0
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.floats(allow_nan=True, allow_infinity=True), digits=st.sampled_from([6, 10]))
+def test_fast_float_text_is_the_f_string_text(value, digits):
+    # The sumstats writer formats with %-formatting for speed; the text must
+    # be that of the f-string it replaced, byte for byte.
+    expected = "NA" if not math.isfinite(value) else f"{value:.{digits}g}"
+    assert sumstats.format_float(np.array([value]), digits) == [expected]
