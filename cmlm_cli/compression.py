@@ -7,6 +7,11 @@ so ``groups_used`` can be smaller than ``groups``. The chosen level maximises
 the likelihood; on an exact tie the level with fewer groups wins (more
 compression for the same fit). GAPIT's own rule is available as
 ``choose="gapit"`` for comparisons.
+
+On the large path (no n x n kinship) the tree's leaves are micro-clusters
+rather than individuals and each level's ``mean`` group kinship is a block
+sum of the micro-clusters' Gram (:func:`iter_grouped_partitions`); the
+default grid is then GAPIT's, started from the number of micro-clusters.
 """
 
 from __future__ import annotations

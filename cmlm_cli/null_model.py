@@ -471,7 +471,9 @@ def _package(
         labels=np.zeros(lik.n, dtype=np.int64) if basis is None else basis.labels,
         counts=np.zeros(0) if basis is None else basis.counts,
         W=np.zeros((0, 0)) if basis is None else basis.W,
-        s=np.zeros_like(lik.s) if glm else lik.s,
+        # The eigenvalues are kept even at h2 = 0: the scan's H = I limit
+        # comes from delta = inf, and --exact needs them to search each SNP's d.
+        s=np.zeros(0) if basis is None else lik.s,
         h_scale=scale,
     )
 

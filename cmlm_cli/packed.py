@@ -30,14 +30,14 @@ whose first numerator is an exact integer: no cancellation, unlike
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numba
 import numpy as np
-
-from cmlm_cli import plink
 
 # SNPs handed to one parallel task: enough to amortise the work buffers.
 _CHUNK = 16
@@ -139,16 +139,35 @@ def layout(
     return Layout(order, fam_rows[order], starts, columns, labels is not None)
 
 
-def open_packed(bfile: plink.Bfile) -> np.ndarray:
-    """The .bed genotypes as a read-only (m, ceil(n / 4)) uint8 memory map.
+def read_rows(handle: BinaryIO, snps: np.ndarray, *, n_fam: int) -> np.ndarray:
+    """Read the .bed bytes of some SNPs.
 
-    The header was checked by :func:`cmlm_cli.plink.open_bfile`; row ``j``
-    holds SNP ``j``.
+    A read per run of consecutive SNPs, into one buffer: no memory map, whose
+    pages would stay in the process's resident memory for the whole scan.
+
+    Parameters
+    ----------
+    handle : binary file
+        The .bed, checked by :func:`cmlm_cli.plink.open_bfile`.
+    snps : ndarray, shape (B,), int
+        .bim rows, increasing.
+    n_fam : int
+        Samples in the .fam.
+
+    Returns
+    -------
+    ndarray, shape (B, ceil(n_fam / 4)), uint8
     """
-    width = -(-bfile.n_samples // 4)
-    return np.memmap(
-        f"{bfile.prefix}.bed", dtype=np.uint8, mode="r", offset=3, shape=(bfile.n_snps, width)
-    )
+    width = -(-n_fam // 4)
+    snps = np.asarray(snps, dtype=np.int64)
+    rows = np.empty((snps.size, width), dtype=np.uint8)
+    cuts = [0, *(np.flatnonzero(np.diff(snps) != 1) + 1).tolist(), snps.size]
+    for a, b in itertools.pairwise(cuts):
+        handle.seek(3 + int(snps[a]) * width)
+        if handle.readinto(memoryview(rows[a:b]).cast("B")) != (b - a) * width:
+            msg = f"the .bed ended before SNP {int(snps[b - 1])}: it changed since it was checked"
+            raise OSError(msg)
+    return rows
 
 
 def statistics(packed: np.ndarray, plan: Layout, *, middle: bool) -> Statistics:

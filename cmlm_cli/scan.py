@@ -22,6 +22,7 @@ GLM this is ordinary least squares, as PLINK's ``--glm``).
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -107,7 +108,8 @@ class Scanner:
             # diag(sqrt(inv)) W' N^-1/2: a triangular product per block, half
             # the flops of the rotation by W'.
             rotate = self.basis.W.T / np.sqrt(self.basis.counts)[None, :]
-            self._R = scipy.linalg.qr(np.sqrt(self.inv)[:, None] * rotate, mode="r")[0]
+            R = scipy.linalg.qr(np.sqrt(self.inv)[:, None] * rotate, mode="r")[0]
+            self._R = np.asfortranarray(R)
             weighted = self.inv[:, None] * rotate
             self._M = np.vstack([self.lik.UX.T @ weighted, self.lik.Uy @ weighted])
 
@@ -200,7 +202,12 @@ class Scanner:
         # block size.
         width = -(-B // TILE) * TILE
         pad = ((0, 0), (0, width - B))
-        group_sums = np.pad(stats.group_sums, pad) if self.basis is not None else None
+        group_sums = None
+        if self.basis is not None:
+            # Fortran order: each tile is then a contiguous operand of the
+            # triangular product, with no copy.
+            group_sums = np.zeros((stats.group_sums.shape[0], width), order="F")
+            group_sums[:, :B] = stats.group_sums
         dots = np.pad(stats.dots, pad)
         ssw = np.pad(stats.ssw, pad[1])
         xPx, xPy, e = np.empty(width), np.empty(width), np.empty(width)
@@ -242,7 +249,7 @@ class Scanner:
         e = ssw / d
         f = dots[-1] / d
         if self.basis is not None and group_sums is not None:
-            RG = scipy.linalg.blas.dtrmm(1.0, self._R, np.asfortranarray(group_sums))
+            RG = scipy.linalg.blas.dtrmm(1.0, self._R, group_sums)
             e += np.einsum("ij,ij->j", RG, RG)
             MG = self._M @ group_sums
             XHG += MG[:-1]
@@ -313,18 +320,27 @@ def scan_snps(
         raise ValueError(msg)
     snps = np.asarray(snps, dtype=np.intp)
     samples = np.asarray(samples, dtype=np.intp)
-    bed = packed.open_packed(bfile)
     plans = [
         s.layout(samples[r], n_fam=bfile.n_samples) for s, r in zip(scanners, rows, strict=True)
     ]
-    for start in range(0, snps.size, block_size):
-        block = snps[start : start + block_size]
-        # A run of consecutive SNPs is one read; --extract's gaps need a gather.
-        if block[-1] - block[0] + 1 == block.size:
-            raw = np.array(bed[block[0] : block[-1] + 1])
-        else:
-            raw = bed[block]
-        # Every trait decodes the same bytes of the block.
-        with packed.threads(num_threads):
-            results = [s.scan_packed(raw, plan) for s, plan in zip(scanners, plans, strict=True)]
-        yield block, results
+    blocks = [snps[start : start + block_size] for start in range(0, snps.size, block_size)]
+    with (
+        open(f"{bfile.prefix}.bed", "rb") as bed,
+        concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker,
+    ):
+
+        def test(block: np.ndarray) -> list[ScanResult]:
+            raw = packed.read_rows(bed, block, n_fam=bfile.n_samples)
+            # Every trait decodes the same bytes.
+            with packed.threads(num_threads):
+                return [s.scan_packed(raw, plan) for s, plan in zip(scanners, plans, strict=True)]
+
+        # The next block is tested in the worker thread while the caller
+        # writes this one: the kernel and BLAS release the GIL, formatting
+        # text holds it.
+        pending = worker.submit(test, blocks[0]) if blocks else None
+        for k, block in enumerate(blocks):
+            assert pending is not None
+            results = pending.result()
+            pending = worker.submit(test, blocks[k + 1]) if k + 1 < len(blocks) else None
+            yield block, results

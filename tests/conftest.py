@@ -17,3 +17,17 @@ def reference() -> Path:
     if not path.is_dir():
         pytest.skip("the shared reference folder is not beside this checkout")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_plots_outside_plot_tests(request, monkeypatch):
+    """Most tests are about numbers: skip drawing, which would triple their time.
+
+    ``test_plots.py`` and tests marked ``plots`` keep the real drawing, so the
+    plots written by ``cmlm gwas`` are still tested.
+    """
+    if request.node.path.name == "test_plots.py" or request.node.get_closest_marker("plots"):
+        return
+    from cmlm_cli import pipeline
+
+    monkeypatch.setattr(pipeline, "write_plots", lambda *args, **kwargs: None)

@@ -303,3 +303,34 @@ def test_exact_mlm_equals_gemma_lmm1_on_the_mouse_panel(tmp_path):
         G = bed.read(index=np.s_[:, columns], dtype="float64")[result.analysed]
     fit = ExactScanner(result.model).fit(G)
     np.testing.assert_allclose(1.0 / fit.delta, gemma["l_remle"].astype(float), rtol=5e-5)
+
+
+def test_exact_scan_searches_each_snp_when_the_null_fit_has_h2_zero():
+    # A trait with no polygenic part and one strong SNP whose carriers cluster
+    # in groups: the null fit ends at h2 = 0, yet with the SNP in the model
+    # the optimum may move. The null model must keep the eigenvalues of Kc so
+    # that the exact search can find it: compare with the dense refit.
+    # Seed 26: the null fit is at h2 = 0 and the fourth SNP's optimum is not.
+    rng = np.random.default_rng(26)
+    y, X, K, G = _panel(seed=5)
+    n = y.size
+    y = 1.0 + 0.5 * X[:, 1] + rng.normal(size=n)
+    leading = np.linalg.eigh(K)[1][:, -1]
+    labels = np.argsort(np.argsort(leading)) // 4
+    Kc = group_mean_kinship(K, labels)
+    model = fit_null(y, X, labels, Kc)
+    if model.h2 > 0:
+        pytest.skip("this draw's null fit is not at h2 = 0")
+    assert model.s.size and np.any(model.s > 0)
+    fit = ExactScanner(model).fit(G[:, :4])
+    assert np.isfinite(fit.delta).any()
+    Gi = impute(G)
+    for j in range(4):
+        ref = dense_fit(y, np.column_stack([X, Gi[:, j]]), labels, Kc)
+        if np.isinf(ref.delta):
+            assert np.isinf(fit.delta[j]), j
+        else:
+            assert fit.delta[j] == pytest.approx(ref.delta, rel=1e-6), j
+        H = h_matrix(ref.delta, labels, Kc) if np.isfinite(ref.delta) else np.eye(n)
+        dense = dense_scan(y, X, H, G[:, [j]], sigma2=1.0, variance="refit")
+        assert fit.result.p[j] == pytest.approx(dense.p[0], rel=1e-8), j

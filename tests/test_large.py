@@ -333,3 +333,18 @@ def test_cli_refuses_what_the_large_path_cannot_do(mdp, tmp_path):
     assert result.output.count("\n") == 1
     assert "--kinship loiselle needs the n x n kinship" in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_large_path_levels_stop_at_the_micro_clusters(mdp, tmp_path):
+    data = mdp[0]
+    bfile, pheno = str(data / "mdp"), str(data / "mdp.pheno.tsv")
+    options = large_options(groups=None, max_groups=120, pcs=0)
+    (result,) = pipeline.run_gwas(bfile, pheno, str(tmp_path / "o"), options)
+    # GAPIT's grid (step 50) from the number of micro-clusters down.
+    assert [lvl.groups for lvl in result.levels] == [120, 70, 20]
+    with pytest.raises(CmlmError, match="between 1 and the 120"):
+        pipeline.run_gwas(
+            bfile, pheno, str(tmp_path / "p"), large_options(groups="121,5", max_groups=120)
+        )
+    with pytest.raises(CmlmError, match="--max-groups 0"):
+        pipeline.run_gwas(bfile, pheno, str(tmp_path / "p"), large_options(max_groups=0))
