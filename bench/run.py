@@ -146,6 +146,9 @@ def header(args: argparse.Namespace, tools: dict[str, str | None]) -> str:
         found = re.search(r"GEMMA [0-9.]+ \([0-9-]+\)", first_line([tools["gemma"]], lines=3))
         versions.append(found.group(0) if found else "gemma")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    skipped = [name for name, path in tools.items() if path is None]
+    if skipped:
+        versions.append(f"not installed, so skipped: {', '.join(skipped)}")
     return "\n".join(
         [
             "# cmlm benchmark",
@@ -333,8 +336,9 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
         "untimed, by `cmlm fit` with the options of `cmlm gwas --model MODEL`):",
         "",
     ]
-    lines += [f"- `{command(t.argv)}`" for t in [*whole, *scans]]
-    return "\n".join(lines).replace(str(runs), "{fits}")
+    for t in [*whole, *scans]:
+        lines.append(f"- `{command([a.replace(str(runs), '{fits}') for a in t.argv])}`")
+    return "\n".join(lines)
 
 
 def agreement(cmlm_mlm: Path, gemma_lmm: Path) -> str:
@@ -350,10 +354,14 @@ def agreement(cmlm_mlm: Path, gemma_lmm: Path) -> str:
     common = sorted(set(ours) & set(theirs))
     a = -np.log10([ours[snp] for snp in common])
     b = -np.log10([theirs[snp] for snp in common])
+    moderate = (a < 5) & (b < 5)
     return (
         f"Agreement, `cmlm gwas --model mlm` (P3D) vs `gemma -lmm 1` (exact per SNP), last "
-        f"repeat: {len(common):,} SNPs in both, max |difference of -log10 p| "
-        f"{np.max(np.abs(a - b)):.3g}, Pearson r of -log10 p {np.corrcoef(a, b)[0, 1]:.6f}."
+        f"repeat: {len(common):,} SNPs in both; max |difference of -log10 p| "
+        f"{np.max(np.abs(a - b)):.3g} over all (the largest -log10 p is "
+        f"{max(a.max(), b.max()):.1f}), "
+        f"{np.max(np.abs(a - b)[moderate], initial=0.0):.3g} over the {moderate.sum():,} SNPs "
+        f"with -log10 p < 5 in both; Pearson r of -log10 p {np.corrcoef(a, b)[0, 1]:.6f}."
     )
 
 
@@ -365,8 +373,9 @@ def read_columns(path: Path, key: str, value: str) -> dict[str, float]:
     out = {}
     for row in rows:
         fields = row.split("\t")
-        if fields[v] not in ("NA", "nan", "-nan"):
-            out[fields[k]] = float(fields[v])
+        value = float(fields[v]) if fields[v] not in ("NA", "nan", "-nan") else 0.0
+        if value > 0:  # -log10 p of both must be finite
+            out[fields[k]] = value
     return out
 
 
@@ -402,7 +411,7 @@ def run(argv: list[str], stderr: Path, timeout: float, threads: int) -> Done:
         timer.cancel()
     child.returncode = os.waitstatus_to_exitcode(status)
     if stopped.is_set():
-        return Done(problem=f"stopped after the {timeout:.0f} s timeout")
+        return Done(problem=f"stopped after the {timeout:g} s timeout")
     if child.returncode != 0:
         tail = stderr.read_text().strip().splitlines()[-1:] or ["no message"]
         return Done(problem=f"failed (exit {child.returncode}): {tail[0][:200]}")
@@ -424,7 +433,7 @@ def table(rows: list[Timing], reference: Timing | None) -> list[str]:
             number(t.median(t.cpus), 1),
             number(t.median(t.rss_mb), 0),
             number(wall / ref, 2),
-            t.problem or (f"{len(t.walls)} runs" if t.walls else ""),
+            t.problem or (f"runs: {len(t.walls)}" if t.walls else ""),
         ]
         out.append("| " + " | ".join(cells) + " |")
     return out

@@ -14,10 +14,12 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from cmlm_cli import __version__, choices
 from cmlm_cli.errors import CmlmError
@@ -29,13 +31,35 @@ if TYPE_CHECKING:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+class _LevelPrefix(logging.Formatter):
+    """The message alone, after a word for warnings and errors (PLINK's ``Warning:``).
+
+    Times belong to the steps ("... took X s") and the header's start and
+    end times, not to every line.
+    """
+
+    def __init__(self, lead: str = "", *, warning: str, error: str) -> None:
+        super().__init__()
+        self.lead = lead
+        self.warning = warning
+        self.error = error
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return f"{self.lead}{self.error}{message}"
+        if record.levelno >= logging.WARNING:
+            return f"{self.lead}{self.warning}{message}"
+        return f"{self.lead}{message}"
+
+
 class _Memory(logging.Handler):
     """Keeps the run's log lines so that OUT.log is written whole at the end."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.lines: list[str] = []
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.setFormatter(_LevelPrefix(warning="Warning: ", error="Error: "))
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
@@ -85,7 +109,27 @@ def _comma_list(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@click.group()
+# Where the group keeps the command line as given (Click's ``ctx.meta`` key).
+_ARGV = "cmlm.argv"
+
+
+class _Group(click.Group):
+    """The ``cmlm`` group; keeps the command line as given, for the log's header."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        ctx = super().make_context(info_name, list(args), parent, **extra)
+        # The arguments before parsing: Click keeps neither them nor their order.
+        ctx.meta[_ARGV] = list(args)
+        return ctx
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="cmlm")
 def main() -> None:
     """Genome-wide association with the Compressed Mixed Linear Model."""
@@ -179,7 +223,9 @@ analysis_options = _together(
     click.option(
         "--groups",
         metavar="SPEC",
-        help="Group counts: N, a list N1,N2,... or FROM:TO:BY (default: n, n-50, ...).",
+        help="Group counts: N, a list N1,N2,..., FROM:TO:BY, or gapit (n, n-50, ...). "
+        "Default: GAPIT's grid when it has at most 20 counts, else 20 counts spaced "
+        "geometrically from n down to 30.",
     ),
     click.option(
         "--model",
@@ -319,14 +365,32 @@ def _gwas_options(settings: dict[str, Any]) -> GwasOptions:
 
 @contextlib.contextmanager
 def _session(
-    log_path: str, *, quiet: bool, verbose: bool, threads: int | None
+    log_path: str,
+    *,
+    quiet: bool,
+    verbose: bool,
+    threads: int | None,
+    seed: int | None = None,
 ) -> Iterator[logging.Logger]:
     """Logging, the log's header, one-line errors and OUT.log of a command.
 
-    A known problem (CmlmError, a refused write) ends the command with one
-    line on stderr and exit status 2; Ctrl-C and SIGTERM remove what was
-    being written and exit 130 and 143. The log file is written once the
-    command has succeeded.
+    OUT.log reads like PLINK's: the header (:func:`_header`), the run's
+    messages (``Warning:`` and ``Error:`` before those levels) and the end
+    time. stderr has the same messages after ``cmlm:`` (``-q``: errors only;
+    ``-v``: the header too). A known problem (CmlmError, a refused write)
+    ends the command with one line on stderr and exit status 2; Ctrl-C and
+    SIGTERM remove what was being written and exit 130 and 143. The log file
+    is written once the command has succeeded.
+
+    Parameters
+    ----------
+    log_path : str
+    quiet, verbose : bool
+        ``-q`` and ``-v``.
+    threads : int or None
+        ``--threads``, set for BLAS before numpy is imported.
+    seed : int, optional
+        The random seed of a command that draws random numbers, for the header.
     """
     if threads is not None:
         # BLAS reads these when it loads, so they are set before numpy is imported.
@@ -336,11 +400,10 @@ def _session(
 
     memory = _setup_logging(quiet, verbose)
     log = logging.getLogger("cmlm")
-    log.info("cmlm %s, Python %s, %s", __version__, platform.python_version(), platform.platform())
-    log.info("libraries: %s", _library_versions())
-    log.info("command: %s", shlex.join(["cmlm", *sys.argv[1:]]))
-    params = click.get_current_context().params
-    log.info("options in effect: %s", " ".join(f"{k}={v}" for k, v in params.items()))
+    start = time.time()
+    for line in _header(click.get_current_context(), start=start, seed=seed):
+        # Debug: on stderr only with -v, always in OUT.log.
+        log.debug("%s", line)
     try:
         with sigterm_as_interrupt():
             yield log
@@ -356,8 +419,83 @@ def _session(
         click.echo(f"cmlm: error: {where}{err.strerror or err}", err=True)
         sys.exit(2)
     log.info("wrote %s", log_path)
+    end = time.time()
+    memory.lines += ["", f"End time: {_clock(end)} ({end - start:.2f} s in all)"]
     with sumstats.atomic_open(log_path) as handle:
         handle.write("\n".join(memory.lines) + "\n")
+
+
+def _clock(seconds: float) -> str:
+    """A time as PLINK's log writes it, with the zone: ``Mon Nov 23 23:51:04 2026 UTC``."""
+    return time.strftime("%a %b %d %H:%M:%S %Y %Z", time.localtime(seconds))
+
+
+def _header(ctx: click.Context, *, start: float, seed: int | None) -> list[str]:
+    """The first lines of OUT.log: what ran, where, when, and with which options.
+
+    Parameters
+    ----------
+    ctx : click.Context
+        The running command's.
+    start : float
+        Start time, seconds since the epoch.
+    seed : int or None
+        Written as ``Random number seed:`` when the command draws random numbers.
+    """
+    lines = [
+        f"cmlm {__version__}",
+        f"Python {platform.python_version()}, {platform.platform()}",
+        f"Libraries: {_library_versions()}",
+        f"Command: {shlex.join(['cmlm', *_arguments(ctx, whole=True)])}",
+        "Options in effect:",
+        *(f"  {option}" for option in _options_given(ctx)),
+        "",
+        f"Hostname: {platform.node()}",
+        f"Working directory: {os.getcwd()}",
+        f"Start time: {_clock(start)}",
+    ]
+    if seed is not None:
+        lines.append(f"Random number seed: {seed}")
+    return [*lines, ""]
+
+
+def _arguments(ctx: click.Context, *, whole: bool) -> list[str]:
+    """The command line as given: all of it, or the running command's own arguments."""
+    argv = ctx.find_root().meta.get(_ARGV)
+    if argv is None:
+        # Called without the cmlm group (a test invoking the command alone).
+        argv = sys.argv[1:]
+    name = ctx.info_name
+    if whole or name is None or name not in argv:
+        return list(argv)
+    return list(argv[argv.index(name) + 1 :])
+
+
+def _options_given(ctx: click.Context) -> list[str]:
+    """``--option value`` for every option given on the command line, in the order given.
+
+    Options left at their defaults are not listed (PLINK's ``Options in
+    effect``); every setting of a run, defaults included, is in its
+    ``model.json``.
+    """
+    params = ctx.command.get_params(ctx)
+    try:
+        # Click's parse keeps no order; the same parse again gives it.
+        order = ctx.command.make_parser(ctx).parse_args(args=_arguments(ctx, whole=False))[2]
+    except click.UsageError:
+        order = params
+    listed = []
+    for param in [*dict.fromkeys([*order, *params])]:
+        if (
+            not isinstance(param, click.Option)
+            or param.name is None
+            or ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE
+        ):
+            continue
+        flag = max(param.opts, key=len)
+        value = ctx.params.get(param.name)
+        listed.append(flag if param.is_flag else f"{flag} {shlex.quote(str(value))}")
+    return listed
 
 
 def _executor(
@@ -534,11 +672,11 @@ def _library_versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     found = []
-    for name in ("numpy", "scipy", "bed-reader", "click"):
+    for name in ("numpy", "scipy", "bed-reader", "click", "numba", "matplotlib", "distributed"):
         try:
             found.append(f"{name} {version(name)}")
         except PackageNotFoundError:
-            found.append(f"{name} (not installed as a package)")
+            found.append(f"{name} (not installed)")
     return ", ".join(found)
 
 
@@ -550,7 +688,7 @@ def _setup_logging(quiet: bool, verbose: bool) -> _Memory:
         log.removeHandler(handler)
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
-    stderr.setFormatter(logging.Formatter("cmlm: %(message)s"))
+    stderr.setFormatter(_LevelPrefix("cmlm: ", warning="warning: ", error="error: "))
     memory = _Memory()
     log.addHandler(stderr)
     log.addHandler(memory)
@@ -597,6 +735,7 @@ def _setup_logging(quiet: bool, verbose: bool) -> _Memory:
     show_default=True,
     help="SNPs generated and written at a time (changes no byte).",
 )
+@log_options
 def simulate(
     out,
     n,
@@ -613,12 +752,13 @@ def simulate(
     chromosomes,
     seed,
     block_size,
+    quiet,
+    verbose,
 ) -> None:
     """Write a simulated PLINK fileset with structure, families and traits."""
-    from cmlm_cli.simulate import simulate as run_simulation
+    with _session(f"{out}.log", quiet=quiet, verbose=verbose, threads=None, seed=seed):
+        from cmlm_cli.simulate import simulate as run_simulation
 
-    _setup_logging(quiet=False, verbose=False)
-    try:
         run_simulation(
             out,
             n=n,
@@ -636,9 +776,6 @@ def simulate(
             seed=seed,
             block_size=block_size,
         )
-    except CmlmError as err:
-        click.echo(f"cmlm: error: {err}", err=True)
-        sys.exit(2)
 
 
 @main.command()

@@ -28,6 +28,11 @@ from cmlm_cli.kinship import GroupGram
 from cmlm_cli.null_model import ROUNDING, NullModel, fit_null
 
 GAPIT_STEP = 50
+# Each level costs one q x q eigendecomposition, O(q^3): GAPIT's grid n, n-50,
+# ... has n/50 levels and costs ~n^4/200 (minutes at n = 5,000). Above this
+# many levels the default grid is geometric instead, which costs ~2 n^3.
+MAX_DEFAULT_LEVELS = 20
+SMALLEST_DEFAULT_GROUPS = 30
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,10 @@ def parse_groups(
     spec : str or None
         One count (``"81"``), a list (``"281,231,81"``) or a range
         ``FROM:TO:BY`` (both ends included where the step lands on them).
-        None gives GAPIT's grid: n, n - 50, n - 100, ... while above ``p``.
+        None gives GAPIT's grid n, n - 50, n - 100, ... (while above ``p``)
+        when it has at most 20 counts; for larger n, 20 counts spaced evenly
+        on the log scale from n down to 30 (or ``p + 1``), see
+        :func:`default_groups`. ``"gapit"`` asks for GAPIT's grid at any n.
     n : int
         Individuals that are clustered (all genotyped ones), or on the
         large path the micro-clusters (the finest level).
@@ -77,8 +85,8 @@ def parse_groups(
     list of int
         Distinct counts in decreasing order.
     """
-    if spec is None:
-        counts = list(range(n, p, -GAPIT_STEP))
+    if spec is None or spec == "gapit":
+        counts = default_groups(n, p, gapit=spec == "gapit")
     else:
         try:
             if ":" in spec:
@@ -103,6 +111,30 @@ def parse_groups(
         )
         raise CmlmError(msg)
     return sorted(set(counts), reverse=True)
+
+
+def default_groups(n: int, p: int, *, gapit: bool = False) -> list[int]:
+    """The default group counts, largest first.
+
+    Parameters
+    ----------
+    n : int
+        Individuals (or micro-clusters) that are clustered.
+    p : int
+        Fixed effects: a level needs more groups than ``p``.
+    gapit : bool
+        GAPIT's grid n, n - 50, ... whatever its length.
+
+    Returns
+    -------
+    list of int
+    """
+    gapit_grid = list(range(n, p, -GAPIT_STEP)) or [n]
+    if gapit or len(gapit_grid) <= MAX_DEFAULT_LEVELS:
+        return gapit_grid
+    low = max(SMALLEST_DEFAULT_GROUPS, p + 1)
+    grid = np.geomspace(n, low, MAX_DEFAULT_LEVELS)
+    return sorted({int(round(c)) for c in grid}, reverse=True)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ import scipy.special
 from cmlm_cli import dosage
 from cmlm_cli.choices import KINSHIP_METHODS
 from cmlm_cli.errors import CmlmError
+
+log = logging.getLogger("cmlm")
 
 
 @dataclass(frozen=True)
@@ -374,6 +377,10 @@ class RandomizedComponents:
         approximation of K equals the distance between rows i and j of
         ``U_k diag(values_k) / scale``: the hierarchical clustering of rows of
         K (GAPIT) becomes a clustering of these n points in k dimensions.
+        This is an approximation: the distance between the full rows of K
+        also has the part of the rows in the other n - k eigenvectors, which
+        is dropped (each row's own diagonal term, for one, mostly lives
+        there).
         """
         return self.vectors[:, :k] * (self.values[:k] / self.scale)
 
@@ -505,17 +512,21 @@ def randomized_components(
         )
         raise CmlmError(msg)
 
-    def times_c(Q: np.ndarray) -> np.ndarray:
+    total = n_iter + 2
+    log.debug("principal components: pass 1 of %d done", total)
+
+    def times_c(Q: np.ndarray, done: int) -> np.ndarray:
         CQ = np.zeros_like(Q)
         for _, G in passes():
             X = _centred(G, impute, buffers)[0]
             CQ += X @ (X.T @ Q)
+        log.debug("principal components: pass %d of %d done", done, total)
         return CQ
 
     Q = _orthonormal(Y)
-    for _ in range(n_iter):
-        Q = _orthonormal(times_c(Q))
-    B = Q.T @ times_c(Q)
+    for i in range(n_iter):
+        Q = _orthonormal(times_c(Q, i + 2))
+    B = Q.T @ times_c(Q, total)
     values, V = scipy.linalg.eigh((B + B.T) / 2.0)
     values, V = values[::-1][:n_components], V[:, ::-1][:, :n_components]
     vectors = Q @ V

@@ -30,19 +30,22 @@ whose first numerator is an exact integer: no cancellation, unlike
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numba
 import numpy as np
 
+from cmlm_cli import plink
+
 # SNPs handed to one parallel task: enough to amortise the work buffers.
 _CHUNK = 16
 # numba's fallback threading layer (workqueue) must not be entered by two
-# Python threads at once (Dask workers run scans in threads).
+# Python threads at once (Dask workers run scans in threads): the parallel
+# kernel is entered by one thread at a time.
 _KERNEL_LOCK = threading.Lock()
 
 
@@ -139,7 +142,20 @@ def layout(
     return Layout(order, fam_rows[order], starts, columns, labels is not None)
 
 
-def read_rows(handle: BinaryIO, snps: np.ndarray, *, n_fam: int) -> np.ndarray:
+def open_packed(bfile: plink.Bfile) -> np.ndarray:
+    """The .bed genotypes as a read-only (m, ceil(n / 4)) uint8 memory map.
+
+    The header was checked by :func:`cmlm_cli.plink.open_bfile`; row ``j``
+    holds SNP ``j``. (The scan reads with :func:`read_rows` instead, whose
+    memory does not grow with the pages of the file it has read.)
+    """
+    width = -(-bfile.n_samples // 4)
+    return np.memmap(
+        f"{bfile.prefix}.bed", dtype=np.uint8, mode="r", offset=3, shape=(bfile.n_snps, width)
+    )
+
+
+def read_rows(handle: io.BufferedReader, snps: np.ndarray, *, n_fam: int) -> np.ndarray:
     """Read the .bed bytes of some SNPs.
 
     A read per run of consecutive SNPs, into one buffer: no memory map, whose
@@ -164,13 +180,15 @@ def read_rows(handle: BinaryIO, snps: np.ndarray, *, n_fam: int) -> np.ndarray:
     cuts = [0, *(np.flatnonzero(np.diff(snps) != 1) + 1).tolist(), snps.size]
     for a, b in itertools.pairwise(cuts):
         handle.seek(3 + int(snps[a]) * width)
-        if handle.readinto(memoryview(rows[a:b]).cast("B")) != (b - a) * width:
+        if handle.readinto(rows[a:b].data) != (b - a) * width:
             msg = f"the .bed ended before SNP {int(snps[b - 1])}: it changed since it was checked"
             raise OSError(msg)
     return rows
 
 
-def statistics(packed: np.ndarray, plan: Layout, *, middle: bool) -> Statistics:
+def statistics(
+    packed: np.ndarray, plan: Layout, *, middle: bool, parallel: bool = True
+) -> Statistics:
     """Sufficient statistics of every SNP of a block of packed rows.
 
     Parameters
@@ -181,6 +199,9 @@ def statistics(packed: np.ndarray, plan: Layout, *, middle: bool) -> Statistics:
     middle : bool
         Impute missing calls with 1 (GAPIT's "Middle") rather than the SNP
         mean over the model's called genotypes.
+    parallel : bool
+        Spread the SNPs over numba's threads (see :func:`threads`); False
+        for a caller that runs several blocks at once in its own threads.
 
     Returns
     -------
@@ -202,21 +223,25 @@ def statistics(packed: np.ndarray, plan: Layout, *, middle: bool) -> Statistics:
         af=np.empty(B),
         n_miss=np.empty(B, dtype=np.int64),
     )
-    with _KERNEL_LOCK:
-        _block(
-            packed,
-            plan.position.astype(np.uint64),
-            plan.starts,
-            plan.columns,
-            middle,
-            plan.centre,
-            out.group_sums.T,
-            out.dots,
-            out.ssw,
-            out.constant,
-            out.af,
-            out.n_miss,
-        )
+    arguments = (
+        packed,
+        plan.position.astype(np.uint64),
+        plan.starts,
+        plan.columns,
+        middle,
+        plan.centre,
+        out.group_sums.T,
+        out.dots,
+        out.ssw,
+        out.constant,
+        out.af,
+        out.n_miss,
+    )
+    if parallel:
+        with _KERNEL_LOCK:
+            _block_parallel(*arguments)
+    else:
+        _block_serial(*arguments)
     return out
 
 
@@ -281,7 +306,6 @@ def _dot(a, b):  # pragma: no cover - compiled
     return total
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
 def _block(
     packed, position, starts, columns, middle, centre, group_sums, dots, ssw, constant, af, n_miss
 ):  # pragma: no cover - compiled
@@ -363,3 +387,9 @@ def _block(
             ssw[j] = within
             for r in range(k):
                 dots[r, j] = _dot(columns[r], x)
+
+
+# One kernel, compiled twice: over numba's threads, and on the caller's thread
+# only (where prange is range), which any number of threads may run at once.
+_block_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_block)
+_block_serial = numba.njit(cache=True, nogil=True)(_block)

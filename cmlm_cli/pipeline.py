@@ -135,7 +135,8 @@ class TraitResult:
 def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     """Read and check every input; apply --keep, --extract and --maf."""
     bfile = plink.open_bfile(bfile_prefix)
-    log.info("%s: %d samples, %d SNPs", bfile_prefix, bfile.n_samples, bfile.n_snps)
+    log.info("%s.fam: %d samples", bfile_prefix, bfile.n_samples)
+    log.info("%s.bim: %d SNPs", bfile_prefix, bfile.n_snps)
     samples = np.arange(bfile.n_samples)
     if options.keep:
         wanted = set(tables.read_sample_list(options.keep))
@@ -145,6 +146,7 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
             raise CmlmError(msg)
         _log_dropped("samples", "not in --keep", bfile.iid[~keep])
         samples = samples[keep]
+        log.info("--keep: %d of %d samples remain", samples.size, bfile.n_samples)
     snps = np.arange(bfile.n_snps)
     if options.extract:
         wanted_snps = set(tables.read_snp_list(options.extract))
@@ -154,6 +156,7 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
             raise CmlmError(msg)
         _log_dropped("SNPs", "not in --extract", bfile.snp[~extract])
         snps = snps[extract]
+        log.info("--extract: %d of %d SNPs remain", snps.size, bfile.n_snps)
 
     missing = tuple(dict.fromkeys(("NA", "NaN", "nan", "", options.missing_code)))
     fid, iid = bfile.fid[samples], bfile.iid[samples]
@@ -250,6 +253,7 @@ def _filter_maf(
     _log_dropped(
         "SNPs", f"minor allele frequency below --maf {options.maf}", bfile.snp[snps[~passing]]
     )
+    log.info("--maf %g: %d of %d SNPs remain", options.maf, passing.sum(), snps.size)
     return snps[passing]
 
 
@@ -328,6 +332,12 @@ def _read_user_kinship(path: str, fid: np.ndarray, iid: np.ndarray) -> np.ndarra
     index = np.array(rows)
     return K[np.ix_(index, index)]
 
+
+RANDOM_SEED = 0
+"""Seed of the large path's randomised principal components and k-means++ seeding.
+
+Fixed, so that the same inputs give the same groups and the same bytes.
+"""
 
 LARGE_N = 20_000
 """``--path auto`` takes the large path above this many kept samples.
@@ -420,7 +430,9 @@ def build_grouped(
     pcs = np.zeros((n, 0))
     if n_components == 0:
         return kinship.Relationship(K=np.zeros((0, 0)), pcs=pcs, n_snps=0), None
-    comps = kinship.randomized_components(passes, n_components, impute=options.impute)
+    comps = kinship.randomized_components(
+        passes, n_components, impute=options.impute, seed=RANDOM_SEED
+    )
     log.info(
         "principal components: top %d eigenpairs of W W' by a randomised range finder "
         "(Halko et al. 2011; %d passes over %d SNPs, %d polymorphic)",
@@ -438,7 +450,7 @@ def build_grouped(
     k = min(grouping.CLUSTER_COMPONENTS, n_components)
     order = np.lexsort((bfile.iid[samples], bfile.fid[samples]))
     micro, centroids = grouping.micro_clusters(
-        comps.kinship_rows(k), options.max_groups, order=order
+        comps.kinship_rows(k), options.max_groups, order=order, seed=RANDOM_SEED
     )
     sizes = np.bincount(micro)
     tree = grouping.weighted_linkage(centroids, sizes, method=options.cluster)
@@ -592,6 +604,12 @@ def trait_data(
     _log_dropped("samples", f"{name} missing or not in the phenotype table", iid[no_trait])
     _log_dropped("samples", "a covariate missing or not in the covariate table", iid[no_covariate])
     y, X = y_all[analysed], fixed[analysed]
+    log.info(
+        "%s: %d of the %d kept samples have the trait and every covariate",
+        name,
+        analysed.size,
+        y_all.size,
+    )
     check_trait(name, y, X, fixed_names(inputs, options), several=inputs.traits.shape[1] > 1)
     return TraitData(name, analysed, y, X)
 
@@ -860,7 +878,24 @@ def sumstats_lines(
     n_analysed : int
         Individuals in the trait's model.
     """
-    columns = {
+    return sumstats.sumstats_rows(sumstats_columns(bfile, snp_index, res, n_analysed))
+
+
+def sumstats_columns(
+    bfile: plink.Bfile, snp_index: np.ndarray, res: ScanResult, n_analysed: int
+) -> dict[str, np.ndarray]:
+    """The columns of :data:`sumstats.SUMSTATS_COLUMNS` for one block of one trait.
+
+    Parameters
+    ----------
+    bfile, snp_index, res, n_analysed
+        As in :func:`sumstats_lines`.
+
+    Returns
+    -------
+    dict of str to ndarray, each of shape (B,)
+    """
+    return {
         "chromosome": bfile.chrom[snp_index],
         "base_pair_location": bfile.pos[snp_index],
         "effect_allele": bfile.a1[snp_index],
@@ -877,7 +912,6 @@ def sumstats_lines(
         "df": res.df,
         "n_missing_calls": res.n_miss,
     }
-    return sumstats.sumstats_rows(columns)
 
 
 def write_trait_files(result: TraitResult, inputs: Inputs, out: str, options: GwasOptions) -> None:
@@ -1064,8 +1098,35 @@ def fit_models(
         )
     _make_out_folder(out)
     lap("reading inputs")
+    return inputs, fit_inputs(inputs, options, lap)
+
+
+def fit_inputs(
+    inputs: Inputs, options: GwasOptions, lap: _Stopwatch | None = None
+) -> list[TraitResult]:
+    """Kinship, clustering, compression search and chosen null model of every trait.
+
+    Parameters
+    ----------
+    inputs : Inputs
+        From :func:`load_inputs` with the same ``options``.
+    options : GwasOptions
+    lap : _Stopwatch, optional
+        Logs the time of each step.
+
+    Returns
+    -------
+    list of TraitResult
+        One per trait, in the phenotype table's order.
+    """
+    lap = lap or _Stopwatch()
     path, why = choose_path(inputs.samples.size, options)
     log.info("%s path: %s", path, why)
+    if path == "large":
+        log.info(
+            "random number seed: %d (randomised principal components, k-means++ seeding)",
+            RANDOM_SEED,
+        )
     tree: np.ndarray | compression.GroupedKinship | None
     if path == "large":
         rel, tree = build_grouped(inputs, options, lap)
@@ -1080,7 +1141,7 @@ def fit_models(
     ]
     results = fit_traits(traits, rel, tree, inputs, options)
     lap("null models")
-    return inputs, results
+    return results
 
 
 def write_results(

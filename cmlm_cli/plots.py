@@ -758,8 +758,10 @@ def _save(ax: Axes, path: str, fmt: str) -> None:
     figure = cast("Figure", ax.figure)
     with sumstats.atomic_open(path) as handle:
         # The picture is bytes: write them under the text layer, through the
-        # same temporary-name-and-rename as every other output.
-        figure.savefig(cast(TextIO, handle).buffer, format=fmt, dpi=_DPI)
+        # same temporary-name-and-rename as every other output. A PDF
+        # carries no creation date, so the same run gives the same bytes.
+        metadata = {"CreationDate": None} if fmt == "pdf" else None
+        figure.savefig(cast(TextIO, handle).buffer, format=fmt, dpi=_DPI, metadata=metadata)
 
 
 def plot_files(

@@ -54,8 +54,8 @@ def test_gwas_writes_every_file(mdp, tmp_path):
     log = (tmp_path / "res" / "run.log").read_text()
     assert "dropped 2 samples" in log
     assert "CML61" in log
-    assert "options in effect: bfile=" in log
-    assert "groups=281,131" in log
+    assert "\nOptions in effect:\n" in log
+    assert "\n  --groups 281,131\n" in log
 
 
 def test_gzip_output_is_the_same_table(mdp, tmp_path):

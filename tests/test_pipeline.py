@@ -703,6 +703,20 @@ def test_parse_groups(spec, expected):
     assert parse_groups(spec, 281, 1) == expected
 
 
+def test_default_groups_are_gapit_grid_up_to_20_levels_then_geometric():
+    assert parse_groups(None, 1000, 1) == list(range(1000, 1, -50))
+    assert parse_groups("gapit", 5000, 4) == list(range(5000, 4, -50))
+    counts = parse_groups(None, 5000, 4)
+    # 20 counts from n down to 30, each about 0.76 times the one before.
+    assert len(counts) == 20
+    assert counts[0] == 5000
+    assert counts[-1] == 30
+    ratios = np.array(counts[1:]) / np.array(counts[:-1])
+    np.testing.assert_allclose(ratios, (30 / 5000) ** (1 / 19), rtol=0.02)
+    # The cost, sum of q^3, stays near 2 n^3 (GAPIT's grid: ~n^4/200).
+    assert sum(c**3 for c in counts) < 2.5 * 5000**3
+
+
 @pytest.mark.parametrize("spec", [
     "", "abc", "281;81", "281,,81", "0", "282", "-5", "281,0", "281:31", "281:31:0",
     "281:31:50:1", "1.5", "300:200:50"])

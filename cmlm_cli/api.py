@@ -1,0 +1,220 @@
+"""The analysis step by step, in memory, for a notebook: load, fit, scan, plot.
+
+``cmlm gwas`` is :func:`cmlm_cli.pipeline.run_gwas`, which reads the inputs,
+fits every trait's null model, streams the SNPs through the test into files
+and draws the pictures. The functions here call the same pipeline functions
+(:func:`~cmlm_cli.pipeline.load_inputs`,
+:func:`~cmlm_cli.pipeline.fit_inputs`, :func:`~cmlm_cli.pipeline.scan_blocks`,
+:func:`~cmlm_cli.pipeline.sumstats_columns`, :mod:`cmlm_cli.plots`) but keep
+the results as arrays instead of writing them, so the numbers are those of
+the files of a run with the same options::
+
+    from cmlm_cli import GwasOptions, api
+
+    options = GwasOptions(pheno_names=("EarHT",), pcs=3)
+    inputs = api.load("data/mdp", "data/mdp.pheno.tsv", options)
+    fits = api.fit(inputs, options)
+    scans = api.scan(fits, inputs, options)
+    figure = api.plot(scans["EarHT"], fits[0])
+
+Give the three calls the same options: :func:`load` applies the sample and
+SNP filters, :func:`fit` and :func:`scan` the model settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cmlm_cli import pipeline, plots, sumstats
+from cmlm_cli.pipeline import GwasOptions, Inputs, TraitResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+@dataclass(frozen=True)
+class TraitScan:
+    """One trait's association results: the columns of its summary-statistics file.
+
+    Every array has shape (m,), one entry per tested SNP in .bim order, and
+    the name and meaning of the file's column (``NaN`` where the file has
+    ``NA``).
+
+    Attributes
+    ----------
+    trait : str
+    lambda_gc : float
+        Median of the squared t statistics over the 1-df chi-square median,
+        as ``model.json`` has it.
+    chromosome, effect_allele, other_allele, variant_id : ndarray of str
+    base_pair_location, n, df, n_missing_calls : ndarray of int
+    beta, standard_error, effect_allele_frequency, p_value, t_statistic : ndarray of float64
+    """
+
+    trait: str
+    lambda_gc: float
+    chromosome: np.ndarray
+    base_pair_location: np.ndarray
+    effect_allele: np.ndarray
+    other_allele: np.ndarray
+    beta: np.ndarray
+    standard_error: np.ndarray
+    effect_allele_frequency: np.ndarray
+    p_value: np.ndarray
+    variant_id: np.ndarray
+    n: np.ndarray
+    t_statistic: np.ndarray
+    df: np.ndarray
+    n_missing_calls: np.ndarray
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The arrays keyed by column name, in the file's column order."""
+        return {name: getattr(self, name) for name in sumstats.SUMSTATS_COLUMNS}
+
+
+def load(bfile: str, pheno: str, options: GwasOptions | None = None) -> Inputs:
+    """Read and check the genotypes and the tables; apply --keep, --extract, --maf.
+
+    Parameters
+    ----------
+    bfile : str
+        PLINK 1 prefix (``PREFIX.bed/.bim/.fam``).
+    pheno : str
+        Phenotype table (``FID IID trait...``, or GAPIT's ``Taxa trait...``).
+    options : GwasOptions, optional
+        The defaults of ``cmlm gwas`` if omitted.
+
+    Returns
+    -------
+    Inputs
+        ``samples`` (n,) and ``snps`` (m,) index the kept rows of the .fam and
+        .bim; ``traits`` (n, t) and ``covariates`` (n, c) are aligned to them.
+
+    Raises
+    ------
+    CmlmError
+        An input or an option is not usable; the message says why.
+    """
+    options = options or GwasOptions()
+    pipeline.check_options(options)
+    return pipeline.load_inputs(bfile, pheno, options)
+
+
+def fit(inputs: Inputs, options: GwasOptions | None = None) -> list[TraitResult]:
+    """Kinship, clustering, compression search and the chosen null model per trait.
+
+    Parameters
+    ----------
+    inputs : Inputs
+        From :func:`load` with the same ``options``.
+    options : GwasOptions, optional
+
+    Returns
+    -------
+    list of TraitResult
+        One per trait in ``inputs.trait_names`` order: ``model`` (the chosen
+        :class:`~cmlm_cli.null_model.NullModel`), ``levels`` (every group
+        count tried, the compression profile), ``chosen`` (its index) and
+        ``analysed`` (n_a,), the rows of ``inputs.samples`` in the model.
+    """
+    options = options or GwasOptions()
+    pipeline.check_options(options)
+    return pipeline.fit_inputs(inputs, options)
+
+
+def scan(
+    fits: list[TraitResult], inputs: Inputs, options: GwasOptions | None = None
+) -> dict[str, TraitScan]:
+    """Test every kept SNP against every trait's null model, in memory.
+
+    The SNPs are read and tested block by block exactly as ``cmlm gwas``
+    does (``options.block_size``), in one pass for all traits.
+
+    Parameters
+    ----------
+    fits : list of TraitResult
+        From :func:`fit`.
+    inputs : Inputs
+        From :func:`load`.
+    options : GwasOptions, optional
+        The options given to :func:`fit`.
+
+    Returns
+    -------
+    dict of str to TraitScan
+        Keyed by trait name; each holds m = ``inputs.snps.size`` SNPs.
+    """
+    options = options or GwasOptions()
+    pipeline.check_options(options)
+    blocks: list[list[dict[str, np.ndarray]]] = [[] for _ in fits]
+    for snp_index, results in pipeline.scan_blocks(fits, inputs, options):
+        for parts, fitted, res in zip(blocks, fits, results, strict=True):
+            parts.append(
+                pipeline.sumstats_columns(inputs.bfile, snp_index, res, fitted.analysed.size)
+            )
+    scans = {}
+    for fitted, parts in zip(fits, blocks, strict=True):
+        columns = {
+            name: np.concatenate([part[name] for part in parts])
+            for name in sumstats.SUMSTATS_COLUMNS
+        }
+        # set_lambda_gc fills in a TraitResult; a copy leaves the caller's fit as it was.
+        summary = dataclasses.replace(fitted, files=[])
+        pipeline.set_lambda_gc(summary, columns["t_statistic"] ** 2)
+        scans[fitted.name] = TraitScan(trait=fitted.name, lambda_gc=summary.lambda_gc, **columns)
+    return scans
+
+
+def plot(result: TraitScan, fit: TraitResult | None = None, *, title: str | None = None) -> Figure:
+    """Manhattan and QQ plots of a trait, and its compression profile if ``fit`` is given.
+
+    The pictures of ``cmlm gwas`` (:func:`cmlm_cli.plots.manhattan`,
+    :func:`~cmlm_cli.plots.qq`, :func:`~cmlm_cli.plots.compression_profile`)
+    on one figure: the Manhattan plot across the top, the QQ plot and the
+    profile below. Needs matplotlib.
+
+    Parameters
+    ----------
+    result : TraitScan
+        One value of :func:`scan`.
+    fit : TraitResult, optional
+        The same trait's fit; without it, or for a GLM (no compression
+        levels), the profile is left out.
+    title : str, optional
+        Title of each panel (default: the trait).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        A figure of its own (not registered with pyplot); ``figure.axes``
+        are the Manhattan, QQ and profile axes (and the profile's h2 twin).
+    """
+    plots.require_matplotlib()
+    from matplotlib.figure import Figure
+
+    title = result.trait if title is None else title
+    levels = fit.levels if fit is not None else []
+    figure = Figure(figsize=(12, 8), layout="constrained")
+    grid = figure.add_gridspec(2, 2 if levels else 1)
+    plots.manhattan(
+        result.chromosome,
+        result.base_pair_location,
+        result.p_value,
+        ax=figure.add_subplot(grid[0, :]),
+        title=title,
+    )
+    plots.qq(result.p_value, ax=figure.add_subplot(grid[1, 0]), title=title)
+    if fit is not None and levels:
+        plots.compression_profile(
+            np.array([level.groups for level in levels]),
+            np.array([level.model.neg2logL for level in levels]),
+            np.array([level.model.h2 for level in levels]),
+            levels[fit.chosen].groups,
+            ax=figure.add_subplot(grid[1, 1]),
+            title=title,
+        )
+    return figure
