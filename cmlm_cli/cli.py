@@ -287,7 +287,9 @@ analysis_options = _together(
         help="SNPs read and tested at a time.",
     ),
     click.option(
-        "--threads", type=click.IntRange(min=1), help="Threads for BLAS and the .bed reader."
+        "--threads",
+        type=click.IntRange(min=1),
+        help="Threads for BLAS, the .bed reader and the scan's SNP blocks (default: all cores).",
     ),
     click.option(
         "--missing-code",
@@ -603,7 +605,11 @@ def fit(bfile, pheno, out, quiet, verbose, **settings) -> None:
     metavar="PREFIX",
     help="The fitted PLINK fileset at another path (default: where cmlm fit read it).",
 )
-@click.option("--threads", type=click.IntRange(min=1), help="Threads for BLAS and the .bed reader.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads for BLAS, the .bed reader and the scan's SNP blocks (default: all cores).",
+)
 @dask_options
 @log_options
 def scan(

@@ -50,6 +50,8 @@ VARIANCES = ("null", "refit")
 COLLINEAR_RTOL = 1e-9
 # SNPs per call of the dense algebra (see Scanner._test).
 TILE = 256
+# Bytes of test statistics that scan_snps keeps in flight at most (beyond one block).
+SCAN_MEMORY = 2**30
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,8 @@ def scan_snps(
         individuals, in the model's row order.
     block_size : int
     num_threads : int or None
+        Threads testing blocks at once (all cores if None); BLAS is held to
+        one thread per block for the duration of the scan.
 
     Yields
     ------
@@ -349,7 +353,11 @@ def scan_snps(
     # q x 256 tiles are too small to share, and a BLAS or OpenMP pool that
     # spin-waits beside another busy thread (the caller writing text) loses
     # far more than it gains (q = 500, n = 10,000: 3x slower on 2 cores).
-    workers = max(1, num_threads or os.cpu_count() or 1)
+    # Each block in flight holds its group sums and statistics (about twice
+    # over while tested); many cores and large q (the MLM: q = n) must not
+    # multiply that past SCAN_MEMORY.
+    per_block = 16 * block_size * sum(p.starts.size + p.columns.shape[0] + 8 for p in plans)
+    workers = max(1, min(num_threads or os.cpu_count() or 1, SCAN_MEMORY // per_block - 1))
     pending: collections.deque[tuple[np.ndarray, concurrent.futures.Future]] = collections.deque()
     with (
         open(f"{bfile.prefix}.bed", "rb") as bed,

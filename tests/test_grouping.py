@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.cluster.hierarchy
+import scipy.spatial.distance
 
 from cmlm_cli import tables
-from cmlm_cli.grouping import CLUSTER_METHODS, cut_tree, group_kinship, linkage
+from cmlm_cli.grouping import CLUSTER_METHODS, cut_tree, group_kinship, linkage, row_distances
 
 
 def partition(labels: np.ndarray) -> list[tuple[int, ...]]:
@@ -121,3 +122,21 @@ def test_singleton_groups_give_k_itself():
     A = rng.normal(size=(8, 8))
     K = A @ A.T
     assert np.allclose(group_kinship(K, np.arange(8)), K, rtol=1e-14)
+
+
+@pytest.mark.parametrize("n", [2, 3, 50, 300])
+def test_row_distances_equal_pdist(n):
+    rng = np.random.default_rng(n)
+    W = rng.normal(size=(n, 40))
+    K = W @ W.T / 40
+    if n > 3:
+        # Duplicate individuals: their distance must come out as 0, not NaN.
+        K[:, 1] = K[:, 0]
+        K[1, :] = K[0, :]
+    ours = row_distances(K, block=7)
+    theirs = scipy.spatial.distance.pdist(K)
+    assert ours.shape == theirs.shape
+    scale = np.sqrt(np.einsum("ij,ij->i", K, K)).max()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-7 * scale)
+    if n > 3:
+        assert ours[0] < 1e-6 * scale
