@@ -158,7 +158,8 @@ def header(args: argparse.Namespace, tools: dict[str, str | None]) -> str:
             f"load average at start {load}.",
             f"Versions: {'; '.join(versions)}.",
             f"Threads per command: {args.threads}; repeats: {args.repeats} (median shown); "
-            f"timeout {args.timeout:.0f} s per command.",
+            f"timeout {args.timeout:.0f} s per command; "
+            f"{' and '.join(PINNED_BLAS_VARIABLES)} unset for every command.",
             "Wall: elapsed seconds; CPU: user + system seconds of the process; RSS: peak "
             "resident memory. Panels: `cmlm simulate` with "
             + ", ".join(f"{k}={v}" for k, v in PANEL.items())
@@ -387,9 +388,18 @@ class Done:
     problem: str = ""
 
 
+PINNED_BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
 def run(argv: list[str], stderr: Path, timeout: float, threads: int) -> Done:
     """Run ``argv``, measuring the child alone; stop its process group after ``timeout``."""
     env = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
+    # Some machines pin OpenBLAS to an older kernel (OPENBLAS_CORETYPE, with
+    # OPENBLAS_L2_SIZE) to work around old OpenBLAS bugs; a current OpenBLAS
+    # then runs at half speed. Every tool (numpy's OpenBLAS, GEMMA's Debian
+    # OpenBLAS) gets the machine's own kernel here, alike.
+    for name in PINNED_BLAS_VARIABLES:
+        env.pop(name, None)
     stopped = threading.Event()
 
     def stop(pid: int) -> None:

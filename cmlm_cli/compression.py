@@ -11,7 +11,8 @@ compression for the same fit). GAPIT's own rule is available as
 On the large path (no n x n kinship) the tree's leaves are micro-clusters
 rather than individuals and each level's ``mean`` group kinship is a block
 sum of the micro-clusters' Gram (:func:`iter_grouped_partitions`); the
-default grid is then GAPIT's, started from the number of micro-clusters.
+default grid (:func:`default_groups`) then starts from the number of
+micro-clusters.
 """
 
 from __future__ import annotations
