@@ -62,6 +62,7 @@ class GwasOptions:
     keep: str | None = None
     extract: str | None = None
     kinship: str = "vanraden"
+    kinship_precision: str = "float64"
     impute: str = "mean"
     cluster: str = "average"
     group_kinship: str = "mean"
@@ -287,10 +288,18 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> kinship.Relation
         return kinship.Relationship(K=np.zeros((0, 0)), pcs=pcs, n_snps=0)
     if options.kinship in choices.KINSHIP_METHODS:
         rel = kinship.relationship(
-            blocks(), method=options.kinship, impute=options.impute, n_pcs=options.pcs
+            blocks(),
+            method=options.kinship,
+            impute=options.impute,
+            n_pcs=options.pcs,
+            precision=options.kinship_precision,
         )
         log.info(
-            "kinship %s from %d SNPs over %d samples", options.kinship, rel.n_snps, samples.size
+            "kinship %s from %d SNPs over %d samples (%s block products)",
+            options.kinship,
+            rel.n_snps,
+            samples.size,
+            options.kinship_precision,
         )
         return rel
     K = _read_user_kinship(options.kinship, bfile.fid[samples], bfile.iid[samples])
@@ -993,6 +1002,7 @@ def check_options(options: GwasOptions) -> None:
         (options.impute, choices.IMPUTE_METHODS, "--impute"),
         (options.cluster, choices.CLUSTER_METHODS, "--cluster"),
         (options.group_kinship, choices.GROUP_KINSHIPS, "--group-kinship"),
+        (options.kinship_precision, choices.KINSHIP_PRECISIONS, "--kinship-precision"),
         (options.snp_variance, choices.SNP_VARIANCES, "--snp-variance"),
         (options.choose, choices.CHOICE_RULES, "--choose"),
         (options.path, choices.PATHS, "--path"),
