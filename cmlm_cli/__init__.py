@@ -4,8 +4,9 @@ The package follows the data flow of an analysis, one module per step:
 ``plink`` and ``tables`` read the inputs, ``kinship`` builds relationship
 matrices, ``grouping`` clusters individuals into groups, ``null_model`` fits
 the compressed model, ``scan`` tests SNP blocks, ``sumstats`` writes results,
-``pipeline`` runs the steps top to bottom, and ``api`` runs them in memory
-for a notebook.
+``pipeline`` runs the steps top to bottom, ``chunks`` splits that run into
+fit, chunked scans and a merge for batch jobs, and ``api`` runs the steps in
+memory for a notebook.
 
 The names a notebook needs are importable from the package itself::
 

@@ -586,9 +586,9 @@ def fit(bfile, pheno, out, quiet, verbose, **settings) -> None:
     with _session(
         f"{out}.fit.log", quiet=quiet, verbose=verbose, threads=settings["threads"]
     ) as log:
-        from cmlm_cli import pipeline
+        from cmlm_cli.chunks import run_fit
 
-        path = pipeline.run_fit(bfile, pheno, out, _gwas_options(settings))
+        path = run_fit(bfile, pheno, out, _gwas_options(settings))
         log.info("next: cmlm scan --null %s --chunk K/N --out %s, for K = 1..N", path, out)
 
 
@@ -641,10 +641,10 @@ def scan(
     with _session(
         f"{out}.part-{k}-of-{n}.log", quiet=quiet, verbose=verbose, threads=threads
     ) as log:
-        from cmlm_cli import pipeline
+        from cmlm_cli.chunks import run_scan
 
         with _executor(dask_scheduler, dask_scheduler_file, dask_local) as executor:
-            manifest = pipeline.run_scan(
+            manifest = run_scan(
                 null,
                 out,
                 chunk=chunk,
@@ -675,9 +675,9 @@ def scan(
 def merge(null, chunks, out, bfile, quiet, verbose) -> None:
     """Join the parts of cmlm scan into the files of one cmlm gwas run."""
     with _session(f"{out}.log", quiet=quiet, verbose=verbose, threads=None) as log:
-        from cmlm_cli import pipeline
+        from cmlm_cli.chunks import run_merge
 
-        results = pipeline.run_merge(null, out, chunks=chunks, bfile=bfile)
+        results = run_merge(null, out, chunks=chunks, bfile=bfile)
         for result in results:
             log.info("wrote %s", ", ".join(result.files))
 

@@ -32,15 +32,13 @@ HapMap rules (chosen to reproduce the repository's ``data/mdp`` exactly):
 from __future__ import annotations
 
 import contextlib
-import gzip
-import io
 import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO
 
 import numpy as np
 
@@ -182,43 +180,6 @@ class Conversion:
         return text
 
 
-def _stream_lines(path: str | os.PathLike[str], what: str) -> Iterator[tuple[int, str]]:
-    """Non-blank lines with their 1-based numbers, read one at a time.
-
-    The same rules as :func:`cmlm_cli.tables.read_text_lines` (gzip by magic
-    bytes, UTF-8 with optional byte-order mark, Windows line ends), but
-    streaming: genotype files can be larger than memory.
-    """
-    try:
-        raw = open(path, "rb")
-    except FileNotFoundError:
-        msg = f"{what} file '{path}' not found"
-        raise CmlmError(msg) from None
-    except OSError as err:
-        msg = f"cannot read {what} file '{path}': {err.strerror}"
-        raise CmlmError(msg) from None
-    try:
-        magic = raw.peek(2)[:2] if isinstance(raw, io.BufferedReader) else b""
-        binary = cast(IO[bytes], gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw)
-        number = 0
-        try:
-            for number, data in enumerate(binary, start=1):
-                text = data.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
-                if text.strip():
-                    yield number, text
-        except UnicodeDecodeError:
-            msg = (
-                f"{what} file '{path}', line {number}: not UTF-8 text; save the file as "
-                "UTF-8 (or plain ASCII)"
-            )
-            raise CmlmError(msg) from None
-        except (OSError, EOFError) as err:
-            msg = f"{what} file '{path}' starts like gzip but cannot be decompressed ({err})"
-            raise CmlmError(msg) from None
-    finally:
-        raw.close()
-
-
 def _splitter(header: str):
     """Tab-separated if the header has a tab (taxa names may hold spaces)."""
     if "\t" in header:
@@ -336,7 +297,7 @@ def hapmap_to_bed(
         not an integer, an unknown call, duplicate taxa, no SNP rows.
     """
     path, prefix = str(path), str(out_prefix)
-    lines = _stream_lines(path, "HapMap")
+    lines = tables.stream_lines(path, what="HapMap")
     first = next(lines, None)
     if first is None:
         msg = f"HapMap file '{path}' is empty; expected a header line and one line per SNP"
@@ -500,7 +461,7 @@ def _gd_block(path: str, start: int, stop: int, n: int, m: int, split) -> np.nda
         0, 1, 2, or -1 where missing.
     """
     block = np.empty((stop - start, n), dtype=np.int8)
-    lines = _stream_lines(path, "GD")
+    lines = tables.stream_lines(path, what="GD")
     next(lines)
     for row, (number, line) in enumerate(lines):
         digits = _single_digits(line, m)
@@ -574,7 +535,7 @@ def numeric_to_bed(
     """
     gd, gm, prefix = str(gd), str(gm), str(out_prefix)
     snps, chroms, positions = _read_gm(gm)
-    lines = _stream_lines(gd, "GD")
+    lines = tables.stream_lines(gd, what="GD")
     first = next(lines, None)
     if first is None:
         msg = f"GD file '{gd}' is empty; expected a header 'taxa SNP1 SNP2 ...'"

@@ -17,15 +17,11 @@ scatter is rasterized so that a PDF does not carry a million vector markers.
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import io
 import math
 import re
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
 
@@ -605,72 +601,45 @@ def read_sumstats(
     """
     where = f"summary statistics file '{path}'"
     chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    with _open_text(path, where) as handle:
-        try:
-            header = handle.readline().rstrip("\n").split("\t")
-            needed = ("chromosome", "base_pair_location", "p_value")
-            absent = [c for c in needed if c not in header]
-            if absent:
-                msg = (
-                    f"{where}, line 1: no column {', '.join(absent)}; expected the "
-                    "tab-separated header written by cmlm gwas "
-                    f"({', '.join(sumstats.SUMSTATS_COLUMNS[:3])}, ..., p_value, ...)"
-                )
-                raise CmlmError(msg)
-            columns = [header.index(c) for c in needed]
-            width = max(columns) + 1
-            chrom: list[str] = []
-            pos: list[str] = []
-            p: list[str] = []
-            numbers: list[int] = []
-            for number, line in enumerate(handle, start=2):
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) < width:
-                    if not line.strip():
-                        continue
-                    msg = (
-                        f"{where}, line {number}: {len(fields)} fields, expected "
-                        f"{len(header)} as in the header"
-                    )
-                    raise CmlmError(msg)
-                chrom.append(fields[columns[0]])
-                pos.append(fields[columns[1]])
-                p.append(fields[columns[2]])
-                numbers.append(number)
-                if len(numbers) == chunk_lines:
-                    chunks.append(_parse_chunk(chrom, pos, p, numbers, where))
-                    chrom, pos, p, numbers = [], [], [], []
+    lines = tables.stream_lines(path, what="summary statistics")
+    _, first = next(lines, (1, ""))
+    header = first.split("\t")
+    needed = ("chromosome", "base_pair_location", "p_value")
+    absent = [c for c in needed if c not in header]
+    if absent:
+        msg = (
+            f"{where}, line 1: no column {', '.join(absent)}; expected the "
+            "tab-separated header written by cmlm gwas "
+            f"({', '.join(sumstats.SUMSTATS_COLUMNS[:3])}, ..., p_value, ...)"
+        )
+        raise CmlmError(msg)
+    columns = [header.index(c) for c in needed]
+    width = max(columns) + 1
+    chrom: list[str] = []
+    pos: list[str] = []
+    p: list[str] = []
+    numbers: list[int] = []
+    for number, line in lines:
+        fields = line.split("\t")
+        if len(fields) < width:
+            msg = (
+                f"{where}, line {number}: {len(fields)} fields, expected "
+                f"{len(header)} as in the header"
+            )
+            raise CmlmError(msg)
+        chrom.append(fields[columns[0]])
+        pos.append(fields[columns[1]])
+        p.append(fields[columns[2]])
+        numbers.append(number)
+        if len(numbers) == chunk_lines:
             chunks.append(_parse_chunk(chrom, pos, p, numbers, where))
-        except UnicodeDecodeError:
-            msg = f"{where} is not UTF-8 text; expected the file written by cmlm gwas"
-            raise CmlmError(msg) from None
-        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-            msg = f"{where} starts like gzip but cannot be decompressed ({err})"
-            raise CmlmError(msg) from None
+            chrom, pos, p, numbers = [], [], [], []
+    chunks.append(_parse_chunk(chrom, pos, p, numbers, where))
     return (
         np.concatenate([c[0] for c in chunks]),
         np.concatenate([c[1] for c in chunks]),
         np.concatenate([c[2] for c in chunks]),
     )
-
-
-@contextlib.contextmanager
-def _open_text(path: str, where: str) -> Iterator[IO[str]]:
-    """A text file, plain or gzip, with universal line ends and no byte-order mark."""
-    try:
-        raw = open(path, "rb")
-    except FileNotFoundError:
-        msg = f"{where} not found"
-        raise CmlmError(msg) from None
-    except OSError as err:
-        msg = f"cannot read {where}: {err.strerror}"
-        raise CmlmError(msg) from None
-    with raw:
-        compressed = raw.read(2) == b"\x1f\x8b"
-        raw.seek(0)
-        stream = cast("IO[bytes]", gzip.GzipFile(fileobj=raw) if compressed else raw)
-        with io.TextIOWrapper(stream, encoding="utf-8-sig") as text:
-            yield text
 
 
 def _parse_chunk(

@@ -14,11 +14,13 @@ PLINK reader uses them too.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 
@@ -107,6 +109,57 @@ def read_text_lines(path: str | os.PathLike[str], *, what: str) -> list[str]:
     if lines[-1] == "":
         lines.pop()
     return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def stream_lines(path: str | os.PathLike[str], *, what: str) -> Iterator[tuple[int, str]]:
+    """Non-blank lines with their 1-based numbers, read one at a time.
+
+    The same rules as :func:`read_text_lines` (gzip by magic bytes, UTF-8
+    with optional byte-order mark, Windows line ends), but streaming, for
+    files that can be larger than memory (HapMap and GD genotypes, summary
+    statistics).
+
+    Parameters
+    ----------
+    path : str or path-like
+    what : str
+        What the file is, for messages (e.g. ``"HapMap"``).
+
+    Yields
+    ------
+    number : int
+        1-based line number.
+    text : str
+        The line without its line end.
+    """
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError:
+        msg = f"{what} file '{path}' not found"
+        raise CmlmError(msg) from None
+    except OSError as err:
+        msg = f"cannot read {what} file '{path}': {err.strerror}"
+        raise CmlmError(msg) from None
+    try:
+        magic = raw.peek(2)[:2] if isinstance(raw, io.BufferedReader) else b""
+        binary = cast(IO[bytes], gzip.GzipFile(fileobj=raw) if magic == _GZIP_MAGIC else raw)
+        number = 0
+        try:
+            for number, data in enumerate(binary, start=1):
+                text = data.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                if text.strip():
+                    yield number, text
+        except UnicodeDecodeError:
+            msg = (
+                f"{what} file '{path}', line {number}: not UTF-8 text; save the file as "
+                "UTF-8 (or plain ASCII)"
+            )
+            raise CmlmError(msg) from None
+        except (OSError, EOFError) as err:
+            msg = f"{what} file '{path}' starts like gzip but cannot be decompressed ({err})"
+            raise CmlmError(msg) from None
+    finally:
+        raw.close()
 
 
 def numbered_lines(
