@@ -89,7 +89,10 @@ def main() -> None:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown or not sizes:
         sys.exit(f"bench: unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
-    tools = find_tools(install=not args.no_install)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if skip - {"plink2", "gemma"}:
+        sys.exit(f"bench: --skip takes plink2 and gemma, not {', '.join(sorted(skip))}")
+    tools = find_tools(install=not args.no_install, skip=skip)
     report = [header(args, tools)]
     for size in sizes:
         print(f"== {size}: {SIZES[size][0]:,} individuals x {SIZES[size][1]:,} SNPs", flush=True)
@@ -117,24 +120,36 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--no-install", action="store_true", help="do not apt-get install missing plink2/gemma"
     )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma list of other tools not to run (plink2, gemma): GEMMA's exact test on L "
+        "takes hours",
+    )
     args = parser.parse_args()
     if args.repeats < 1 or args.threads < 1 or args.timeout <= 0:
         parser.error("--repeats and --threads must be at least 1, --timeout positive")
     return args
 
 
-def find_tools(*, install: bool) -> dict[str, str | None]:
-    """Paths of plink2 and gemma, installing them with apt-get when allowed and root."""
-    wanted = {"plink2": "plink2", "gemma": "gemma"}
+def find_tools(*, install: bool, skip: set[str]) -> dict[str, str | None]:
+    """Paths of plink2 and gemma, installing them with apt-get when allowed and root.
+
+    A tool in ``skip`` is reported as not run (None) without looking for it.
+    """
+    wanted = {name: name for name in ("plink2", "gemma") if name not in skip}
     missing = [name for name in wanted if shutil.which(name) is None]
     if missing and install and shutil.which("apt-get") and os.geteuid() == 0:
         print(f"bench: installing {', '.join(missing)} with apt-get", flush=True)
         for argv in (["apt-get", "update"], ["apt-get", "install", "-y", *missing]):
             subprocess.run(argv, check=False, stdout=subprocess.DEVNULL)
-    found = {name: shutil.which(name) for name in wanted}
+    found: dict[str, str | None] = {name: shutil.which(name) for name in wanted}
     for name, path in found.items():
         if path is None:
             print(f"bench: {name} is not installed and could not be installed; skipped")
+    for name in sorted(skip):
+        print(f"bench: {name} not run (--skip)")
+        found[name] = None
     return found
 
 
@@ -148,7 +163,7 @@ def header(args: argparse.Namespace, tools: dict[str, str | None]) -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     skipped = [name for name, path in tools.items() if path is None]
     if skipped:
-        versions.append(f"not installed, so skipped: {', '.join(skipped)}")
+        versions.append(f"not run (not installed, or --skip): {', '.join(skipped)}")
     return "\n".join(
         [
             "# cmlm benchmark",

@@ -7,7 +7,8 @@ read it before numpy is loaded (thread settings must precede that).
 
 MODELS = ("cmlm", "mlm", "glm")
 KINSHIP_METHODS = ("vanraden", "zhang", "loiselle", "ibs")
-KINSHIP_PRECISIONS = ("float64", "float32")
+KINSHIP_PRECISIONS = ("auto", "float64", "float32")
+SCAN_PRECISIONS = KINSHIP_PRECISIONS
 IMPUTE_METHODS = ("mean", "middle")
 CLUSTER_METHODS = ("average", "complete", "ward", "single", "mcquitty", "median", "centroid")
 GROUP_KINSHIPS = ("mean", "max", "min", "median", "identity")

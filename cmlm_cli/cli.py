@@ -202,10 +202,20 @@ analysis_options = _together(
     click.option(
         "--kinship-precision",
         type=click.Choice(choices.KINSHIP_PRECISIONS),
-        default="float64",
+        default="auto",
         show_default=True,
         help="Arithmetic of each SNP block's kinship product (summed in float64): "
-        "float32 halves the kinship's time and moves it by ~1e-7.",
+        "float32 halves the kinship's time and moves it by ~1e-7; auto: float32 "
+        "above 2,000 samples.",
+    ),
+    click.option(
+        "--scan-precision",
+        type=click.Choice(choices.SCAN_PRECISIONS),
+        default="auto",
+        show_default=True,
+        help="Arithmetic of the scan's q x q product of group sums (summed in float64): "
+        "float32 halves the scan's time at large q and moves log10 p by ~1e-7; auto: "
+        "float32 above 2,000 groups.",
     ),
     click.option(
         "--impute",

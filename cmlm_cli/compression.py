@@ -17,8 +17,9 @@ micro-clusters.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from cmlm_cli.choices import CHOICE_RULES
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.grouping import by_first_appearance, cut_tree, group_kinship, incidence
 from cmlm_cli.kinship import GroupGram
-from cmlm_cli.null_model import ROUNDING, NullModel, fit_null
+from cmlm_cli.null_model import ROUNDING, CompressedBasis, NullModel, fit_null_basis
 
 GAPIT_STEP = 50
 # Each level costs one q x q eigendecomposition, O(q^3): GAPIT's grid n, n-50,
@@ -154,12 +155,54 @@ class Partition:
     groups: int
     labels: np.ndarray
     Kc: np.ndarray
+    # Bases of this level, by the rows analysed: traits with the same
+    # individuals share one q x q eigendecomposition (see :meth:`basis`).
+    _bases: dict[bytes, CompressedBasis] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def basis(
+        self, analysed: np.ndarray, *, vectors: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, CompressedBasis]:
+        """The groups used by the individuals ``analysed`` and their basis.
+
+        Parameters
+        ----------
+        analysed : ndarray, shape (n_a,), int
+            Rows of the partition (genotyped individuals) a trait uses.
+        vectors : bool
+            Form the eigenvectors (see :meth:`CompressedBasis.build`).
+
+        Returns
+        -------
+        cluster_labels : ndarray, shape (n_a,), int
+            Their groups in ``0..groups-1``.
+        labels : ndarray, shape (n_a,), int
+            The same after dropping groups without an analysed individual.
+        basis : CompressedBasis
+            Of ``labels`` and ``Kc`` restricted to the groups used; built
+            once per distinct ``analysed``.
+        """
+        cluster_labels = self.labels[analysed]
+        used, labels = np.unique(cluster_labels, return_inverse=True)
+        key = np.asarray(analysed, dtype=np.int64).tobytes() + bytes([vectors])
+        if key not in self._bases:
+            Kc = self.Kc if used.size == self.groups else self.Kc[np.ix_(used, used)]
+            self._bases[key] = CompressedBasis.build(labels, Kc, vectors=vectors)
+        return cluster_labels, labels, self._bases[key]
 
 
 def iter_partitions(
     K: np.ndarray, tree: np.ndarray, counts: Sequence[int], *, how: str
 ) -> Iterator[Partition]:
     """Cut ``tree`` at each count and build the group kinship, one at a time.
+
+    The ``mean`` group kinship of a level is built from the group sums of
+    ``K`` at the previous level whenever the new cut merges whole groups of
+    it (always, for the decreasing counts of a tree): a sum over the q_prev^2
+    sums of the previous level rather than over the n^2 cells of ``K``. The
+    values are the same sums added in another order (differences of a few
+    units in the last place).
 
     Parameters
     ----------
@@ -171,9 +214,43 @@ def iter_partitions(
     how : str
         Group kinship statistic (see :func:`cmlm_cli.grouping.group_kinship`).
     """
+    previous: tuple[np.ndarray, np.ndarray] | None = None
     for count in counts:
         labels = cut_tree(tree, count)
-        yield Partition(count, labels, group_kinship(K, labels, how=how))
+        if how != "mean":
+            yield Partition(count, labels, group_kinship(K, labels, how=how))
+            continue
+        sums = _group_sums(K, labels, count, previous)
+        previous = (labels, sums)
+        if count == labels.size:
+            # Singletons: Kc is K itself, not a copy of it.
+            yield Partition(count, labels, sums)
+            continue
+        sizes = np.bincount(labels, minlength=count).astype(np.float64)
+        yield Partition(count, labels, sums / np.outer(sizes, sizes))
+
+
+def _group_sums(
+    K: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    previous: tuple[np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
+    """``Z'KZ`` for groups ``labels``, from a finer level's sums when it nests."""
+    if previous is not None:
+        finer, finer_sums = previous
+        # Each finer group's group at this level; the cut nests in the finer
+        # one when every member of a finer group agrees with it.
+        merged = np.empty(finer_sums.shape[0], dtype=np.int64)
+        merged[finer] = labels
+        if np.array_equal(merged[finer], labels):
+            M = incidence(merged, count)
+            return np.asarray((M @ (M @ finer_sums).T).T)
+    if count == labels.size:
+        # Singletons numbered by first appearance: Z = I.
+        return K
+    Zt = incidence(labels, count)
+    return np.asarray((Zt @ (Zt @ K).T).T)
 
 
 def fit_level(
@@ -184,10 +261,15 @@ def fit_level(
     *,
     method: str,
     solver: str,
+    vectors: bool = True,
 ) -> Level:
     """Fit one compression level to one trait.
 
     Groups without an analysed individual are dropped from ``Z`` and ``Kc``.
+    With ``vectors=False`` a large level keeps its eigenvectors factored in
+    its basis (``partition.basis(analysed, vectors=False)``) and the model's
+    ``W`` is empty: cheaper when the level is not chosen, and
+    :func:`with_vectors` forms ``W`` when it is.
 
     Parameters
     ----------
@@ -197,12 +279,25 @@ def fit_level(
     analysed : ndarray, shape (n_a,), int
         Rows of the partition (genotyped individuals) that ``y`` belongs to.
     method, solver : str
+    vectors : bool
     """
-    cluster_labels = partition.labels[analysed]
-    used, labels = np.unique(cluster_labels, return_inverse=True)
-    Kc = partition.Kc[np.ix_(used, used)]
-    model = fit_null(y, X, labels, Kc, method=method, solver=solver)
+    cluster_labels, labels, basis = partition.basis(analysed, vectors=vectors)
+    model = fit_null_basis(y, X, basis, method=method, solver=solver)
     return Level(partition.groups, model, labels, cluster_labels)
+
+
+def with_vectors(level: Level, basis: CompressedBasis) -> Level:
+    """``level`` with the eigenvectors ``W`` of its ``basis`` formed, ready for the scan.
+
+    Parameters
+    ----------
+    level : Level
+        Fitted on ``basis`` with ``vectors=False``.
+    basis : CompressedBasis
+        Its basis, eigenvectors held factored.
+    """
+    model = dataclasses.replace(level.model, W=basis.vectors())
+    return dataclasses.replace(level, model=model)
 
 
 def choose(levels: Sequence[Level], *, rule: str = "best") -> int:

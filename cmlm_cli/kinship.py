@@ -6,7 +6,9 @@ n x n Gram matrix ``C = Xc Xc'`` plus a few per-individual and per-SNP sums.
 Every kinship GAPIT offers (VanRaden, Zhang, Loiselle, EMMA's IBS) and the
 principal components GAPIT takes from ``prcomp`` are then finished from these
 sums, so the full n x m genotype matrix never exists in memory. The
-definitions are GAPIT 4.1's (DESIGN.md, Appendix).
+definitions are GAPIT 4.1's (DESIGN.md, Appendix). The blocks can also be
+the .bed bytes themselves (:func:`relationship_packed`): a numba pass then
+imputes and centres them straight into the layout the rank-B update reads.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import scipy.linalg
 import scipy.special
 
-from cmlm_cli import dosage
+from cmlm_cli import dosage, packed
 from cmlm_cli.choices import KINSHIP_METHODS, KINSHIP_PRECISIONS
 from cmlm_cli.errors import CmlmError
 
@@ -53,20 +56,25 @@ class Relationship:
 
 @dataclass
 class _Sums:
-    """What one pass over the imputed blocks accumulates; see :func:`relationship`.
+    """What one pass over the centred blocks accumulates; see :func:`relationship`.
 
     Attributes
     ----------
     n : int
         Individuals.
+    method : str
+        The kinship to be finished: its per-individual sums are kept only
+        when it needs them, so the default VanRaden does the Gram alone.
+    precision : str
+        dtype of the blocks handed to :meth:`add`.
     gram : ndarray, shape (n, n)
         ``C = Xc Xc'``; only its upper triangle until :meth:`finish_gram`.
     cross : ndarray, shape (n,)
-        ``v = Xc w`` with ``w = 2p - 1`` per SNP (EMMA IBS).
+        ``v = Xc w`` with ``w = 2p - 1`` per SNP (EMMA IBS only).
     offset : float
         ``w'w`` (EMMA IBS).
     het : ndarray, shape (n,)
-        ``sum_l (1 - |x_il - 1|)`` over polymorphic SNPs (Zhang).
+        ``sum_l (1 - |x_il - 1|)`` over polymorphic SNPs (Zhang only).
     sum_pq : float
         ``sum_l p_l (1 - p_l)`` over polymorphic SNPs.
     n_snps, n_polymorphic : int
@@ -74,6 +82,7 @@ class _Sums:
     """
 
     n: int
+    method: str = "vanraden"
     precision: str = "float64"
     gram: np.ndarray = field(init=False)
     cross: np.ndarray = field(init=False)
@@ -82,43 +91,87 @@ class _Sums:
     sum_pq: float = 0.0
     n_snps: int = 0
     n_polymorphic: int = 0
+    _single: np.ndarray | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         # Fortran order lets dsyrk update the accumulator in place.
         self.gram = np.zeros((self.n, self.n), order="F")
         self.cross = np.zeros(self.n)
         self.het = np.zeros(self.n)
+        if self.precision == "float32":
+            # ssyrk's result, reused: a fresh n x n array per block costs
+            # its page faults every time.
+            self._single = np.zeros((self.n, self.n), dtype=np.float32, order="F")
 
-    def add(self, X: np.ndarray) -> None:
-        """Fold in one imputed block ``X`` of shape (n, B)."""
-        mean = X.sum(axis=0) / self.n
+    def add(self, Xc: np.ndarray, mean: np.ndarray) -> None:
+        """Fold in one block.
+
+        Parameters
+        ----------
+        Xc : ndarray, shape (n, B), dtype ``precision``, C or Fortran order
+            Imputed dosages centred per SNP.
+        mean : ndarray, shape (B,), float64
+            Each SNP's mean imputed dosage.
+        """
+        if Xc.shape[1] == 0:
+            return
         p = mean / 2.0
         # GAPIT's rule (VanRaden, Zhang): drop a SNP whose frequency in the
         # imputed matrix is 0 or 1. Such a column is all 0 or all 2, so it is
         # exactly 0 once centred and the Gram needs no filtering.
         polymorphic = (p > 0.0) & (p < 1.0)
-        Xc = X - mean
-        if self.precision == "float32":
+        # syrk computes a a' (trans=0) or a'a (trans=1) of a Fortran-ordered a:
+        # either order of Xc is read without a copy.
+        a, trans = (Xc, 0) if Xc.flags.f_contiguous else (Xc.T, 1)
+        if self._single is not None:
             # The block's products in single precision (twice the GEMM speed),
             # summed across blocks in double: the error stays that of one
             # block, ~1e-7 of the diagonal, whatever the number of SNPs.
-            # ssyrk fills the upper triangle of a zeroed result, as the
-            # accumulator keeps only its upper triangle until finish_gram.
-            self.gram += scipy.linalg.blas.ssyrk(1.0, Xc.T.astype(np.float32), trans=1)
+            # ssyrk (beta = 0) writes the upper triangle only, which is all
+            # that the accumulator keeps until finish_gram.
+            scipy.linalg.blas.ssyrk(1.0, a, beta=0.0, c=self._single, trans=trans, overwrite_c=1)
+            _add_upper(self.gram, self._single)
         else:
             # syrk: half the flops of Xc @ Xc.T and no n x n temporary per block.
-            scipy.linalg.blas.dsyrk(1.0, Xc.T, beta=1.0, c=self.gram, trans=1, overwrite_c=1)
-        w = mean - 1.0
-        self.cross += Xc @ w
-        self.offset += float(w @ w)
-        self.het += (1.0 - np.abs(X[:, polymorphic] - 1.0)).sum(axis=1)
+            scipy.linalg.blas.dsyrk(1.0, a, beta=1.0, c=self.gram, trans=trans, overwrite_c=1)
+        if self.method == "ibs":
+            w = mean - 1.0
+            self.cross += Xc @ w
+            self.offset += float(w @ w)
+        if self.method == "zhang":
+            # The imputed dosages again (in float32, with that rounding).
+            X = Xc[:, polymorphic] + mean[polymorphic]
+            self.het += (1.0 - np.abs(X - 1.0)).sum(axis=1)
         self.sum_pq += float((p[polymorphic] * (1.0 - p[polymorphic])).sum())
-        self.n_snps += X.shape[1]
+        self.n_snps += Xc.shape[1]
         self.n_polymorphic += int(polymorphic.sum())
 
     def finish_gram(self) -> None:
         """Mirror the upper triangle of ``gram`` into the lower one."""
         self.gram = np.triu(self.gram) + np.triu(self.gram, 1).T
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_column(acc, part, j):  # pragma: no cover - compiled
+    a = acc[:, j]
+    b = part[:, j]
+    for i in range(j + 1):
+        a[i] += b[i]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _add_upper(acc, part):  # pragma: no cover - compiled
+    """``acc += part`` on the upper triangle of Fortran-ordered square arrays.
+
+    Half the memory traffic of the whole-array sum (at n = 5,000, 15 ms
+    against 45 ms a block, next to ~400 ms of ssyrk). Column j holds j + 1
+    entries: each task takes column k and column n - 1 - k, the same work.
+    """
+    n = acc.shape[0]
+    for k in numba.prange((n + 1) // 2):
+        _add_column(acc, part, k)
+        if n - 1 - k != k:
+            _add_column(acc, part, n - 1 - k)
 
 
 def relationship(
@@ -143,11 +196,12 @@ def relationship(
         computed; ``"middle"`` (missing -> 1) reproduces GAPIT.
     n_pcs : int
         Principal components to return, ``0 <= n_pcs < n``.
-    precision : {"float64", "float32"}
+    precision : {"float64", "float32", "auto"}
         Arithmetic of each block's n x n product (the sum over blocks is
         always float64). float32 halves the time of the dominant GEMM and
         changes the kinship by ~1e-7 of its diagonal;
-        tests/test_kinship.py measures the effect on p-values.
+        tests/test_kinship.py measures the effect on p-values. ``"auto"``:
+        see :func:`block_precision`.
 
     Returns
     -------
@@ -161,6 +215,11 @@ def relationship(
     CmlmError
         Fewer than 2 individuals, no polymorphic SNP after imputation, or
         ``n_pcs >= n``.
+
+    See Also
+    --------
+    relationship_packed : the same from the packed .bed bytes, without
+        float dosages.
 
     Notes
     -----
@@ -191,6 +250,111 @@ def relationship(
     and Loiselle sums each allele with its complement. So no recoding is
     needed; tests/test_kinship.py checks it.
     """
+    _check_settings(method, impute, n_pcs, precision)
+    stream = iter(blocks)
+    first = next(stream, None)
+    if first is None:
+        msg = f"no SNPs to build the {method} kinship from: the genotype stream was empty"
+        raise CmlmError(msg)
+    n = first.shape[0]
+    precision = block_precision(precision, n)
+
+    def centred() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for block in itertools.chain([first], stream):
+            if block.ndim != 2 or block.shape[0] != n:
+                msg = f"every block must have shape ({n}, B); got {block.shape}"
+                raise ValueError(msg)
+            X = dosage.impute(block, impute)
+            mean = X.sum(axis=0) / n
+            X -= mean
+            yield X.astype(precision, copy=False), mean
+
+    return _accumulate(centred(), n, method=method, impute=impute, n_pcs=n_pcs, precision=precision)
+
+
+def relationship_packed(
+    blocks: Iterable[np.ndarray],
+    fam_rows: np.ndarray,
+    *,
+    method: str = "vanraden",
+    impute: str = "mean",
+    n_pcs: int = 0,
+    precision: str = "float64",
+) -> Relationship:
+    """:func:`relationship` of the .bed bytes, with no float dosage matrix in between.
+
+    Each block's bytes are imputed and centred by one numba pass
+    (:func:`cmlm_cli.packed.centred`, on numba's threads; see
+    :func:`cmlm_cli.packed.threads`) into a buffer reused across blocks, in
+    the layout and dtype that the rank-B update reads; the rest is the code
+    of :func:`relationship`, which this equals to rounding.
+
+    Parameters
+    ----------
+    blocks : iterable of ndarray, each shape (B, ceil(n_fam / 4)), uint8
+        .bed rows of the SNPs (:func:`cmlm_cli.packed.read_rows`).
+    fam_rows : ndarray, shape (n,), int
+        .fam row of each individual, in the order of the rows of the result.
+    method, impute, n_pcs, precision
+        As in :func:`relationship`; ``"mean"`` imputes each SNP's called
+        mean among these n individuals.
+
+    Returns
+    -------
+    Relationship
+    """
+    _check_settings(method, impute, n_pcs, precision)
+    fam_rows = np.asarray(fam_rows, dtype=np.int64)
+    n = fam_rows.size
+    precision = block_precision(precision, n)
+    buffer = np.empty((n, 0), dtype=precision, order="F")
+
+    def centred() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        nonlocal buffer
+        for rows in blocks:
+            if buffer.shape[1] < rows.shape[0]:
+                buffer = np.empty((n, rows.shape[0]), dtype=precision, order="F")
+            # The view into the buffer is folded in before the next block overwrites it.
+            yield packed.centred(rows, fam_rows, middle=impute == "middle", out=buffer)
+
+    return _accumulate(centred(), n, method=method, impute=impute, n_pcs=n_pcs, precision=precision)
+
+
+BLOCK = 4096
+"""SNPs per block product of the pipeline's kinship pass: a constant, not
+``--block-size``, because float32 products are summed in float64 per block,
+so their rounding would otherwise change with the block size."""
+
+FLOAT32_ABOVE = 2_000
+"""``precision="auto"`` takes float32 block products above this many individuals."""
+
+
+def block_precision(precision: str, n: int) -> str:
+    """The arithmetic of the block products that ``precision`` means for ``n`` individuals.
+
+    ``"auto"`` is float64 up to :data:`FLOAT32_ABOVE` individuals, where the
+    n x n products are cheap, and float32 above, where they dominate the run
+    and float32 halves their time; the kinship then moves by ~1e-7 of its
+    diagonal and p-values by ~1e-6 in log10 (tests/test_kinship.py).
+
+    Parameters
+    ----------
+    precision : {"auto", "float64", "float32"}
+    n : int
+
+    Returns
+    -------
+    {"float64", "float32"}
+    """
+    if precision not in KINSHIP_PRECISIONS:
+        msg = f"unknown precision {precision!r}; expected one of {', '.join(KINSHIP_PRECISIONS)}"
+        raise ValueError(msg)
+    if precision == "auto":
+        return "float32" if n > FLOAT32_ABOVE else "float64"
+    return precision
+
+
+def _check_settings(method: str, impute: str, n_pcs: int, precision: str) -> None:
     if method not in KINSHIP_METHODS:
         msg = f"unknown kinship {method!r}; expected one of {', '.join(KINSHIP_METHODS)}"
         raise ValueError(msg)
@@ -204,20 +368,21 @@ def relationship(
         msg = f"unknown precision {precision!r}; expected one of {', '.join(KINSHIP_PRECISIONS)}"
         raise ValueError(msg)
 
-    stream = iter(blocks)
-    first = next(stream, None)
-    if first is None:
-        msg = f"no SNPs to build the {method} kinship from: the genotype stream was empty"
-        raise CmlmError(msg)
-    n = first.shape[0]
-    _check_sizes(n, n_pcs)
 
-    sums = _Sums(n, precision)
-    for block in itertools.chain([first], stream):
-        if block.ndim != 2 or block.shape[0] != n:
-            msg = f"every block must have shape ({n}, B); got {block.shape}"
-            raise ValueError(msg)
-        sums.add(dosage.impute(block, impute))
+def _accumulate(
+    centred: Iterable[tuple[np.ndarray, np.ndarray]],
+    n: int,
+    *,
+    method: str,
+    impute: str,
+    n_pcs: int,
+    precision: str,
+) -> Relationship:
+    """Fold centred blocks ``(Xc, mean)`` into the sums, then finish K and the PCs."""
+    _check_sizes(n, n_pcs)
+    sums = _Sums(n, method, precision)
+    for Xc, mean in centred:
+        sums.add(Xc, mean)
     if sums.n_polymorphic == 0:
         msg = (
             f"none of the {sums.n_snps} SNPs is polymorphic among the {n} individuals "
@@ -437,26 +602,35 @@ def _test_matrix(keys: np.ndarray, width: int, seed: int) -> np.ndarray:
 
 
 def _centred(
-    G: np.ndarray, impute: str, buffers: dict[tuple[int, ...], np.ndarray]
+    block: np.ndarray,
+    impute: str,
+    buffers: dict[tuple[int, ...], np.ndarray],
+    fam_rows: np.ndarray | None,
 ) -> tuple[np.ndarray, float, int]:
     """Impute and centre a block; also its ``sum p(1-p)`` and polymorphic SNPs.
 
-    The float64 result is written into a buffer kept in ``buffers`` (one per
-    block shape) and reused by the next block: at n = 50,000 a fresh
-    2,000-SNP block costs 800 MB of new pages, whose first touch is slower
-    than the arithmetic.
+    ``block`` is the (n, B) dosages, or the (B, ceil(n_fam / 4)) .bed rows
+    when ``fam_rows`` (shape (n,)) says where the n samples are in them
+    (:func:`cmlm_cli.packed.centred`). The float64 result is written into a
+    buffer kept in ``buffers`` (one per block shape) and reused by the next
+    block: at n = 50,000 a fresh 2,000-SNP block costs 800 MB of new pages,
+    whose first touch is slower than the arithmetic.
     """
-    X = buffers.get(G.shape)
+    shape = block.shape if fam_rows is None else (fam_rows.size, block.shape[0])
+    X = buffers.get(shape)
     if X is None:
-        X = buffers.setdefault(G.shape, np.empty(G.shape, order="F"))
-    np.copyto(X, G)
-    missing = np.isnan(X).any(axis=0)
-    if missing.any():
-        X[:, missing] = dosage.impute(X[:, missing], impute)
-    mean = X.mean(axis=0)
+        X = buffers.setdefault(shape, np.empty(shape, order="F"))
+    if fam_rows is None:
+        np.copyto(X, block)
+        missing = np.isnan(X).any(axis=0)
+        if missing.any():
+            X[:, missing] = dosage.impute(X[:, missing], impute)
+        mean = X.mean(axis=0)
+        X -= mean
+    else:
+        X, mean = packed.centred(block, fam_rows, middle=impute == "middle", out=X)
     p = mean / 2.0
     polymorphic = (p > 0.0) & (p < 1.0)
-    X -= mean
     # A monomorphic column is exactly 0 once centred: nothing to filter.
     return X, float((p[polymorphic] * (1.0 - p[polymorphic])).sum()), int(polymorphic.sum())
 
@@ -473,6 +647,7 @@ def randomized_components(
     oversample: int = 10,
     n_iter: int = POWER_ITERATIONS,
     seed: int = 0,
+    fam_rows: np.ndarray | None = None,
 ) -> RandomizedComponents:
     """Top eigenpairs of ``C = W W'`` by a randomised range finder, never forming C.
 
@@ -492,7 +667,9 @@ def randomized_components(
     passes : callable
         Each call returns a fresh iterable of ``(keys, G)``: the uint64 keys
         of the block's SNPs, shape (B,), and their A1 dosages, shape (n, B),
-        ``NaN`` missing.
+        ``NaN`` missing; or, with ``fam_rows``, the block's .bed rows, shape
+        (B, ceil(n_fam / 4)), uint8, decoded with no float dosage matrix in
+        between (:func:`cmlm_cli.packed.centred`, on numba's threads).
     n_components : int
         ``k``, 1 <= k < n.
     impute : {"mean", "middle"}
@@ -502,6 +679,8 @@ def randomized_components(
         Power iterations (passes beyond the two that are always needed);
         they sharpen the slowly decaying spectra of genotype data.
     seed : int
+    fam_rows : ndarray, shape (n,), int, optional
+        .fam row of each individual, when the passes yield .bed rows.
 
     Returns
     -------
@@ -511,12 +690,14 @@ def randomized_components(
     if n_components < 1:
         msg = f"n_components must be at least 1, got {n_components}"
         raise ValueError(msg)
+    if fam_rows is not None:
+        fam_rows = np.asarray(fam_rows, dtype=np.int64)
     width = n_components + oversample
     Y: np.ndarray | None = None
     sum_pq, n_poly, n = 0.0, 0, 0
     buffers: dict[tuple[int, ...], np.ndarray] = {}
     for keys, G in passes():
-        X, pq, poly = _centred(G, impute, buffers)
+        X, pq, poly = _centred(G, impute, buffers, fam_rows)
         sum_pq, n_poly = sum_pq + pq, n_poly + poly
         if Y is None:
             n = X.shape[0]
@@ -536,7 +717,7 @@ def randomized_components(
     def times_c(Q: np.ndarray, done: int) -> np.ndarray:
         CQ = np.zeros_like(Q)
         for _, G in passes():
-            X = _centred(G, impute, buffers)[0]
+            X = _centred(G, impute, buffers, fam_rows)[0]
             CQ += X @ (X.T @ Q)
         log.debug("principal components: pass %d of %d done", done, total)
         return CQ

@@ -6,7 +6,10 @@ sums ``Z'x``, dot products with a few fixed columns (``X_w'x`` and
 ``y_w'x``), the within-group sum of squares, the allele frequency over the
 called genotypes and the number of missing calls. This module computes them
 with a numba kernel that reads the .bed bytes of a block of SNPs and never
-builds a float matrix of dosages.
+builds a float matrix of dosages. A second kernel (:func:`centred`) serves
+the kinship and the principal components: it writes the imputed, centred
+dosages of a block straight from the bytes into the array that the rank-B
+update reads.
 
 A .bed stores each SNP as ``ceil(n / 4)`` bytes, four samples per byte from
 the low bits up; the 2-bit codes are ``00`` two copies of A1, ``01`` missing,
@@ -393,3 +396,103 @@ def _block(
 # only (where prange is range), which any number of threads may run at once.
 _block_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_block)
 _block_serial = numba.njit(cache=True, nogil=True)(_block)
+
+
+# --- Centred dosages for the kinship ---------------------------------------
+
+
+def centred(
+    packed: np.ndarray,
+    fam_rows: np.ndarray,
+    *,
+    middle: bool,
+    dtype: str = "float64",
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Impute and centre a block of packed rows, as the kinship's rank-B update wants it.
+
+    Each SNP's bytes are decoded once, into a row of int8 that stays in
+    cache; its called genotypes among the kept samples are counted in
+    integers, then every kept sample's imputed
+    dosage minus the SNP's mean is written, in float64 arithmetic, straight
+    into a Fortran-ordered (n, B) array, so that ``dsyrk``/``ssyrk`` read
+    it without a copy. The same numbers as
+    ``X = cmlm_cli.dosage.impute(G, ...)``, ``X - X.mean(axis=0)``, up to
+    the rounding of that mean (here ``s / c`` or ``(s + m) / n`` of exact
+    integers), and missing calls imputed with the mean are exactly 0.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (B, ceil(n_fam / 4)), uint8
+        .bed rows of the block.
+    fam_rows : ndarray, shape (n,), int
+        .fam row of each output row, in any order.
+    middle : bool
+        Impute missing calls with 1 (GAPIT's "Middle") rather than the mean
+        of the SNP's called genotypes among the kept samples (0 if none).
+    dtype : {"float64", "float32"}
+        Of the result when ``out`` is None.
+    out : ndarray, shape (n, >= B), float64 or float32, Fortran order, optional
+        Buffer to write into (reused across blocks: at large n a fresh
+        block's first touch of its pages costs more than the arithmetic).
+
+    Returns
+    -------
+    Xc : ndarray, shape (n, B), Fortran order
+        Imputed dosages minus each SNP's mean; ``out[:, :B]`` when given.
+    mean : ndarray, shape (B,), float64
+        Mean of each SNP's imputed dosages over the n samples.
+    """
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    fam_rows = np.asarray(fam_rows, dtype=np.int64)
+    n = fam_rows.size
+    if packed.ndim != 2 or (n and (fam_rows.min() < 0 or fam_rows.max() >= 4 * packed.shape[1])):
+        # The kernel does not check its indices: refuse rows too short here.
+        msg = f"fam_rows must lie in 0..{4 * packed.shape[-1] - 1}; packed has shape {packed.shape}"
+        raise ValueError(msg)
+    B = packed.shape[0]
+    if out is None:
+        out = np.empty((n, B), dtype=dtype, order="F")
+    if out.shape[0] != n or out.shape[1] < B or not out.flags.f_contiguous:
+        msg = f"out must be a Fortran-ordered ({n}, >= {B}) array; got {out.shape}"
+        raise ValueError(msg)
+    Xc = out[:, :B]
+    mean = np.empty(B)
+    with _KERNEL_LOCK:
+        # Xc.T is C-ordered (B, n): each SNP's column is one contiguous row.
+        _centre(packed, fam_rows.astype(np.uint64), middle, Xc.T, mean)
+    return Xc, mean
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _centre(packed, position, middle, out, mean):  # pragma: no cover - compiled
+    B, width = packed.shape
+    n = position.size
+    for chunk in numba.prange((B + _CHUNK - 1) // _CHUNK):
+        decoded = np.empty(4 * width, dtype=np.int8)
+        # Centred value of each code + 1: missing, 0, 1, 2 copies of A1.
+        table = np.empty(4)
+        for j in range(chunk * _CHUNK, min(B, (chunk + 1) * _CHUNK)):
+            _decode(packed[j], decoded)
+            total = 0
+            called = 0
+            for i in range(n):
+                v = np.int64(decoded[position[i]])
+                miss = np.int64(v < 0)
+                total += v + miss
+                called += 1 - miss
+            if middle:
+                centre = (total + (n - called)) / n
+                fill = 1.0 - centre
+            else:
+                centre = total / called if called > 0 else 0.0
+                # The mean of the imputed column is the mean of the calls.
+                fill = 0.0
+            table[0] = fill
+            table[1] = -centre
+            table[2] = 1.0 - centre
+            table[3] = 2.0 - centre
+            row = out[j]
+            for i in range(n):
+                row[i] = table[decoded[position[i]] + 1]
+            mean[j] = centre

@@ -39,7 +39,7 @@ from cmlm_cli import (
 from cmlm_cli.dosage import minor_allele_frequency
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.exact import ExactScanner
-from cmlm_cli.null_model import NullModel, fit_glm, fit_null
+from cmlm_cli.null_model import CompressedBasis, NullModel, fit_glm, fit_null
 from cmlm_cli.progress import Progress
 from cmlm_cli.scan import Scanner, ScanResult, scan_snps
 
@@ -61,7 +61,8 @@ class GwasOptions:
     keep: str | None = None
     extract: str | None = None
     kinship: str = "vanraden"
-    kinship_precision: str = "float64"
+    kinship_precision: str = "auto"
+    scan_precision: str = "auto"
     impute: str = "mean"
     cluster: str = "average"
     group_kinship: str = "mean"
@@ -266,47 +267,48 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> kinship.Relation
     """Kinship of the kept samples (computed or read) and their principal components."""
     bfile, samples = inputs.bfile, inputs.samples
 
-    def blocks():
-        for _, G in plink.iter_blocks(
-            bfile,
-            snps=inputs.snps,
-            samples=samples,
-            block_size=options.block_size,
-            num_threads=options.threads,
-        ):
-            yield G
+    def computed(method: str, n_pcs: int, precision: str = "float64") -> kinship.Relationship:
+        # From the .bed bytes: no float dosage matrix is decoded (numba threads).
+        size = kinship.BLOCK
+        with open(f"{bfile.prefix}.bed", "rb") as bed, packed.threads(options.threads):
+            blocks = (
+                packed.read_rows(bed, inputs.snps[a : a + size], n_fam=bfile.n_samples)
+                for a in range(0, inputs.snps.size, size)
+            )
+            return kinship.relationship_packed(
+                blocks,
+                samples,
+                method=method,
+                impute=options.impute,
+                n_pcs=n_pcs,
+                precision=precision,
+            )
 
     if options.model == "glm":
         # No random effect: only the principal components need a pass.
         log.info("--model glm uses no kinship")
         pcs = np.zeros((samples.size, 0))
         if options.pcs:
-            pcs = kinship.relationship(
-                blocks(), method="vanraden", impute=options.impute, n_pcs=options.pcs
-            ).pcs
+            pcs = computed("vanraden", options.pcs).pcs
         return kinship.Relationship(K=np.zeros((0, 0)), pcs=pcs, n_snps=0)
     if options.kinship in choices.KINSHIP_METHODS:
-        rel = kinship.relationship(
-            blocks(),
-            method=options.kinship,
-            impute=options.impute,
-            n_pcs=options.pcs,
-            precision=options.kinship_precision,
-        )
+        precision = kinship.block_precision(options.kinship_precision, samples.size)
+        rel = computed(options.kinship, options.pcs, precision)
         log.info(
-            "kinship %s from %d SNPs over %d samples (%s block products)",
+            "kinship %s from %d SNPs over %d samples (%s block products%s)",
             options.kinship,
             rel.n_snps,
             samples.size,
-            options.kinship_precision,
+            precision,
+            f"; --kinship-precision auto: float32 above {kinship.FLOAT32_ABOVE:,} samples"
+            if options.kinship_precision == "auto"
+            else "",
         )
         return rel
     K = _read_user_kinship(options.kinship, bfile.fid[samples], bfile.iid[samples])
     pcs = np.zeros((samples.size, 0))
     if options.pcs:
-        pcs = kinship.relationship(
-            blocks(), method="vanraden", impute=options.impute, n_pcs=options.pcs
-        ).pcs
+        pcs = computed("vanraden", options.pcs).pcs
     log.info("kinship read from %s for %d samples", options.kinship, samples.size)
     return kinship.Relationship(K=K, pcs=pcs, n_snps=0)
 
@@ -422,25 +424,22 @@ def build_grouped(
     )
 
     def passes():
-        # float32 holds 0/1/2 exactly and decodes faster; the arithmetic is float64.
-        for index, G in plink.iter_blocks(
-            bfile,
-            snps=inputs.snps,
-            samples=samples,
-            block_size=options.block_size,
-            num_threads=options.threads,
-            dtype="float32",
-        ):
-            yield keys[index], G
+        # The .bed bytes, centred by numba with no float dosage matrix in between.
+        size = options.block_size
+        with open(f"{bfile.prefix}.bed", "rb") as bed:
+            for a in range(0, inputs.snps.size, size):
+                index = inputs.snps[a : a + size]
+                yield keys[index], packed.read_rows(bed, index, n_fam=bfile.n_samples)
 
     cmlm = options.model == "cmlm"
     n_components = max(options.pcs, min(grouping.CLUSTER_COMPONENTS, n - 1) if cmlm else 0)
     pcs = np.zeros((n, 0))
     if n_components == 0:
         return kinship.Relationship(K=np.zeros((0, 0)), pcs=pcs, n_snps=0), None
-    comps = kinship.randomized_components(
-        passes, n_components, impute=options.impute, seed=RANDOM_SEED
-    )
+    with packed.threads(options.threads):
+        comps = kinship.randomized_components(
+            passes, n_components, impute=options.impute, seed=RANDOM_SEED, fam_rows=samples
+        )
     log.info(
         "principal components: top %d eigenpairs of W W' by a randomised range finder "
         "(Halko et al. 2011; %d passes over %d SNPs, %d polymorphic)",
@@ -622,7 +621,9 @@ def trait_data(
     return TraitData(name, analysed, y, X)
 
 
-def _release_eigenvectors(levels: list[compression.Level]) -> None:
+def _release_eigenvectors(
+    levels: list[compression.Level], factored: dict[int, CompressedBasis]
+) -> None:
     """Drop the q x q eigenvectors of levels that cannot be chosen any more.
 
     ``gapit`` chooses the first level or the first with the smallest -2logL,
@@ -630,7 +631,8 @@ def _release_eigenvectors(levels: list[compression.Level]) -> None:
     cannot become either as more levels come, so only these keep the basis
     the scan needs and the others keep the numbers of the compression
     profile. Without this a search over many large levels holds all of
-    their q x q matrices at once.
+    their q x q matrices at once. ``factored`` holds, by level index, the
+    bases whose eigenvectors are factored (the model's ``W`` is empty).
     """
     keep = {
         0,
@@ -638,9 +640,11 @@ def _release_eigenvectors(levels: list[compression.Level]) -> None:
         compression.choose(levels, rule="best"),
     }
     for i, level in enumerate(levels):
-        if i not in keep and level.model.W.size:
-            light = dataclasses.replace(level.model, W=np.zeros((0, 0)))
-            levels[i] = dataclasses.replace(level, model=light)
+        if i not in keep:
+            factored.pop(i, None)
+            if level.model.W.size:
+                light = dataclasses.replace(level.model, W=np.zeros((0, 0)))
+                levels[i] = dataclasses.replace(level, model=light)
 
 
 def fit_traits(
@@ -681,10 +685,22 @@ def fit_traits(
         counts = compression.parse_groups(options.groups, inputs.samples.size, p)
         partitions = compression.iter_partitions(rel.K, tree, counts, how=options.group_kinship)
     levels: list[list[compression.Level]] = [[] for _ in traits]
-    for partition in partitions:
-        for t, trait_levels in zip(traits, levels, strict=True):
+    factored: list[dict[int, CompressedBasis]] = [{} for _ in traits]
+    for index, partition in enumerate(partitions):
+        for t, trait_levels, held in zip(traits, levels, factored, strict=True):
+            # Later levels keep their eigenvectors factored, which costs ~40%
+            # less at large q; only the chosen one forms them (below). The
+            # first level forms them at once: it stays a candidate of the
+            # gapit rule to the end, where its factors would hold twice the
+            # memory of W, and forming W from them costs what evd costs.
             level = compression.fit_level(
-                t.y, t.X, partition, t.analysed, method=options.method, solver=options.solver
+                t.y,
+                t.X,
+                partition,
+                t.analysed,
+                method=options.method,
+                solver=options.solver,
+                vectors=index == 0,
             )
             log.info(
                 "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
@@ -697,10 +713,19 @@ def fit_traits(
                 level.model.h2,
             )
             trait_levels.append(level)
-            _release_eigenvectors(trait_levels)
+            # The partition's cached basis of these rows, the one just fitted.
+            basis = partition.basis(t.analysed, vectors=index == 0)[2]
+            if basis.factors is not None:
+                held[index] = basis
+            _release_eigenvectors(trait_levels, held)
+        # The partition holds this level's bases, which the traits shared:
+        # drop them before the next level is built.
+        del partition
     results = []
-    for t, trait_levels in zip(traits, levels, strict=True):
+    for t, trait_levels, held in zip(traits, levels, factored, strict=True):
         chosen = compression.choose(trait_levels, rule=options.choose)
+        if chosen in held:
+            trait_levels[chosen] = compression.with_vectors(trait_levels[chosen], held[chosen])
         assert trait_levels[chosen].model.W.size or trait_levels[chosen].model.q == 0
         results.append(
             TraitResult(t.name, t.analysed, trait_levels, chosen, trait_levels[chosen].model)
@@ -716,7 +741,12 @@ def make_scanner(model: NullModel, options: GwasOptions) -> Scanner:
     """
     if options.exact:
         return ExactScanner(model, impute=options.impute, method=options.method)
-    return Scanner(model, impute=options.impute, variance=options.variance_for(options.model))
+    return Scanner(
+        model,
+        impute=options.impute,
+        variance=options.variance_for(options.model),
+        precision=options.scan_precision,
+    )
 
 
 def scan_blocks(
@@ -750,6 +780,18 @@ def scan_blocks(
     """
     snps = inputs.snps if snps is None else snps
     rows = [r.analysed for r in results]
+    for r in results:
+        if not options.exact and r.model.q:
+            log.info(
+                "%s: the scan's %d x %d products in %s%s",
+                r.name,
+                r.model.q,
+                r.model.q,
+                kinship.block_precision(options.scan_precision, r.model.q),
+                f" (--scan-precision auto: float32 above {kinship.FLOAT32_ABOVE:,} groups)"
+                if options.scan_precision == "auto"
+                else "",
+            )
     if executor is not None:
         yield from executor.scan(
             inputs.bfile, snps, inputs.samples, [r.model for r in results], rows, options
@@ -1002,6 +1044,7 @@ def check_options(options: GwasOptions) -> None:
         (options.cluster, choices.CLUSTER_METHODS, "--cluster"),
         (options.group_kinship, choices.GROUP_KINSHIPS, "--group-kinship"),
         (options.kinship_precision, choices.KINSHIP_PRECISIONS, "--kinship-precision"),
+        (options.scan_precision, choices.SCAN_PRECISIONS, "--scan-precision"),
         (options.snp_variance, choices.SNP_VARIANCES, "--snp-variance"),
         (options.choose, choices.CHOICE_RULES, "--choose"),
         (options.path, choices.PATHS, "--path"),

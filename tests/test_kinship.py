@@ -18,9 +18,17 @@ import pytest
 from bed_reader import open_bed
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_plink import encode_bed
 
+from cmlm_cli import packed
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.kinship import KINSHIP_METHODS, Relationship, relationship
+from cmlm_cli.kinship import (
+    KINSHIP_METHODS,
+    Relationship,
+    randomized_components,
+    relationship,
+    relationship_packed,
+)
 
 DATA = Path(__file__).parent.parent / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -413,6 +421,177 @@ def test_float32_block_products_move_kinship_and_p_values_by_little(tmp_path):
     tested = np.isfinite(a)
     np.testing.assert_array_equal(tested, np.isfinite(b))
     assert np.abs(a - b)[tested].max() < 1e-5
+
+
+def test_auto_precision_is_float64_up_to_the_threshold_and_float32_above(
+    tmp_path, monkeypatch, caplog
+):
+    # --kinship-precision auto (the default) keeps float64 where the products
+    # are cheap; above FLOAT32_ABOVE samples the whole run is that of float32,
+    # and the log says which ran. The threshold is lowered to the maize panel.
+    from cmlm_cli import kinship
+    from cmlm_cli.pipeline import GwasOptions, run_gwas
+
+    assert kinship.block_precision("auto", kinship.FLOAT32_ABOVE) == "float64"
+    assert kinship.block_precision("auto", kinship.FLOAT32_ABOVE + 1) == "float32"
+    assert kinship.block_precision("float64", 10**6) == "float64"
+    with pytest.raises(ValueError, match="unknown precision"):
+        kinship.block_precision("float16", 10)
+
+    def run(name, **settings):
+        run_gwas(
+            str(DATA / "mdp"),
+            str(DATA / "mdp.pheno.tsv"),
+            str(tmp_path / name),
+            GwasOptions(pheno_names=("EarHT",), model="mlm", plots=False, **settings),
+        )
+        return (tmp_path / f"{name}.EarHT.sumstats.tsv").read_text()
+
+    caplog.set_level("INFO", logger="cmlm")
+    small = run("auto-small")
+    assert small == run("f64", kinship_precision="float64")
+    monkeypatch.setattr(kinship, "FLOAT32_ABOVE", 100)
+    caplog.clear()
+    large = run("auto-large")
+    assert "float32 block products; --kinship-precision auto" in caplog.text
+    assert large == run("f32", kinship_precision="float32")
+    assert large != small
+
+
+# --- from the packed .bed bytes --------------------------------------------------------------
+
+
+def packed_rows(G: np.ndarray) -> np.ndarray:
+    """The .bed rows of an (n, m) dosage matrix, shape (m, ceil(n / 4)), uint8."""
+    return np.frombuffer(encode_bed(G)[3:], dtype=np.uint8).reshape(G.shape[1], -1)
+
+
+def among_others(G: np.ndarray, rng: np.random.Generator, *, extra: int, ordered: bool):
+    """``G``'s individuals on rows of a bigger .fam; return its bed rows and their .fam rows."""
+    n, m = G.shape
+    fam_rows = rng.permutation(n + extra)[:n]
+    if ordered:
+        fam_rows.sort()
+    full = rng.binomial(2, 0.5, size=(n + extra, m)).astype(float)
+    full[rng.random(full.shape) < 0.2] = np.nan
+    full[fam_rows] = G
+    return packed_rows(full), fam_rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    shape=st.sampled_from(("random", "duplicates", "inbred")),
+    cuts=st.lists(st.integers(0, 30), max_size=6),
+    extra=st.integers(0, 9),
+    ordered=st.booleans(),
+    method=st.sampled_from(KINSHIP_METHODS),
+    impute=st.sampled_from(IMPUTE_METHODS),
+)
+def test_packed_path_equals_float_path(seed, shape, cuts, extra, ordered, method, impute):
+    """Kinship, PCs and SNP count from the .bed bytes of a subset of the .fam,
+    in any order and cut anywhere, are those of the float dosages, to
+    rounding (the two compute each SNP's mean in a different order)."""
+    G = random_panel(seed, shape=shape)
+    rows, fam_rows = among_others(G, np.random.default_rng(seed), extra=extra, ordered=ordered)
+    expected = relationship(stream(G, 7), method=method, impute=impute, n_pcs=3)
+    got = relationship_packed(
+        iter(np.split(rows, sorted(cuts))), fam_rows, method=method, impute=impute, n_pcs=3
+    )
+    scale = np.abs(np.diag(expected.K)).max()
+    np.testing.assert_allclose(got.K, expected.K, rtol=0, atol=TOL * scale)
+    np.testing.assert_allclose(got.pcs, expected.pcs, rtol=0, atol=1e-8)
+    assert got.n_snps == expected.n_snps
+
+
+@pytest.mark.parametrize("impute", IMPUTE_METHODS)
+@pytest.mark.parametrize("method", KINSHIP_METHODS)
+def test_packed_path_matches_dense_definition(method, impute):
+    for seed, shape in CASES:
+        G = random_panel(seed, shape=shape)
+        rel = relationship_packed([packed_rows(G)], np.arange(12), method=method, impute=impute)
+        expected = dense(impute_dense(G, impute), method)
+        np.testing.assert_allclose(rel.K, expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("impute", IMPUTE_METHODS)
+def test_packed_path_on_the_maize_panel(impute):
+    """The 281 lines x 3,093 SNPs (some missing calls), in blocks of 500, read
+    from the file as the pipeline reads it: float64 equals the float path,
+    float32 is within single-precision rounding of it."""
+    with open_bed(DATA / "mdp.bed", count_A1=True) as bed:
+        G = bed.read(dtype="float64")
+    n, m = G.shape
+    with open(DATA / "mdp.bed", "rb") as fh:
+        rows = packed.read_rows(fh, np.arange(m), n_fam=n)
+    blocks = [rows[k : k + 500] for k in range(0, m, 500)]
+    expected = relationship(stream(G, 500), impute=impute, n_pcs=3)
+    got = relationship_packed(iter(blocks), np.arange(n), impute=impute, n_pcs=3)
+    scale = np.abs(np.diag(expected.K)).max()
+    np.testing.assert_allclose(got.K, expected.K, rtol=0, atol=TOL * scale)
+    np.testing.assert_allclose(got.pcs, expected.pcs, rtol=0, atol=1e-8 * scale)
+    single = relationship_packed(iter(blocks), np.arange(n), impute=impute, precision="float32")
+    error = np.abs(single.K - expected.K).max() / scale
+    assert 0 < error < 1e-6
+
+
+def test_pipeline_builds_the_kinship_of_the_kept_samples_from_the_bytes(tmp_path):
+    """build_relationship (packed path) against the float path of the kept
+    samples' dosages, block size 4."""
+    from cmlm_cli.pipeline import GwasOptions, Inputs, build_relationship
+    from cmlm_cli.plink import open_bfile
+
+    rng = np.random.default_rng(7)
+    G = random_panel(7, n=15, m=30)
+    full = np.vstack([G, rng.binomial(2, 0.3, size=(3, 30)).astype(float)])
+    prefix = tmp_path / "panel"
+    prefix.with_suffix(".bed").write_bytes(encode_bed(full))
+    prefix.with_suffix(".fam").write_text("".join(f"f{i} i{i} 0 0 0 -9\n" for i in range(18)))
+    prefix.with_suffix(".bim").write_text(
+        "".join(f"1\trs{j}\t0\t{j + 1}\tA\tG\n" for j in range(30))
+    )
+    samples = np.flatnonzero(rng.random(18) < 0.7)
+    snps = np.flatnonzero(rng.random(30) < 0.8)
+    inputs = Inputs(
+        open_bfile(prefix),
+        samples,
+        snps,
+        np.zeros((samples.size, 0)),
+        (),
+        np.zeros((samples.size, 0)),
+        (),
+    )
+    for method in KINSHIP_METHODS:
+        options = GwasOptions(kinship=method, impute="middle", pcs=2, block_size=4)
+        got = build_relationship(inputs, options)
+        expected = relationship(
+            stream(full[np.ix_(samples, snps)], 4), method=method, impute="middle", n_pcs=2
+        )
+        np.testing.assert_allclose(got.K, expected.K, rtol=0, atol=TOL)
+        np.testing.assert_allclose(got.pcs, expected.pcs, rtol=0, atol=1e-8)
+        assert got.n_snps == expected.n_snps
+
+
+@pytest.mark.parametrize("impute", IMPUTE_METHODS)
+def test_randomized_components_from_the_bytes_equal_those_from_the_dosages(impute):
+    # The large path's passes yield .bed rows; same numbers as the float
+    # dosages of the same samples, to rounding.
+    G = np.hstack([random_panel(seed, n=40, m=30) for seed in (11, 12, 13)])
+    rows, fam_rows = among_others(G, np.random.default_rng(4), extra=5, ordered=False)
+    keys = np.arange(G.shape[1], dtype=np.uint64) * np.uint64(7919)
+
+    def floats():
+        return ((keys[a : a + 8], G[:, a : a + 8]) for a in range(0, G.shape[1], 8))
+
+    def raw():
+        return ((keys[a : a + 8], rows[a : a + 8]) for a in range(0, G.shape[1], 8))
+
+    expected = randomized_components(floats, 5, impute=impute)
+    got = randomized_components(raw, 5, impute=impute, fam_rows=fam_rows)
+    np.testing.assert_allclose(got.values, expected.values, rtol=1e-10)
+    np.testing.assert_allclose(got.vectors, expected.vectors, rtol=0, atol=1e-8)
+    assert got.scale == pytest.approx(expected.scale, rel=1e-14)
+    assert got.n_snps == expected.n_snps
 
 
 def test_unknown_precision_is_refused():

@@ -25,7 +25,7 @@ from oracle import dense_profile, dense_scan, h_matrix, ols_scan
 from test_oracle import CASES, PANELS, check_scan
 from test_plink import encode_bed
 
-from cmlm_cli import packed, sumstats
+from cmlm_cli import dosage, packed, sumstats
 from cmlm_cli.null_model import fit_glm, fit_null
 from cmlm_cli.plink import open_bfile, read_dosages
 from cmlm_cli.scan import Scanner, ScanResult, scan_snps
@@ -261,3 +261,41 @@ def test_fast_float_text_is_the_f_string_text(value, digits):
     # be that of the f-string it replaced, byte for byte.
     expected = "NA" if not math.isfinite(value) else f"{value:.{digits}g}"
     assert sumstats.format_float(np.array([value]), digits) == [expected]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("middle", [False, True])
+def test_centred_is_imputed_minus_mean(middle, dtype):
+    # Against dosage.impute on bed-reader's dosages of a subset of the .fam in
+    # a shuffled order, with the edge SNPs (all missing, monomorphic with
+    # missing calls, ...). The means are ratios of exact integers here and
+    # float sums there: equal to rounding. Missing calls imputed with the mean
+    # are exactly 0 once centred. float32 holds the float64 numbers rounded.
+    rng = np.random.default_rng(3)
+    n_fam = 23
+    G = np.column_stack([rng.binomial(2, 0.3, size=(n_fam, 9)).astype(float), edge_snps(n_fam)])
+    G[:, :9][rng.random((n_fam, 9)) < 0.2] = np.nan
+    raw = np.frombuffer(encode_bed(G)[3:], dtype=np.uint8).reshape(G.shape[1], -1)
+    fam_rows = rng.permutation(n_fam)[:17]
+    X = dosage.impute(G[fam_rows], "middle" if middle else "mean")
+    expected = X - X.mean(axis=0)
+
+    out = np.full((17, 20), np.nan, dtype=dtype, order="F")
+    Xc, mean = packed.centred(raw, fam_rows, middle=middle, out=out)
+    assert Xc.dtype == np.dtype(dtype)
+    assert Xc.flags.f_contiguous
+    assert np.shares_memory(Xc, out)
+    np.testing.assert_allclose(mean, X.mean(axis=0), rtol=0, atol=1e-15)
+    atol = 1e-15 if dtype == "float64" else 2.0**-23
+    np.testing.assert_allclose(Xc, expected, rtol=0, atol=atol)
+    if not middle:
+        assert np.all(Xc[np.isnan(G[fam_rows])] == 0.0)
+    np.testing.assert_array_equal(packed.centred(raw, fam_rows, middle=middle, dtype=dtype)[0], Xc)
+
+
+def test_centred_refuses_rows_beyond_the_bytes():
+    raw = np.zeros((2, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"fam_rows must lie in 0\.\.11"):
+        packed.centred(raw, np.array([0, 12]), middle=False)
+    with pytest.raises(ValueError, match=r"out must be a Fortran-ordered \(2, >= 2\) array"):
+        packed.centred(raw, np.array([0, 1]), middle=False, out=np.empty((2, 2)))

@@ -70,3 +70,190 @@ def test_ties_within_rounding_go_to_fewer_groups():
     values = [2457.817266, 2457.817266 * (1 + 2e-16), 2457.817266 * (1 - 1e-16), 2460.0]
     levels = [SimpleNamespace(model=SimpleNamespace(neg2logL=v, vg=1.0)) for v in values]
     assert choose(levels) == 2
+
+
+def test_triangular_product_is_blas_dtrmm_to_the_bit():
+    import scipy.linalg.blas
+
+    from cmlm_cli.scan import triangular_product
+
+    rng = np.random.default_rng(12)
+    R = np.asfortranarray(rng.normal(size=(37, 37)))
+    B = np.asfortranarray(rng.normal(size=(37, 11)))
+    expected = scipy.linalg.blas.dtrmm(1.0, R, B)
+    got = triangular_product(R, B.copy(order="F"))
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(got, np.triu(R) @ B, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="Fortran-ordered float64"):
+        triangular_product(R, np.ascontiguousarray(B))
+    with pytest.raises(ValueError, match="shape"):
+        triangular_product(R[:5, :5].copy(order="F"), B.copy(order="F"))
+
+
+@pytest.mark.parametrize("singular", [False, True])
+def test_gram_factor_is_a_triangular_root_of_the_gram_matrix(singular):
+    # Rows scaled over 1e-3..1e3 as diag(1/(s+d))^1/2 scales them at small d;
+    # a zero column makes F'F singular and takes the QR route.
+    from cmlm_cli.scan import gram_factor
+
+    rng = np.random.default_rng(13)
+    F = rng.normal(size=(30, 30)) * np.logspace(-3, 3, 30)[:, None]
+    if singular:
+        F[:, 4] = 0.0
+    R = gram_factor(F)
+    np.testing.assert_array_equal(R, np.triu(R))
+    gram = F.T @ F
+    assert np.abs(R.T @ R - gram).max() <= 1e-14 * np.abs(gram).max()
+    g = rng.integers(0, 60, size=(30, 8)).astype(float)
+    np.testing.assert_allclose(((R @ g) ** 2).sum(0), ((F @ g) ** 2).sum(0), rtol=1e-12)
+
+
+def test_group_part_keeps_its_digits_at_h2_near_one():
+    # q = n singleton groups, a singular VanRaden kinship and d = e^-10, the
+    # lower end of the search: the weights 1/(s + d) span eight orders of
+    # magnitude. The triangular route to x'H^-1x must agree with the direct
+    # rotation |diag(1/(s+d))^1/2 W' Z'x|^2, itself within 3e-15 of a
+    # long-double evaluation: the scan's factor (like QR's) is within 4e-15
+    # here, the inverse Cholesky factor of W diag(s+d) W' 3e-12 off.
+    import dataclasses
+
+    from cmlm_cli.scan import Scanner
+
+    rng = np.random.default_rng(15)
+    n, m = 300, 400
+    pop = rng.integers(0, 3, n)
+    freq = rng.beta(0.5, 0.5, size=(3, m))
+    G = rng.binomial(2, freq[pop]).astype(float)
+    W = G[:, :300] - G[:, :300].mean(0)
+    K = W @ W.T / W.shape[1]
+    labels = rng.permutation(n)
+    Kc = np.empty_like(K)
+    Kc[np.ix_(labels, labels)] = K
+    X = np.column_stack([np.ones(n), pop == 1])
+    y = W[:, :40].sum(1) + rng.normal(size=n)
+    model = dataclasses.replace(fit_null(y, X, labels, Kc), delta=float(np.exp(-10)))
+    scanner = Scanner(model)
+    stats = scanner.statistics(G[:, 300:])
+    _, _, e = scanner._quadratic_forms(stats.group_sums, stats.dots, stats.ssw)
+    rotate = model.W.T / np.sqrt(model.counts)[None, :]
+    direct = np.sqrt(scanner.inv)[:, None] * rotate @ stats.group_sums
+    np.testing.assert_allclose(e, (direct**2).sum(0) + stats.ssw / scanner.d, rtol=3e-14)
+
+
+def test_blocks_across_tiles_change_nothing():
+    # More SNPs than one tile: whole tiles are views of the block's group
+    # sums, the last one is padded; a SNP's numbers must not depend on which
+    # tile it falls in, nor where in it. The statistics are sliced as the
+    # packed path makes them (Fortran order), so only the test itself runs
+    # on different blocks.
+    from dataclasses import fields
+
+    from cmlm_cli.packed import Statistics
+    from cmlm_cli.scan import TILE, Scanner
+
+    rng = np.random.default_rng(16)
+    n, q, m = 120, 40, 2 * TILE + 190
+    labels = rng.permutation(np.arange(n) % q)
+    A = rng.normal(size=(q, q))
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = rng.normal(size=n) + np.repeat(rng.normal(size=q), n // q)[labels]
+    scanner = Scanner(fit_null(y, X, labels, A @ A.T / q))
+    G = rng.binomial(2, rng.uniform(0.05, 0.5, m), size=(n, m)).astype(float)
+    G[rng.random(G.shape) < 0.02] = np.nan
+    stats = scanner.statistics(G)
+    stats = Statistics(**{**vars(stats), "group_sums": np.asfortranarray(stats.group_sums)})
+    whole = scanner._test(stats)
+    parts = []
+    for a, b in ((0, 1), (1, 300), (300, TILE + 300), (TILE + 300, m)):
+        part = {f.name: getattr(stats, f.name)[..., a:b] for f in fields(Statistics)}
+        parts.append(scanner._test(Statistics(**part)))
+    for field in ("beta", "se", "t", "p"):
+        joined = np.concatenate([getattr(part, field) for part in parts])
+        np.testing.assert_array_equal(joined, getattr(whole, field), err_msg=field)
+
+
+def _structured_model(n=240, q=60, seed=21, intercept=True):
+    """A fitted compressed model of a small structured panel, and its SNPs."""
+    rng = np.random.default_rng(seed)
+    pop = rng.integers(0, 3, n)
+    freq = rng.beta(0.5, 0.5, size=(3, 500))
+    G = rng.binomial(2, freq[pop]).astype(float)
+    G[rng.random(G.shape) < 0.02] = np.nan
+    W = np.nan_to_num(G[:, :300] - np.nanmean(G[:, :300], 0))
+    labels = rng.permutation(np.arange(n) % q)
+    Z = np.eye(q)[labels]
+    Kc = np.linalg.pinv(Z) @ (W @ W.T / 300) @ np.linalg.pinv(Z).T
+    covariate = (pop == 1) + 0.1 * rng.normal(size=n)
+    X = np.column_stack([np.ones(n), covariate]) if intercept else covariate[:, None] + 2.0
+    y = W[:, :40].sum(1) / 4 + rng.normal(size=n) + pop
+    return fit_null(y, X, labels, Kc), labels, G[:, 300:]
+
+
+def test_float32_products_move_log10_p_by_little():
+    # --scan-precision float32: the q x q product in single precision, summed
+    # in double, of centred group sums. Against float64 (itself checked
+    # against the dense oracle) log10 p moves by ~1e-8 here, 3e-7 at most on
+    # the M benchmark panel (q = 5,000, 200,000 SNPs).
+    import oracle
+
+    from cmlm_cli.scan import Scanner
+
+    model, labels, G = _structured_model()
+    a = Scanner(model, precision="float64").scan(G)
+    b = Scanner(model, precision="float32").scan(G)
+    # Kc back from the model's N^1/2 Kc N^1/2 = W diag(s) W'.
+    rows = np.diag(1 / np.sqrt(model.counts))
+    H = oracle.h_matrix(model.delta, labels, rows @ model.W @ np.diag(model.s) @ model.W.T @ rows)
+    dense = oracle.dense_scan(model.y, model.X, H, G, sigma2=model.vg)
+    tested = np.isfinite(a.p)
+    np.testing.assert_allclose(a.p[tested], dense.p[tested], rtol=1e-9)
+    gap = np.abs(np.log10(a.p[tested]) - np.log10(b.p[tested]))
+    assert 0 < gap.max() < 1e-5
+    np.testing.assert_array_equal(np.isfinite(b.p), tested)
+
+
+def test_auto_precision_follows_the_number_of_groups(monkeypatch):
+    from cmlm_cli import kinship
+    from cmlm_cli.scan import Scanner
+
+    model, _, G = _structured_model()
+    assert Scanner(model).precision == "float64"
+    assert Scanner(model, precision="auto").precision == "float64"
+    monkeypatch.setattr(kinship, "FLOAT32_ABOVE", model.q - 1)
+    auto = Scanner(model, precision="auto")
+    assert auto.precision == "float32"
+    np.testing.assert_array_equal(auto.scan(G).p, Scanner(model, precision="float32").scan(G).p)
+    with pytest.raises(ValueError, match="unknown precision"):
+        Scanner(model, precision="half")
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+def test_centred_group_sums_change_no_test(intercept):
+    # The group sums are centred when a constant lies in the span of X (P
+    # takes it out); a model without one is scanned as it is. Either way the
+    # numbers are those of the uncentred algebra.
+    from cmlm_cli.scan import Scanner
+
+    model, _, G = _structured_model(intercept=intercept)
+    scanner = Scanner(model)
+    assert scanner._centre == intercept
+    plain = Scanner(model)
+    plain._centre = False
+    a, b = scanner.scan(G), plain.scan(G)
+    np.testing.assert_allclose(a.p, b.p, rtol=1e-10)
+    np.testing.assert_allclose(a.beta, b.beta, rtol=1e-10)
+
+
+def test_triangular_product_in_float32_is_blas_strmm_to_the_bit():
+    import scipy.linalg.blas
+
+    from cmlm_cli.scan import triangular_product
+
+    rng = np.random.default_rng(22)
+    R = np.asfortranarray(rng.normal(size=(29, 29)), dtype=np.float32)
+    B = np.asfortranarray(rng.normal(size=(29, 7)), dtype=np.float32)
+    np.testing.assert_array_equal(
+        triangular_product(R, B.copy(order="F")), scipy.linalg.blas.strmm(1.0, R, B)
+    )
+    with pytest.raises(ValueError, match="of R's dtype"):
+        triangular_product(R, B.astype(np.float64, order="F"))

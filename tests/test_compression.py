@@ -1,0 +1,134 @@
+"""The compression search's levels: group kinships built level from level, shared bases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from oracle import dense_neg2loglik, group_mean_kinship
+
+from cmlm_cli import compression, null_model, pipeline
+from cmlm_cli.grouping import cut_tree, linkage
+
+
+def panel(seed: int = 3, n: int = 60, m: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """A VanRaden-like kinship of n individuals and its average-linkage tree."""
+    rng = np.random.default_rng(seed)
+    G = rng.binomial(2, rng.uniform(0.1, 0.9, size=m), size=(n, m)).astype(np.float64)
+    W = G - G.mean(axis=0)
+    K = W @ W.T / m
+    return K, linkage(K, method="average")
+
+
+def brute_group_mean(K: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Kc[a, b] = the mean of K[i, j] over i in a, j in b, cell by cell."""
+    q = int(labels.max()) + 1
+    return np.array(
+        [[K[np.ix_(labels == a, labels == b)].mean() for b in range(q)] for a in range(q)]
+    )
+
+
+@pytest.mark.parametrize("counts", [[60, 41, 17, 5, 1], [1, 5, 17, 41, 60], [41, 5, 17]])
+def test_level_group_kinship_is_the_mean_over_cells(counts):
+    # Decreasing counts build each level from the one before (nested cuts);
+    # increasing or mixed orders cannot and go back to K. Both are sums of
+    # the same cells in another order: equal to ~1e-15 relative.
+    K, tree = panel()
+    partitions = list(compression.iter_partitions(K, tree, counts, how="mean"))
+    assert [p.groups for p in partitions] == counts
+    scale = np.abs(K).max()
+    for part in partitions:
+        assert np.array_equal(part.labels, cut_tree(tree, part.groups))
+        expected = brute_group_mean(K, part.labels)
+        assert np.max(np.abs(part.Kc - expected)) <= 1e-13 * scale, part.groups
+
+
+def test_other_group_kinships_are_unchanged():
+    K, tree = panel(seed=5)
+    for part in compression.iter_partitions(K, tree, [30, 12, 4], how="max"):
+        expected = np.array(
+            [
+                [K[np.ix_(part.labels == a, part.labels == b)].max() for b in range(part.groups)]
+                for a in range(part.groups)
+            ]
+        )
+        assert np.array_equal(part.Kc, expected)
+
+
+def test_traits_on_the_same_individuals_share_one_basis(monkeypatch):
+    K, tree = panel(seed=7)
+    n = K.shape[0]
+    rng = np.random.default_rng(8)
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    # Traits with a genetic part u ~ N(0, 4 K), so that h2 is inside (0, 1).
+    s, V = np.linalg.eigh(K)
+    u = V @ (np.sqrt(np.clip(s, 0, None))[:, None] * rng.normal(size=(n, 3)))
+    ys = (2 * u + rng.normal(size=(n, 3))).T
+    everyone = np.arange(n)
+    # The third trait misses individuals, so it needs a basis of its own.
+    subset = np.setdiff1d(everyone, [0, 1, 2, 7, 30])
+    rows = [everyone, everyone.copy(), subset]
+    built = []
+    build = null_model.CompressedBasis.build
+    monkeypatch.setattr(
+        null_model.CompressedBasis,
+        "build",
+        classmethod(
+            lambda cls, labels, Kc, **kw: built.append(labels.size) or build(labels, Kc, **kw)
+        ),
+    )
+    for part in compression.iter_partitions(K, tree, [40, 9], how="mean"):
+        fits = [
+            compression.fit_level(y[r], X[r], part, r, method="reml", solver="brent")
+            for y, r in zip(ys, rows, strict=True)
+        ]
+        assert built[-2:] == [n, subset.size]
+        del built[:]
+        assert fits[0].model.W is fits[1].model.W
+        for y, r, fit in zip(ys, rows, fits, strict=True):
+            # Each trait's fit is that of its own groups and Kc, by the dense oracle.
+            used = np.unique(part.labels[r])
+            assert np.array_equal(used[fit.labels], part.labels[r])
+            Kc = group_mean_kinship(K, part.labels)[np.ix_(used, used)]
+            lik = null_model.CompressedLikelihood(y[r], X[r], fit.model.basis())
+            for d in (0.3, 4.0):
+                dense = dense_neg2loglik(d, y[r], X[r], fit.labels, Kc)
+                assert lik.neg2loglik(d, "reml") == pytest.approx(dense, rel=1e-10)
+            if np.isfinite(fit.model.delta):
+                dense = dense_neg2loglik(fit.model.delta, y[r], X[r], fit.labels, Kc)
+                assert fit.model.neg2logL == pytest.approx(dense, rel=1e-10)
+
+
+def test_singleton_level_uses_k_itself():
+    K, tree = panel(seed=9, n=25)
+    (part,) = compression.iter_partitions(K, tree, [25], how="mean")
+    assert np.array_equal(part.labels, np.arange(25))
+    assert part.Kc is K
+
+
+def test_search_with_factored_levels_equals_the_full_search(monkeypatch):
+    # The maize example with a grid whose chosen level is not the first for
+    # every trait, so the chosen W is formed from its factors at the end.
+    # Every level of the first search is decomposed in full (all below
+    # FACTORED_MIN_Q); the second keeps all but the first factored.
+    data = Path(__file__).resolve().parent.parent / "data"
+    options = pipeline.GwasOptions(groups="200,120,60,30,10", pcs=3)
+    inputs = pipeline.load_inputs(str(data / "mdp"), str(data / "mdp.pheno.tsv"), options)
+    full = pipeline.fit_inputs(inputs, options)
+    monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    factored = pipeline.fit_inputs(inputs, options)
+    assert any(result.chosen > 0 for result in factored)
+    for a, b in zip(full, factored, strict=True):
+        assert a.chosen == b.chosen
+        for la, lb in zip(a.levels, b.levels, strict=True):
+            for name in ("neg2logL", "vg", "ve", "h2"):
+                assert getattr(lb.model, name) == pytest.approx(
+                    getattr(la.model, name), rel=1e-10, abs=1e-300
+                ), (a.name, la.groups, name)
+        assert b.model is b.levels[b.chosen].model
+        W, s = b.model.W, b.model.s
+        assert W.shape == a.model.W.shape == (s.size, s.size)
+        # The same U S U' (eigenvectors agree up to sign within an eigenspace).
+        assert np.max(np.abs((W * s) @ W.T - (a.model.W * s) @ a.model.W.T)) < 1e-12 * s.max()
+        assert np.allclose(b.model.beta, a.model.beta, rtol=1e-10, atol=0)
