@@ -311,7 +311,7 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
             print(f": {done.wall:.1f} s", flush=True)
             if timing.label.startswith("cmlm gwas"):
                 log = Path(argv[argv.index("--out") + 1] + ".log").read_text()
-                for step, seconds in re.findall(r"INFO (\w[\w ]*?) took ([0-9.]+) s", log):
+                for step, seconds in re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M):
                     timing.steps.setdefault(step, []).append(float(seconds))
         if repeat < args.repeats - 1:
             shutil.rmtree(out)
