@@ -456,6 +456,9 @@ def test_auto_precision_is_float64_up_to_the_threshold_and_float32_above(
     assert "float32 block products; --kinship-precision auto" in caplog.text
     assert large == run("f32", kinship_precision="float32")
     assert large != small
+    # The kinship pass reads blocks of kinship.BLOCK SNPs whatever
+    # --block-size: float32 products, summed per block, stay the same.
+    assert large == run("f32-blocks", block_size=97)
 
 
 # --- from the packed .bed bytes --------------------------------------------------------------
