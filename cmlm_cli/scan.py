@@ -163,8 +163,10 @@ class Scanner:
             # the flops of the rotation by W'.
             rotate = self.basis.W.T / np.sqrt(self.basis.counts)[None, :]
             R = gram_factor(np.sqrt(self.inv)[:, None] * rotate)
-            self._R = np.asfortranarray(R)
-            self._R32 = np.asfortranarray(R, dtype=np.float32)
+            # Only the factor of the scan's precision is kept: at q = 10,000
+            # each copy is 400-800 MB.
+            dtype = np.float32 if self.precision == "float32" else np.float64
+            self._R = np.asfortranarray(R, dtype=dtype)
             weighted = self.inv[:, None] * rotate
             self._M = np.vstack([self.lik.UX.T @ weighted, self.lik.Uy @ weighted])
 
@@ -316,12 +318,8 @@ class Scanner:
         e = ssw / d
         f = dots[-1] / d
         if self.basis is not None and group_sums is not None:
-            if self.precision == "float32":
-                RG = triangular_product(self._R32, np.array(group_sums, np.float32, order="F"))
-                e += np.einsum("ij,ij->j", RG, RG, dtype=np.float64)
-            else:
-                RG = triangular_product(self._R, np.array(group_sums, order="F"))
-                e += np.einsum("ij,ij->j", RG, RG)
+            RG = triangular_product(self._R, np.array(group_sums, self._R.dtype, order="F"))
+            e += np.einsum("ij,ij->j", RG, RG, dtype=np.float64)
             MG = self._M @ group_sums
             XHG += MG[:-1]
             f += MG[-1]
