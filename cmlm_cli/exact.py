@@ -145,6 +145,9 @@ class ExactScanner(Scanner):
         The likelihood maximised over ``d`` for every SNP.
     """
 
+    # The P3D factor (q x q, seconds at q = 5,000) is not needed here.
+    _P3D = False
+
     def __init__(self, model: NullModel, *, impute: str = "mean", method: str = "reml"):
         if method not in METHODS:
             msg = f"unknown method {method!r}; expected one of {', '.join(METHODS)}"

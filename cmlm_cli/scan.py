@@ -115,6 +115,10 @@ class Scanner:
         (:func:`cmlm_cli.kinship.block_precision`).
     """
 
+    # Whether the P3D test's q x q factor is built (a subclass with a test
+    # of its own, the exact one, needs only the statistics).
+    _P3D = True
+
     def __init__(
         self,
         model: NullModel,
@@ -155,7 +159,7 @@ class Scanner:
         self._used = np.flatnonzero(np.any(Xw != 0, axis=0))
         self._columns = np.column_stack([Xw[:, self._used], self.lik.yw])
         self._chol = profile.chol
-        if self.basis is not None:
+        if self.basis is not None and self._P3D:
             # From group sums Z'x to H^-1 products in the U basis: U'x =
             # W' N^-1/2 Z'x, weighed by inv = 1/(s + d). The quadratic form
             # x'U diag(inv) U'x is |R Z'x|^2 with R the triangular factor of
