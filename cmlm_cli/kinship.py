@@ -24,7 +24,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from cmlm_cli import dosage, packed
+from cmlm_cli import choices, dosage, packed
 from cmlm_cli.choices import KINSHIP_METHODS, KINSHIP_PRECISIONS
 from cmlm_cli.errors import CmlmError
 
@@ -214,7 +214,7 @@ def relationship(
         always float64). float32 halves the time of the dominant GEMM and
         changes the kinship by ~1e-7 of its diagonal;
         tests/test_kinship.py measures the effect on p-values. ``"auto"``:
-        see :func:`block_precision`.
+        see :func:`cmlm_cli.choices.block_precision`.
 
     Returns
     -------
@@ -270,7 +270,7 @@ def relationship(
         msg = f"no SNPs to build the {method} kinship from: the genotype stream was empty"
         raise CmlmError(msg)
     n = first.shape[0]
-    precision = block_precision(precision, n)
+    precision = choices.block_precision(precision, n)
 
     def centred() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for block in itertools.chain([first], stream):
@@ -319,7 +319,7 @@ def relationship_packed(
     _check_settings(method, impute, n_pcs, precision)
     fam_rows = np.asarray(fam_rows, dtype=np.int64)
     n = fam_rows.size
-    precision = block_precision(precision, n)
+    precision = choices.block_precision(precision, n)
     buffer = np.empty((n, 0), dtype=precision, order="F")
 
     def centred() -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -337,35 +337,6 @@ BLOCK = 4096
 """SNPs per block product of the pipeline's kinship pass: a constant, not
 ``--block-size``, because float32 products are summed in float64 per block,
 so their rounding would otherwise change with the block size."""
-
-FLOAT32_ABOVE = 2_000
-"""``precision="auto"`` takes float32 block products above this many individuals."""
-
-
-def block_precision(precision: str, n: int) -> str:
-    """The arithmetic of the block products that ``precision`` means for ``n`` individuals.
-
-    ``"auto"`` is float64 up to :data:`FLOAT32_ABOVE` individuals, where the
-    n x n products are cheap, and float32 above, where they dominate the run
-    and float32 halves their time; the kinship then moves by ~1e-7 of its
-    diagonal and p-values by ~1e-6 in log10 (tests/test_kinship.py).
-
-    Parameters
-    ----------
-    precision : {"auto", "float64", "float32"}
-    n : int
-
-    Returns
-    -------
-    {"float64", "float32"}
-    """
-    if precision not in KINSHIP_PRECISIONS:
-        msg = f"unknown precision {precision!r}; expected one of {', '.join(KINSHIP_PRECISIONS)}"
-        raise ValueError(msg)
-    if precision == "auto":
-        return "float32" if n > FLOAT32_ABOVE else "float64"
-    return precision
-
 
 def _check_settings(method: str, impute: str, n_pcs: int, precision: str) -> None:
     if method not in KINSHIP_METHODS:

@@ -292,7 +292,7 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> kinship.Relation
             pcs = computed("vanraden", options.pcs).pcs
         return kinship.Relationship(K=np.zeros((0, 0)), pcs=pcs, n_snps=0)
     if options.kinship in choices.KINSHIP_METHODS:
-        precision = kinship.block_precision(options.kinship_precision, samples.size)
+        precision = choices.block_precision(options.kinship_precision, samples.size)
         rel = computed(options.kinship, options.pcs, precision)
         log.info(
             "kinship %s from %d SNPs over %d samples (%s block products%s)",
@@ -300,7 +300,7 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> kinship.Relation
             rel.n_snps,
             samples.size,
             precision,
-            f"; --kinship-precision auto: float32 above {kinship.FLOAT32_ABOVE:,} samples"
+            f"; --kinship-precision auto: float32 above {choices.FLOAT32_ABOVE:,} samples"
             if options.kinship_precision == "auto"
             else "",
         )
@@ -787,8 +787,8 @@ def scan_blocks(
                 r.name,
                 r.model.q,
                 r.model.q,
-                kinship.block_precision(options.scan_precision, r.model.q),
-                f" (--scan-precision auto: float32 above {kinship.FLOAT32_ABOVE:,} groups)"
+                choices.block_precision(options.scan_precision, r.model.q),
+                f" (--scan-precision auto: float32 above {choices.FLOAT32_ABOVE:,} groups)"
                 if options.scan_precision == "auto"
                 else "",
             )

@@ -63,7 +63,7 @@ import scipy.linalg
 import scipy.special
 import threadpoolctl
 
-from cmlm_cli import kinship, packed, plink
+from cmlm_cli import choices, packed, plink
 from cmlm_cli.choices import IMPUTE_METHODS
 from cmlm_cli.dosage import allele_frequency, impute
 from cmlm_cli.null_model import CompressedBasis, CompressedLikelihood, NullModel
@@ -111,8 +111,8 @@ class Scanner:
         Arithmetic of the q x q triangular product of the group sums (summed
         in float64): float32 halves the scan's time at large q and moves
         log10 p by ~1e-7 (tests/test_scan.py); ``"auto"`` takes float32
-        above ``kinship.FLOAT32_ABOVE`` groups
-        (:func:`cmlm_cli.kinship.block_precision`).
+        above ``choices.FLOAT32_ABOVE`` groups
+        (:func:`cmlm_cli.choices.block_precision`).
     """
 
     # Whether the P3D test's q x q factor is built (a subclass with a test
@@ -136,7 +136,7 @@ class Scanner:
         self.model = model
         self.impute = impute
         # The arithmetic of the q x q product, which dominates at large q.
-        self.precision = kinship.block_precision(precision, model.q)
+        self.precision = choices.block_precision(precision, model.q)
         # Centring each SNP (see _test) changes no test when a constant lies
         # in the span of X: the pipeline's X always has the intercept.
         ones = np.ones(model.n)

@@ -55,21 +55,14 @@ from cmlm_cli.errors import CmlmError
 log = logging.getLogger("cmlm")
 
 FORMATS = ("tsv", "ssf")
+# The eight mandatory columns first, as in our default file; our variant_id
+# becomes the optional rsid where it is one, and is kept whole as snp_id.
 SSF_COLUMNS = (
-    "chromosome",
-    "base_pair_location",
-    "effect_allele",
-    "other_allele",
-    "beta",
-    "standard_error",
-    "effect_allele_frequency",
-    "p_value",
+    *sumstats.SUMSTATS_COLUMNS[:8],
     "rsid",
     "n",
     "snp_id",
-    "t_statistic",
-    "df",
-    "n_missing_calls",
+    *sumstats.SUMSTATS_COLUMNS[10:],
 )
 SSF_MISSING = "#NA"
 FILE_TYPE = "GWAS-SSF v1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,26 @@ import pytest
 # The reference outputs of GAPIT, GEMMA and PLINK2 live in a folder beside
 # the checkout; the commands that made them are in its README.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The example panel of `make demo`.
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def copy_example(folder: Path) -> Path:
+    """A writable copy of the example panel (.bed/.bim/.fam, .pheno.tsv); its prefix."""
+    for suffix in (".bed", ".bim", ".fam", ".pheno.tsv"):
+        shutil.copy(DATA / f"mdp{suffix}", folder / f"mdp{suffix}")
+        (folder / f"mdp{suffix}").chmod(0o644)
+    return folder / "mdp"
+
+
+@pytest.fixture
+def mdp(tmp_path) -> Path:
+    """A private, writable copy of the example panel (some tests change it).
+
+    A test module may define its own ``mdp`` (the panel read-only, or one
+    copy per module), which takes precedence.
+    """
+    return copy_example(tmp_path)
 
 
 @pytest.fixture(scope="session")

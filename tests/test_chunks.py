@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import copy_example
 
 from cmlm_cli import model_io
 from cmlm_cli import pipeline as pipeline_module
@@ -41,10 +42,7 @@ COMPARED = ("sumstats.tsv", "sumstats.tsv.gz", "compression.tsv", "model.json", 
 @pytest.fixture(scope="module")
 def mdp(tmp_path_factory) -> Path:
     """A private copy of the example panel (some tests change it)."""
-    folder = tmp_path_factory.mktemp("mdp")
-    for suffix in (".bed", ".bim", ".fam", ".pheno.tsv"):
-        shutil.copy(DATA / f"mdp{suffix}", folder / f"mdp{suffix}")
-    return folder / "mdp"
+    return copy_example(tmp_path_factory.mktemp("mdp"))
 
 
 def outputs(prefix: Path) -> dict[str, bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,6 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 def run(*args: str):
     return CliRunner().invoke(main, ["gwas", *args], catch_exceptions=False)
 
-
-@pytest.fixture
-def mdp(tmp_path) -> Path:
-    """A writable copy of the example panel."""
-    for suffix in (".bed", ".bim", ".fam", ".pheno.tsv"):
-        shutil.copy(DATA / f"mdp{suffix}", tmp_path / f"mdp{suffix}")
-        (tmp_path / f"mdp{suffix}").chmod(0o644)
-    return tmp_path / "mdp"
 
 
 def test_gwas_writes_every_file(mdp, tmp_path):

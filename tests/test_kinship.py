@@ -429,14 +429,14 @@ def test_auto_precision_is_float64_up_to_the_threshold_and_float32_above(
     # --kinship-precision auto (the default) keeps float64 where the products
     # are cheap; above FLOAT32_ABOVE samples the whole run is that of float32,
     # and the log says which ran. The threshold is lowered to the maize panel.
-    from cmlm_cli import kinship
+    from cmlm_cli import choices
     from cmlm_cli.pipeline import GwasOptions, run_gwas
 
-    assert kinship.block_precision("auto", kinship.FLOAT32_ABOVE) == "float64"
-    assert kinship.block_precision("auto", kinship.FLOAT32_ABOVE + 1) == "float32"
-    assert kinship.block_precision("float64", 10**6) == "float64"
+    assert choices.block_precision("auto", choices.FLOAT32_ABOVE) == "float64"
+    assert choices.block_precision("auto", choices.FLOAT32_ABOVE + 1) == "float32"
+    assert choices.block_precision("float64", 10**6) == "float64"
     with pytest.raises(ValueError, match="unknown precision"):
-        kinship.block_precision("float16", 10)
+        choices.block_precision("float16", 10)
 
     def run(name, **settings):
         run_gwas(
@@ -450,7 +450,7 @@ def test_auto_precision_is_float64_up_to_the_threshold_and_float32_above(
     caplog.set_level("INFO", logger="cmlm")
     small = run("auto-small")
     assert small == run("f64", kinship_precision="float64")
-    monkeypatch.setattr(kinship, "FLOAT32_ABOVE", 100)
+    monkeypatch.setattr(choices, "FLOAT32_ABOVE", 100)
     caplog.clear()
     large = run("auto-large")
     assert "float32 block products; --kinship-precision auto" in caplog.text

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -292,12 +291,6 @@ def test_read_sumstats_in_chunks_reports_the_right_line(small_run, tmp_path):
     with pytest.raises(CmlmError, match="cannot be decompressed"):
         plots.read_sumstats(str(bad))
 
-
-@pytest.fixture
-def mdp(tmp_path) -> Path:
-    for suffix in (".bed", ".bim", ".fam", ".pheno.tsv"):
-        shutil.copy(DATA / f"mdp{suffix}", tmp_path / f"mdp{suffix}")
-    return tmp_path / "mdp"
 
 
 def gwas(mdp: Path, out: Path, *extra: str):

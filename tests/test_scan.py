@@ -213,13 +213,13 @@ def test_float32_products_move_log10_p_by_little():
 
 
 def test_auto_precision_follows_the_number_of_groups(monkeypatch):
-    from cmlm_cli import kinship
+    from cmlm_cli import choices
     from cmlm_cli.scan import Scanner
 
     model, _, G = _structured_model()
     assert Scanner(model).precision == "float64"
     assert Scanner(model, precision="auto").precision == "float64"
-    monkeypatch.setattr(kinship, "FLOAT32_ABOVE", model.q - 1)
+    monkeypatch.setattr(choices, "FLOAT32_ABOVE", model.q - 1)
     auto = Scanner(model, precision="auto")
     assert auto.precision == "float32"
     np.testing.assert_array_equal(auto.scan(G).p, Scanner(model, precision="float32").scan(G).p)

@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import math
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -217,13 +216,6 @@ def test_underflowing_p_values_and_unsorted_rows(tmp_path):
 def test_chromosome_numbers(name, number):
     assert ssf_chromosome(name) == number
 
-
-@pytest.fixture
-def mdp(tmp_path) -> Path:
-    for suffix in (".bed", ".bim", ".fam", ".pheno.tsv"):
-        shutil.copy(DATA / f"mdp{suffix}", tmp_path / f"mdp{suffix}")
-        (tmp_path / f"mdp{suffix}").chmod(0o644)
-    return tmp_path / "mdp"
 
 
 def test_unmappable_chromosome_is_refused_before_any_work(mdp, tmp_path):
