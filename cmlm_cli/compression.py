@@ -17,7 +17,6 @@ micro-clusters.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -161,17 +160,13 @@ class Partition:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
-    def basis(
-        self, analysed: np.ndarray, *, vectors: bool = True
-    ) -> tuple[np.ndarray, np.ndarray, CompressedBasis]:
+    def basis(self, analysed: np.ndarray) -> tuple[np.ndarray, np.ndarray, CompressedBasis]:
         """The groups used by the individuals ``analysed`` and their basis.
 
         Parameters
         ----------
         analysed : ndarray, shape (n_a,), int
             Rows of the partition (genotyped individuals) a trait uses.
-        vectors : bool
-            Form the eigenvectors (see :meth:`CompressedBasis.build`).
 
         Returns
         -------
@@ -181,14 +176,15 @@ class Partition:
             The same after dropping groups without an analysed individual.
         basis : CompressedBasis
             Of ``labels`` and ``Kc`` restricted to the groups used; built
-            once per distinct ``analysed``.
+            once per distinct ``analysed``, its eigenvectors factored (the
+            fit needs only ``U'y`` and ``U'X``, the scan ``Kc``).
         """
         cluster_labels = self.labels[analysed]
         used, labels = np.unique(cluster_labels, return_inverse=True)
-        key = np.asarray(analysed, dtype=np.int64).tobytes() + bytes([vectors])
+        key = np.asarray(analysed, dtype=np.int64).tobytes()
         if key not in self._bases:
             Kc = self.Kc if used.size == self.groups else self.Kc[np.ix_(used, used)]
-            self._bases[key] = CompressedBasis.build(labels, Kc, vectors=vectors)
+            self._bases[key] = CompressedBasis.build(labels, Kc, vectors=False)
         return cluster_labels, labels, self._bases[key]
 
 
@@ -261,15 +257,10 @@ def fit_level(
     *,
     method: str,
     solver: str,
-    vectors: bool = True,
 ) -> Level:
     """Fit one compression level to one trait.
 
     Groups without an analysed individual are dropped from ``Z`` and ``Kc``.
-    With ``vectors=False`` a large level keeps its eigenvectors factored in
-    its basis (``partition.basis(analysed, vectors=False)``) and the model's
-    ``W`` is empty: cheaper when the level is not chosen, and
-    :func:`with_vectors` forms ``W`` when it is.
 
     Parameters
     ----------
@@ -279,25 +270,10 @@ def fit_level(
     analysed : ndarray, shape (n_a,), int
         Rows of the partition (genotyped individuals) that ``y`` belongs to.
     method, solver : str
-    vectors : bool
     """
-    cluster_labels, labels, basis = partition.basis(analysed, vectors=vectors)
+    cluster_labels, labels, basis = partition.basis(analysed)
     model = fit_null_basis(y, X, basis, method=method, solver=solver)
     return Level(partition.groups, model, labels, cluster_labels)
-
-
-def with_vectors(level: Level, basis: CompressedBasis) -> Level:
-    """``level`` with the eigenvectors ``W`` of its ``basis`` formed, ready for the scan.
-
-    Parameters
-    ----------
-    level : Level
-        Fitted on ``basis`` with ``vectors=False``.
-    basis : CompressedBasis
-        Its basis, eigenvectors held factored.
-    """
-    model = dataclasses.replace(level.model, W=basis.vectors())
-    return dataclasses.replace(level, model=model)
 
 
 def choose(levels: Sequence[Level], *, rule: str = "best") -> int:

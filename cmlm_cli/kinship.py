@@ -338,6 +338,7 @@ BLOCK = 4096
 ``--block-size``, because float32 products are summed in float64 per block,
 so their rounding would otherwise change with the block size."""
 
+
 def _check_settings(method: str, impute: str, n_pcs: int, precision: str) -> None:
     if method not in KINSHIP_METHODS:
         msg = f"unknown kinship {method!r}; expected one of {', '.join(KINSHIP_METHODS)}"

@@ -53,7 +53,7 @@ log = logging.getLogger("cmlm")
 FIT_FORMAT = "cmlm-fit"
 PART_FORMAT = "cmlm-part"
 # Raised when the layout of either file changes; older files are refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: null models keep Kc, not its eigenvectors
 # Bytes of the .bed that the fingerprint hashes: its size is checked too,
 # and hashing a whole .bed of many gigabytes would cost every task minutes.
 BED_HEAD_BYTES = 1 << 20

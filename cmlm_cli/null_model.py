@@ -99,10 +99,11 @@ class NullModel:
         Group of each individual, in ``0..q-1``.
     counts : ndarray, shape (q,)
         Group sizes ``n_g``.
-    W : ndarray, shape (q, q)
-        Eigenvectors of ``N^1/2 Kc N^1/2``.
+    Kc : ndarray, shape (q, q)
+        The group kinship fitted: the one given, or its nearest positive
+        semi-definite matrix where it is not one (:meth:`CompressedBasis.build`).
     s : ndarray, shape (q,)
-        Its eigenvalues, clipped at 0.
+        Eigenvalues of ``N^1/2 Kc N^1/2``, clipped at 0.
     h_scale : float
         The variance that multiplies ``H`` in ``V``: ``vg``, or ``ve`` for the GLM.
     """
@@ -124,13 +125,24 @@ class NullModel:
     X: np.ndarray
     labels: np.ndarray
     counts: np.ndarray
-    W: np.ndarray
+    Kc: np.ndarray
     s: np.ndarray
     h_scale: float
 
-    def basis(self) -> CompressedBasis:
-        """The rotation ``a -> U'a`` of this model's groups."""
-        return CompressedBasis(self.labels, self.counts, self.W, self.s)
+    def basis(self, *, vectors: bool = False) -> CompressedBasis:
+        """This model's groups and group kinship as a :class:`CompressedBasis`.
+
+        Parameters
+        ----------
+        vectors : bool
+            Decompose ``N^1/2 Kc N^1/2`` again for its eigenvectors ``W``
+            (O(q^3)), which the rotation ``a -> U'a`` needs; without them the
+            basis serves group sums and within-group parts only, which is
+            all the P3D scan needs (:class:`cmlm_cli.scan.Scanner`).
+        """
+        if vectors:
+            return CompressedBasis.build(self.labels, self.Kc)
+        return CompressedBasis(self.labels, self.counts, np.zeros((0, 0)), self.s, self.Kc)
 
 
 @dataclass(frozen=True)
@@ -143,14 +155,19 @@ class CompressedBasis:
     counts : ndarray, shape (q,)
     W : ndarray, shape (q, q), or (0, 0)
         The eigenvectors; empty when they are held in factored form
-        (``build(..., vectors=False)``, see :meth:`vectors`).
+        (``build(..., vectors=False)``, see :meth:`vectors`) or not at all
+        (:meth:`NullModel.basis`).
     s : ndarray, shape (q,)
+    Kc : ndarray, shape (q, q)
+        The group kinship whose eigenvectors these are: the one given, or
+        its nearest positive semi-definite matrix where it is not one.
     """
 
     labels: np.ndarray
     counts: np.ndarray
     W: np.ndarray
     s: np.ndarray
+    Kc: np.ndarray
     factors: _Tridiagonal | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -206,8 +223,14 @@ class CompressedBasis:
                 s.min(),
                 top,
             )
+            s = np.where(s > EIGEN_RTOL * top, s, 0.0)
+            # The model keeps the matrix it fits, so that every later use of
+            # Kc (the scan's Cholesky factor) sees the same one.
+            vecs = W if factors is None else factors.apply_q(factors.V, transpose=False)
+            Kc = ((vecs * s) @ vecs.T) / np.outer(root, root)
+            return cls(labels, counts, W, s, Kc, factors)
         s = np.where(s > EIGEN_RTOL * top, s, 0.0)
-        return cls(labels, counts, W, s, factors)
+        return cls(labels, counts, W, s, Kc, factors)
 
     @property
     def q(self) -> int:
@@ -216,6 +239,7 @@ class CompressedBasis:
     def vectors(self) -> np.ndarray:
         """``W``, shape (q, q), formed from its factors if it is not held."""
         if self.factors is None:
+            self._check_vectors()
             return self.W
         return self.factors.apply_q(self.factors.V, transpose=False)
 
@@ -239,8 +263,14 @@ class CompressedBasis:
         sums = self.group_sums(A)
         scaled = sums / (np.sqrt(self.counts)[:, None] if sums.ndim == 2 else np.sqrt(self.counts))
         if self.factors is None:
+            self._check_vectors()
             return self.W.T @ scaled
         return self.factors.V.T @ self.factors.apply_q(scaled, transpose=True)
+
+    def _check_vectors(self) -> None:
+        if self.W.shape[0] != self.q:
+            msg = "this basis holds no eigenvectors; use NullModel.basis(vectors=True)"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -444,7 +474,7 @@ def compressed_neg2loglik(
     Kc : ndarray, shape (q, q)
     method : {"reml", "ml"}
     """
-    lik = CompressedLikelihood(y, X, CompressedBasis.build(labels, Kc))
+    lik = CompressedLikelihood(y, X, CompressedBasis.build(labels, Kc, vectors=False))
     return lik.neg2loglik(delta, method)
 
 
@@ -476,7 +506,8 @@ def fit_null(
     -------
     NullModel
     """
-    return fit_null_basis(y, X, CompressedBasis.build(labels, Kc), method=method, solver=solver)
+    basis = CompressedBasis.build(labels, Kc, vectors=False)
+    return fit_null_basis(y, X, basis, method=method, solver=solver)
 
 
 def fit_null_basis(
@@ -591,7 +622,7 @@ def _package(
         X=lik.X,
         labels=np.zeros(lik.n, dtype=np.int64) if basis is None else basis.labels,
         counts=np.zeros(0) if basis is None else basis.counts,
-        W=np.zeros((0, 0)) if basis is None else basis.W,
+        Kc=np.zeros((0, 0)) if basis is None else basis.Kc,
         # The eigenvalues are kept even at h2 = 0: the scan's H = I limit
         # comes from delta = inf, and --exact needs them to search each SNP's d.
         s=np.zeros(0) if basis is None else lik.s,

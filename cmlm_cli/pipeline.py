@@ -39,7 +39,7 @@ from cmlm_cli import (
 from cmlm_cli.dosage import minor_allele_frequency
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.exact import ExactScanner
-from cmlm_cli.null_model import CompressedBasis, NullModel, fit_glm, fit_null
+from cmlm_cli.null_model import NullModel, fit_glm, fit_null
 from cmlm_cli.progress import Progress
 from cmlm_cli.scan import Scanner, ScanResult, scan_snps
 
@@ -621,18 +621,15 @@ def trait_data(
     return TraitData(name, analysed, y, X)
 
 
-def _release_eigenvectors(
-    levels: list[compression.Level], factored: dict[int, CompressedBasis]
-) -> None:
-    """Drop the q x q eigenvectors of levels that cannot be chosen any more.
+def _release_kinships(levels: list[compression.Level]) -> None:
+    """Drop the q x q group kinships of levels that cannot be chosen any more.
 
     ``gapit`` chooses the first level or the first with the smallest -2logL,
     ``best`` the last within rounding of it; a level that is neither now
-    cannot become either as more levels come, so only these keep the basis
+    cannot become either as more levels come, so only these keep the ``Kc``
     the scan needs and the others keep the numbers of the compression
     profile. Without this a search over many large levels holds all of
-    their q x q matrices at once. ``factored`` holds, by level index, the
-    bases whose eigenvectors are factored (the model's ``W`` is empty).
+    their q x q matrices at once.
     """
     keep = {
         0,
@@ -640,11 +637,9 @@ def _release_eigenvectors(
         compression.choose(levels, rule="best"),
     }
     for i, level in enumerate(levels):
-        if i not in keep:
-            factored.pop(i, None)
-            if level.model.W.size:
-                light = dataclasses.replace(level.model, W=np.zeros((0, 0)))
-                levels[i] = dataclasses.replace(level, model=light)
+        if i not in keep and level.model.Kc.size:
+            light = dataclasses.replace(level.model, Kc=np.zeros((0, 0)))
+            levels[i] = dataclasses.replace(level, model=light)
 
 
 def fit_traits(
@@ -685,14 +680,8 @@ def fit_traits(
         counts = compression.parse_groups(options.groups, inputs.samples.size, p)
         partitions = compression.iter_partitions(rel.K, tree, counts, how=options.group_kinship)
     levels: list[list[compression.Level]] = [[] for _ in traits]
-    factored: list[dict[int, CompressedBasis]] = [{} for _ in traits]
-    for index, partition in enumerate(partitions):
-        for t, trait_levels, held in zip(traits, levels, factored, strict=True):
-            # Later levels keep their eigenvectors factored, which costs ~40%
-            # less at large q; only the chosen one forms them (below). The
-            # first level forms them at once: it stays a candidate of the
-            # gapit rule to the end, where its factors would hold twice the
-            # memory of W, and forming W from them costs what evd costs.
+    for partition in partitions:
+        for t, trait_levels in zip(traits, levels, strict=True):
             level = compression.fit_level(
                 t.y,
                 t.X,
@@ -700,7 +689,6 @@ def fit_traits(
                 t.analysed,
                 method=options.method,
                 solver=options.solver,
-                vectors=index == 0,
             )
             log.info(
                 "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
@@ -713,20 +701,14 @@ def fit_traits(
                 level.model.h2,
             )
             trait_levels.append(level)
-            # The partition's cached basis of these rows, the one just fitted.
-            basis = partition.basis(t.analysed, vectors=index == 0)[2]
-            if basis.factors is not None:
-                held[index] = basis
-            _release_eigenvectors(trait_levels, held)
+            _release_kinships(trait_levels)
         # The partition holds this level's bases, which the traits shared:
         # drop them before the next level is built.
         del partition
     results = []
-    for t, trait_levels, held in zip(traits, levels, factored, strict=True):
+    for t, trait_levels in zip(traits, levels, strict=True):
         chosen = compression.choose(trait_levels, rule=options.choose)
-        if chosen in held:
-            trait_levels[chosen] = compression.with_vectors(trait_levels[chosen], held[chosen])
-        assert trait_levels[chosen].model.W.size or trait_levels[chosen].model.q == 0
+        assert trait_levels[chosen].model.Kc.size or trait_levels[chosen].model.q == 0
         results.append(
             TraitResult(t.name, t.analysed, trait_levels, chosen, trait_levels[chosen].model)
         )
@@ -842,9 +824,7 @@ def stream_sumstats(
     snps = inputs.snps if snps is None else snps
     t2: list[list[np.ndarray]] = [[] for _ in results]
     with Progress(snps.size, options.block_size, bar=progress_bar) as progress:
-        for snp_index, block in scan_blocks(
-            results, inputs, options, snps=snps, executor=executor
-        ):
+        for snp_index, block in scan_blocks(results, inputs, options, snps=snps, executor=executor):
             for k, (result, res) in enumerate(zip(results, block, strict=True)):
                 handles[k].writelines(
                     sumstats_lines(inputs.bfile, snp_index, res, result.analysed.size)

@@ -62,6 +62,72 @@ def test_a_group_kinship_that_is_not_psd_is_reported(caplog):
     assert "negative eigenvalues" in caplog.text
 
 
+def test_a_group_kinship_that_is_not_psd_is_scanned_as_its_nearest_psd_matrix():
+    # The fit uses the clipped eigenvalues; the model keeps that matrix as its
+    # Kc, so the scan (Cholesky of N^1/2 Kc N^1/2 + dI) tests the model that
+    # was fitted: the dense oracle on the same Kc, and the clipped spectrum.
+    import oracle
+
+    rng = np.random.default_rng(6)
+    n, q = 60, 3
+    labels = np.arange(n) % q
+    given = np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])  # eigenvalue -0.8
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = rng.normal(size=n) + 2.0 * rng.normal(size=q)[labels]
+    model = fit_null(y, X, labels, given)
+    root = np.sqrt(model.counts)
+    B = model.Kc * np.outer(root, root)
+    assert np.linalg.eigvalsh(B).min() > -1e-12
+    np.testing.assert_allclose(np.linalg.eigvalsh(B), np.sort(model.s), atol=1e-12)
+    assert np.abs(model.Kc - given).max() > 0.1
+    G = rng.binomial(2, 0.4, size=(n, 30)).astype(float)
+    got = scan_block(model, G)
+    H = oracle.h_matrix(model.delta, labels, model.Kc)
+    dense = oracle.dense_scan(model.y, model.X, H, G, sigma2=model.vg)
+    tested = np.isfinite(got.p)
+    assert tested.sum() > 20
+    np.testing.assert_allclose(got.p[tested], dense.p[tested], rtol=1e-9)
+
+
+def test_precision_factor_is_a_lower_triangular_root_of_the_group_precision():
+    from cmlm_cli.scan import precision_factor
+
+    rng = np.random.default_rng(8)
+    q = 25
+    A = rng.normal(size=(q, 5))
+    Kc = A @ A.T  # rank 5: singular
+    counts = rng.integers(1, 6, q).astype(float)
+    root = np.sqrt(counts)
+    for d in (1e-3, 0.7, 50.0):
+        R = precision_factor(Kc, counts, d)
+        np.testing.assert_array_equal(R, np.tril(R))
+        expected = np.linalg.inv(Kc * np.outer(root, root) + d * np.eye(q)) / np.outer(root, root)
+        np.testing.assert_allclose(
+            R.T @ R, expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max()
+        )
+    # Singular in floating point at d = 0: the caller takes the eigenvalue route.
+    assert precision_factor(Kc, counts, 0.0) is None
+
+
+def test_the_eigenvalue_route_gives_the_cholesky_numbers(monkeypatch):
+    # Where N^1/2 Kc N^1/2 + dI is singular in floating point the scan falls
+    # back to the clipped eigenvalues (gram_factor); elsewhere both routes
+    # are the same test.
+    from cmlm_cli import scan
+
+    model, labels, G = _structured_model()
+    cholesky = scan.Scanner(model)
+    assert cholesky._lower
+    monkeypatch.setattr(scan, "precision_factor", lambda *args: None)
+    eigen = scan.Scanner(model)
+    assert not eigen._lower
+    a, b = cholesky.scan(G), eigen.scan(G)
+    tested = np.isfinite(a.p)
+    np.testing.assert_array_equal(np.isfinite(b.p), tested)
+    np.testing.assert_allclose(b.p[tested], a.p[tested], rtol=1e-11)
+    np.testing.assert_allclose(b.beta[tested], a.beta[tested], rtol=1e-11)
+
+
 def test_ties_within_rounding_go_to_fewer_groups():
     from types import SimpleNamespace
 
@@ -108,13 +174,15 @@ def test_gram_factor_is_a_triangular_root_of_the_gram_matrix(singular):
     np.testing.assert_allclose(((R @ g) ** 2).sum(0), ((F @ g) ** 2).sum(0), rtol=1e-12)
 
 
-def test_group_part_keeps_its_digits_at_h2_near_one():
-    # q = n singleton groups, a singular VanRaden kinship and d = e^-10, the
-    # lower end of the search: the weights 1/(s + d) span eight orders of
-    # magnitude. The triangular route to x'H^-1x must agree with the direct
-    # rotation |diag(1/(s+d))^1/2 W' Z'x|^2, itself within 3e-15 of a
-    # long-double evaluation: the scan's factor (like QR's) is within 4e-15
-    # here, the inverse Cholesky factor of W diag(s+d) W' 3e-12 off.
+@pytest.mark.parametrize(("log_d", "rtol"), [(-10.0, 1e-11), (-5.0, 1e-13), (0.0, 1e-14)])
+def test_group_part_keeps_its_digits_at_h2_near_one(log_d, rtol):
+    # q = n singleton groups, a singular VanRaden kinship and d down to
+    # e^-10, the lower end of the search: B + dI (B = N^1/2 Kc N^1/2) has a
+    # condition number of ~1e7 there. The scan's group part of x'H^-1x, from
+    # the inverse Cholesky factor, against x'(B + dI)^-1 x solved with
+    # residuals in long double (iterative refinement): 3-7e-12 off at
+    # d = e^-10, 3e-14 at e^-5, where the route through the eigenvectors is
+    # 7e-12 and 5e-14 off.
     import dataclasses
 
     from cmlm_cli.scan import Scanner
@@ -131,13 +199,18 @@ def test_group_part_keeps_its_digits_at_h2_near_one():
     Kc[np.ix_(labels, labels)] = K
     X = np.column_stack([np.ones(n), pop == 1])
     y = W[:, :40].sum(1) + rng.normal(size=n)
-    model = dataclasses.replace(fit_null(y, X, labels, Kc), delta=float(np.exp(-10)))
+    model = dataclasses.replace(fit_null(y, X, labels, Kc), delta=float(np.exp(log_d)))
     scanner = Scanner(model)
     stats = scanner.statistics(G[:, 300:])
-    _, _, e = scanner._quadratic_forms(stats.group_sums, stats.dots, stats.ssw)
-    rotate = model.W.T / np.sqrt(model.counts)[None, :]
-    direct = np.sqrt(scanner.inv)[:, None] * rotate @ stats.group_sums
-    np.testing.assert_allclose(e, (direct**2).sum(0) + stats.ssw / scanner.d, rtol=3e-14)
+    sums = np.asfortranarray(stats.group_sums - stats.group_sums.mean(0))
+    _, _, e = scanner._quadratic_forms(sums, stats.dots, stats.ssw)
+    B = Kc + model.delta * np.eye(n)  # N = I
+    solution = np.linalg.solve(B, sums)
+    for _ in range(3):
+        residual = sums - B.astype(np.longdouble) @ solution.astype(np.longdouble)
+        solution += np.linalg.solve(B, residual.astype(np.float64))
+    expected = (sums * solution).sum(0)
+    np.testing.assert_allclose(e - stats.ssw / scanner.d, expected, rtol=rtol)
 
 
 def test_blocks_across_tiles_change_nothing():
@@ -201,9 +274,7 @@ def test_float32_products_move_log10_p_by_little():
     model, labels, G = _structured_model()
     a = Scanner(model, precision="float64").scan(G)
     b = Scanner(model, precision="float32").scan(G)
-    # Kc back from the model's N^1/2 Kc N^1/2 = W diag(s) W'.
-    rows = np.diag(1 / np.sqrt(model.counts))
-    H = oracle.h_matrix(model.delta, labels, rows @ model.W @ np.diag(model.s) @ model.W.T @ rows)
+    H = oracle.h_matrix(model.delta, labels, model.Kc)
     dense = oracle.dense_scan(model.y, model.X, H, G, sigma2=model.vg)
     tested = np.isfinite(a.p)
     np.testing.assert_allclose(a.p[tested], dense.p[tested], rtol=1e-9)
