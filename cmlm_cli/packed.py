@@ -70,6 +70,9 @@ class Layout:
     centre : bool
         Whether ``ssw`` is the within-group sum of squares (groups) or the
         plain sum of squares (no groups).
+    subtract_mean : bool
+        Whether the group sums are those of ``x`` minus its mean over the
+        n individuals, ``Z'x - n_g mean(x)``.
     """
 
     order: np.ndarray
@@ -77,6 +80,7 @@ class Layout:
     starts: np.ndarray
     columns: np.ndarray
     centre: bool
+    subtract_mean: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ class Statistics:
     Attributes
     ----------
     group_sums : ndarray, shape (g, B)
-        ``Z'x`` per segment of the :class:`Layout`.
+        ``Z'x`` per segment of the :class:`Layout` (minus ``n_g mean(x)``
+        with its ``subtract_mean``).
     dots : ndarray, shape (k, B)
         ``columns x``.
     ssw : ndarray, shape (B,)
@@ -108,7 +113,12 @@ class Statistics:
 
 
 def layout(
-    fam_rows: np.ndarray, labels: np.ndarray | None, columns: np.ndarray, *, n_fam: int
+    fam_rows: np.ndarray,
+    labels: np.ndarray | None,
+    columns: np.ndarray,
+    *,
+    n_fam: int,
+    subtract_mean: bool = False,
 ) -> Layout:
     """Plan the visit of a model's individuals.
 
@@ -123,6 +133,8 @@ def layout(
         Columns to take dot products with, in model row order.
     n_fam : int
         Samples in the .fam (the .bed's row length is ``ceil(n_fam / 4)`` bytes).
+    subtract_mean : bool
+        Group sums of each SNP minus its mean (:attr:`Layout.subtract_mean`).
 
     Returns
     -------
@@ -142,7 +154,7 @@ def layout(
         counts = np.bincount(labels)
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     columns = np.ascontiguousarray(np.asarray(columns, dtype=np.float64)[order].T)
-    return Layout(order, fam_rows[order], starts, columns, labels is not None)
+    return Layout(order, fam_rows[order], starts, columns, labels is not None, subtract_mean)
 
 
 def open_packed(bfile: plink.Bfile) -> np.ndarray:
@@ -190,7 +202,12 @@ def read_rows(handle: io.BufferedReader, snps: np.ndarray, *, n_fam: int) -> np.
 
 
 def statistics(
-    packed: np.ndarray, plan: Layout, *, middle: bool, parallel: bool = True
+    packed: np.ndarray,
+    plan: Layout,
+    *,
+    middle: bool,
+    parallel: bool = True,
+    sums: np.ndarray | None = None,
 ) -> Statistics:
     """Sufficient statistics of every SNP of a block of packed rows.
 
@@ -205,6 +222,9 @@ def statistics(
     parallel : bool
         Spread the SNPs over numba's threads (see :func:`threads`); False
         for a caller that runs several blocks at once in its own threads.
+    sums : ndarray, shape (B, g), float64, C order, optional
+        Where to write the group sums (``Statistics.group_sums`` is then its
+        transpose): a caller's buffer reused across blocks.
 
     Returns
     -------
@@ -218,8 +238,13 @@ def statistics(
     B = packed.shape[0]
     segments = plan.starts.size - 1
     # The kernel writes each SNP's group sums contiguously: (B, g), seen as (g, B).
+    if sums is None:
+        sums = np.empty((B, segments))
+    elif sums.shape != (B, segments) or sums.dtype != np.float64 or not sums.flags.c_contiguous:
+        msg = f"sums must be a C-ordered float64 array of shape {(B, segments)}"
+        raise ValueError(msg)
     out = Statistics(
-        group_sums=np.empty((B, segments)).T,
+        group_sums=sums.T,
         dots=np.empty((plan.columns.shape[0], B)),
         ssw=np.empty(B),
         constant=np.empty(B, dtype=np.bool_),
@@ -233,6 +258,7 @@ def statistics(
         plan.columns,
         middle,
         plan.centre,
+        plan.subtract_mean,
         out.group_sums.T,
         out.dots,
         out.ssw,
@@ -310,7 +336,19 @@ def _dot(a, b):  # pragma: no cover - compiled
 
 
 def _block(
-    packed, position, starts, columns, middle, centre, group_sums, dots, ssw, constant, af, n_miss
+    packed,
+    position,
+    starts,
+    columns,
+    middle,
+    centre,
+    subtract_mean,
+    group_sums,
+    dots,
+    ssw,
+    constant,
+    af,
+    n_miss,
 ):  # pragma: no cover - compiled
     B, width = packed.shape
     n = position.size
@@ -388,6 +426,12 @@ def _block(
             if not centre:
                 within = total_q + total_m * mu * mu
             ssw[j] = within
+            if subtract_mean:
+                # Here, where the SNP's sums are in cache, rather than as a
+                # pass of the caller over the whole (g, B) block.
+                mean = (total_s + total_m * mu) / n
+                for g in range(segments):
+                    group_sums[j, g] -= size[g] * mean
             for r in range(k):
                 dots[r, j] = _dot(columns[r], x)
 

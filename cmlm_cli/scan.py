@@ -56,9 +56,10 @@ import collections
 import concurrent.futures
 import ctypes
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numba.extending
 import numpy as np
@@ -140,11 +141,15 @@ class Scanner:
         self.impute = impute
         # The arithmetic of the q x q product, which dominates at large q.
         self.precision = choices.block_precision(precision, model.q)
-        # Centring each SNP (see _test) changes no test when a constant lies
-        # in the span of X: the pipeline's X always has the intercept.
+        # The group sums of each SNP are taken minus its mean when a constant
+        # lies in the span of X (the pipeline's X always has the intercept):
+        # x'Px and x'Py do not change, as P takes constants out, and without
+        # the mean the part of x'H^-1x that the covariates remove is small,
+        # so its cancellation costs few digits (those of float32 products, or
+        # of a tiny d). The kernel does it while a SNP's sums are in cache.
         ones = np.ones(model.n)
         fitted = model.X @ np.linalg.lstsq(model.X, ones, rcond=None)[0] if model.p else 0 * ones
-        self._centre = bool(model.n and np.abs(fitted - ones).max() < 1e-9)
+        self._subtract_mean = bool(model.q and model.n and np.abs(fitted - ones).max() < 1e-9)
         self.variance = variance
         # The P3D test needs group sums and within-group parts only; the
         # exact test (a subclass) rotates into the eigenbasis of Kc.
@@ -250,6 +255,8 @@ class Scanner:
         constant = Gi.max(axis=0) == Gi.min(axis=0) if Gi.shape[0] else np.ones(Gi.shape[1], bool)
         if self.basis is not None:
             group_sums = self.basis.group_sums(Gi)
+            if self._subtract_mean:
+                group_sums -= self.basis.counts[:, None] * (group_sums.sum(axis=0) / G.shape[0])
             Gw = self.basis.within(Gi)
         else:
             group_sums = np.zeros((0, G.shape[1]))
@@ -274,7 +281,9 @@ class Scanner:
             Samples in the .fam.
         """
         labels = None if self.basis is None else self.basis.labels
-        return packed.layout(fam_rows, labels, self._columns, n_fam=n_fam)
+        return packed.layout(
+            fam_rows, labels, self._columns, n_fam=n_fam, subtract_mean=self._subtract_mean
+        )
 
     def scan_packed(
         self, rows: np.ndarray, plan: packed.Layout, *, parallel: bool = True
@@ -295,7 +304,10 @@ class Scanner:
         ScanResult
         """
         middle = self.impute == "middle"
-        return self._test(packed.statistics(rows, plan, middle=middle, parallel=parallel))
+        # The group sums are used up by the test: a buffer of this thread's.
+        sums = _scratch("sums", (rows.shape[0], plan.starts.size - 1), np.float64, "C")
+        stats = packed.statistics(rows, plan, middle=middle, parallel=parallel, sums=sums)
+        return self._test(stats)
 
     def _test(self, stats: packed.Statistics) -> ScanResult:
         """The GLS test of each SNP from its sufficient statistics."""
@@ -306,17 +318,7 @@ class Scanner:
         # last one padded with zeros): a SNP's numbers do not depend on the
         # block size. The group sums go in Fortran order, as the packed path
         # makes them (no copy there): every tile is then laid out alike.
-        group_sums = None
-        if self.basis is not None and not self._centre:
-            group_sums = np.asfortranarray(stats.group_sums)
-        elif self.basis is not None:
-            # Centred: x'Px and x'Py do not change when a constant is added to
-            # x, as P takes out the intercept (a column of every model's X).
-            # Without the SNP mean, the part of x'H^-1x that the covariates
-            # then remove is small, so its cancellation costs few digits
-            # (those of float32 products, or of a tiny d).
-            mean = stats.group_sums.sum(axis=0) / model.n
-            group_sums = np.asfortranarray(stats.group_sums - self.basis.counts[:, None] * mean)
+        group_sums = None if self.basis is None else np.asfortranarray(stats.group_sums)
         xPx, xPy, e = np.empty(B), np.empty(B), np.empty(B)
         for start in range(0, B, TILE):
             tile = slice(start, min(start + TILE, B))
@@ -324,7 +326,11 @@ class Scanner:
             sums = None if group_sums is None else group_sums[:, tile]
             dots, ssw = stats.dots[:, tile], stats.ssw[tile]
             if pad:
-                sums = None if sums is None else np.asfortranarray(np.pad(sums, ((0, 0), (0, pad))))
+                if sums is not None:
+                    padded = _scratch("padded", (sums.shape[0], TILE), np.float64, "F")
+                    padded[:, : TILE - pad] = sums
+                    padded[:, TILE - pad :] = 0.0
+                    sums = padded
                 dots, ssw = np.pad(dots, ((0, 0), (0, pad))), np.pad(ssw, (0, pad))
             forms = self._quadratic_forms(sums, dots, ssw)
             xPx[tile], xPy[tile], e[tile] = (a[: TILE - pad] for a in forms)
@@ -361,9 +367,9 @@ class Scanner:
         e = ssw / d
         f = dots[-1] / d
         if self.basis is not None and group_sums is not None:
-            RG = triangular_product(
-                self._R, np.array(group_sums, self._R.dtype, order="F"), lower=self._lower
-            )
+            RG = _scratch("product", group_sums.shape, self._R.dtype, "F")
+            RG[...] = group_sums
+            triangular_product(self._R, RG, lower=self._lower)
             e += np.einsum("ij,ij->j", RG, RG, dtype=np.float64)
             MG = self._M @ group_sums
             XHG += MG[:-1]
@@ -371,6 +377,25 @@ class Scanner:
         # p x p: the GIL is held for ~8 us per tile (module Notes).
         C = scipy.linalg.cho_solve(self._chol, XHG, check_finite=False)
         return e - np.einsum("ij,ij->j", XHG, C), f - C.T @ self.XHy, e
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: Any, order: Literal["C", "F"]) -> np.ndarray:
+    """An array of the calling thread's, reused while its shape and dtype stay.
+
+    The scan's per-block arrays are tens of megabytes at large q: each fresh
+    one is a new memory map whose first touch page-faults (~17 ms per 40 MB),
+    ~10% of the scan at q = 5,000. Each thread of :func:`scan_snps` keeps its
+    own, freed with the thread. Contents are garbage until written.
+    """
+    cache = _SCRATCH.__dict__
+    array = cache.get(name)
+    flag = "C_CONTIGUOUS" if order == "C" else "F_CONTIGUOUS"
+    if array is None or array.shape != shape or array.dtype != dtype or not array.flags[flag]:
+        array = cache[name] = np.empty(shape, dtype=dtype, order=order)
+    return array
 
 
 _INT = ctypes.POINTER(ctypes.c_int)

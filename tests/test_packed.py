@@ -111,6 +111,35 @@ def packed_scan(scanner: Scanner, bfile, fam_rows):
     return scanner.scan_packed(rows, plan)
 
 
+@pytest.mark.parametrize("middle", [False, True])
+def test_kernel_subtracts_each_snps_mean_from_its_group_sums(panels, middle):
+    # Layout.subtract_mean: Z'x - n_g mean(x) of the imputed x, edge SNPs
+    # (all missing, monomorphic) included; nothing else changes.
+    pn, model, _, G, bfile, fam_rows = panels[CASES[0]]
+    columns = np.column_stack([pn.y, pn.X])
+    rows = packed.open_packed(bfile)
+    plain, less = (
+        packed.statistics(
+            np.asarray(rows),
+            packed.layout(
+                fam_rows, pn.labels, columns, n_fam=bfile.n_samples, subtract_mean=subtract
+            ),
+            middle=middle,
+        )
+        for subtract in (False, True)
+    )
+    counts = np.bincount(pn.labels)
+    n = pn.labels.size
+    np.testing.assert_allclose(
+        less.group_sums,
+        plain.group_sums - counts[:, None] * plain.group_sums.sum(axis=0) / n,
+        rtol=0,
+        atol=1e-12 * n,
+    )
+    for name in ("dots", "ssw", "constant", "af", "n_miss"):
+        np.testing.assert_array_equal(getattr(less, name), getattr(plain, name), err_msg=name)
+
+
 @pytest.mark.parametrize("variance", ["null", "refit"])
 @pytest.mark.parametrize("impute", ["mean", "middle"])
 @pytest.mark.parametrize("case", ["glm", *CASES])

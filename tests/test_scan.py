@@ -307,9 +307,9 @@ def test_centred_group_sums_change_no_test(intercept):
 
     model, _, G = _structured_model(intercept=intercept)
     scanner = Scanner(model)
-    assert scanner._centre == intercept
+    assert scanner._subtract_mean == intercept
     plain = Scanner(model)
-    plain._centre = False
+    plain._subtract_mean = False
     a, b = scanner.scan(G), plain.scan(G)
     np.testing.assert_allclose(a.p, b.p, rtol=1e-10)
     np.testing.assert_allclose(a.beta, b.beta, rtol=1e-10)
