@@ -182,12 +182,12 @@ class CompressedBasis:
             Symmetric positive semi-definite group kinship.
         vectors : bool
             Form ``W``. Without it (and for q of at least
-            ``FACTORED_MIN_Q``) ``W = Q V`` is kept as its two factors, the
-            Householder reflectors ``Q`` of the tridiagonal reduction and
-            the eigenvectors ``V`` of the tridiagonal matrix: the fit needs
-            only ``U'a = V'(Q'a)`` for a few vectors, and skipping the
-            product ``Q V`` saves ~40% of the decomposition at q = 5,000.
-            :meth:`vectors` forms ``W`` later, for the level a search keeps.
+            ``FACTORED_MIN_Q``) only the tridiagonal reduction
+            ``B = Q T Q'`` is made, with the eigenvalues of ``T``: the fit
+            needs the few vectors ``Q'a`` and solves with ``T + d I``
+            (:class:`_Tridiagonal`), and skipping the eigenvectors saves
+            ~55% of the decomposition at q = 5,000. :meth:`vectors` forms
+            ``W`` on demand.
         """
         labels = np.asarray(labels, dtype=np.int64)
         q = Kc.shape[0]
@@ -223,12 +223,17 @@ class CompressedBasis:
                 s.min(),
                 top,
             )
-            s = np.where(s > EIGEN_RTOL * top, s, 0.0)
             # The model keeps the matrix it fits, so that every later use of
-            # Kc (the scan's Cholesky factor) sees the same one.
-            vecs = W if factors is None else factors.apply_q(factors.V, transpose=False)
-            Kc = ((vecs * s) @ vecs.T) / np.outer(root, root)
-            return cls(labels, counts, W, s, Kc, factors)
+            # Kc (the scan's Cholesky factor) sees the same one; a factored
+            # level is decomposed again, in full (a rare case).
+            if factors is not None:
+                B = Kc * np.outer(root, root)
+                s, W = scipy.linalg.eigh(B.T, driver="evd", overwrite_a=True)
+            s = np.where(s > EIGEN_RTOL * top, s, 0.0)
+            repaired = ((W * s) @ W.T) / np.outer(root, root)
+            if factors is None:
+                return cls(labels, counts, W, s, repaired)
+            return cls.build(labels, (repaired + repaired.T) / 2, vectors=False)
         s = np.where(s > EIGEN_RTOL * top, s, 0.0)
         return cls(labels, counts, W, s, Kc, factors)
 
@@ -241,7 +246,14 @@ class CompressedBasis:
         if self.factors is None:
             self._check_vectors()
             return self.W
-        return self.factors.apply_q(self.factors.V, transpose=False)
+        return self.factors.apply_q(self.factors.eigenvectors()[1], transpose=False)
+
+    def operator(self) -> _Diagonal | _Tridiagonal:
+        """The group part of ``H`` less ``d I`` in the basis of :meth:`rotate`."""
+        if self.factors is None:
+            self._check_vectors()
+            return _Diagonal(self.s)
+        return self.factors
 
     @functools.cached_property
     def z_transpose(self) -> scipy.sparse.csr_matrix:
@@ -259,13 +271,18 @@ class CompressedBasis:
         return A - means[self.labels]
 
     def rotate(self, A: np.ndarray) -> np.ndarray:
-        """``U'A = W' N^-1/2 Z'A`` for ``A`` of shape (n,) or (n, k)."""
+        """The group part of ``A`` (shape (n,) or (n, k)) in this basis.
+
+        ``U'A = W' N^-1/2 Z'A`` with the eigenvectors, where the group part of
+        ``H`` is ``diag(s) + d I``; ``Q' N^-1/2 Z'A`` with the factors, where
+        it is ``T + d I`` (:meth:`operator`).
+        """
         sums = self.group_sums(A)
         scaled = sums / (np.sqrt(self.counts)[:, None] if sums.ndim == 2 else np.sqrt(self.counts))
         if self.factors is None:
             self._check_vectors()
             return self.W.T @ scaled
-        return self.factors.V.T @ self.factors.apply_q(scaled, transpose=True)
+        return self.factors.apply_q(scaled, transpose=True)
 
     def _check_vectors(self) -> None:
         if self.W.shape[0] != self.q:
@@ -273,31 +290,63 @@ class CompressedBasis:
             raise ValueError(msg)
 
 
+class _Diagonal:
+    """The group part of ``H`` less ``d I`` in the eigenbasis: ``diag(s)``."""
+
+    def __init__(self, s: np.ndarray):
+        self.s = s
+
+    def times(self, a: np.ndarray) -> np.ndarray:
+        """``diag(s) a`` for ``a`` of shape (q,) or (q, k)."""
+        return a * (self.s if a.ndim == 1 else self.s[:, None])
+
+    def shifted(self, d: float) -> _DiagonalSolve:
+        return _DiagonalSolve(1.0 / (self.s + d))
+
+
+class _DiagonalSolve:
+    """``(diag(s) + d I)^-1``."""
+
+    def __init__(self, inv: np.ndarray):
+        self.inv = inv
+
+    def solve(self, a: np.ndarray) -> np.ndarray:
+        return a * (self.inv if a.ndim == 1 else self.inv[:, None])
+
+
+class NotPositiveDefiniteError(ArithmeticError):
+    """``T + d I`` is not positive definite in floating point."""
+
+
 @dataclass(frozen=True)
 class _Tridiagonal:
-    """``W = Q V`` in factored form: ``B = Q T Q'`` and ``T = V S V'``.
+    """``B = Q T Q'``: the tridiagonal reduction, without eigenvectors.
 
     ``Q`` is LAPACK's product of q - 1 Householder reflectors from ``dsytrd``
     (lower storage), which are those of a QR factorisation of the trailing
     (q - 1) x (q - 1) block; ``dormqr`` applies them without forming ``Q``.
-    The steps are those of ``dsyevd`` (``dsytrd``, divide and conquer on
-    ``T``, back-transformation), so ``s`` is the same and ``Q V`` is ``W``
-    up to rounding.
+    In the basis ``Q``, the group part of ``H`` is ``T + d I``: the fit's
+    quadratic forms are solves with it (``dpttrf``/``dpttrs``, O(q) each),
+    its determinant and traces come from the eigenvalues of ``T``
+    (``dsterf``, O(q^2)). The eigenvectors of ``T`` (``dstevd``, O(q^3))
+    are formed only on demand (:meth:`eigenvectors`).
 
     Attributes
     ----------
     reflectors : ndarray, shape (q - 1, q - 1), Fortran order
     tau : ndarray, shape (q - 1,)
-    V : ndarray, shape (q, q)
+    diagonal : ndarray, shape (q,)
+    offdiagonal : ndarray, shape (q - 1,)
     """
 
     reflectors: np.ndarray
     tau: np.ndarray
-    V: np.ndarray
+    diagonal: np.ndarray
+    offdiagonal: np.ndarray
 
     @classmethod
     def decompose(cls, B: np.ndarray) -> tuple[np.ndarray, _Tridiagonal]:
-        """Eigenvalues (ascending) and factored eigenvectors of symmetric ``B``."""
+        """Eigenvalues (ascending) and the tridiagonal reduction of symmetric ``B``."""
         lapack = scipy.linalg.lapack
         # The default workspace is one column, which runs the unblocked
         # reduction: 2.5x slower at q = 5,000 than the blocked one.
@@ -306,11 +355,43 @@ class _Tridiagonal:
         if info != 0:
             msg = f"dsytrd failed (info {info})"
             raise np.linalg.LinAlgError(msg)
-        s, V, info = lapack.dstevd(d, e, compute_v=1)
+        s, info = lapack.dsterf(d, e)
+        if info != 0:
+            msg = f"the tridiagonal eigenproblem did not converge (dsterf info {info})"
+            raise np.linalg.LinAlgError(msg)
+        return s, cls(np.asfortranarray(c[1:, :-1]), tau, d, e)
+
+    def eigenvectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (ascending) and eigenvectors of ``T``, shapes (q,), (q, q)."""
+        s, V, info = scipy.linalg.lapack.dstevd(self.diagonal, self.offdiagonal, compute_v=1)
         if info != 0:
             msg = f"the tridiagonal eigenproblem did not converge (dstevd info {info})"
             raise np.linalg.LinAlgError(msg)
-        return s, cls(np.asfortranarray(c[1:, :-1]), tau, V)
+        return s, V
+
+    def times(self, a: np.ndarray) -> np.ndarray:
+        """``T a`` for ``a`` of shape (q,) or (q, k)."""
+        matrix = a.reshape(a.shape[0], -1)
+        e = self.offdiagonal[:, None]
+        out = self.diagonal[:, None] * matrix
+        out[:-1] += e * matrix[1:]
+        out[1:] += e * matrix[:-1]
+        return out.reshape(a.shape)
+
+    def shifted(self, d: float) -> _TridiagonalSolve:
+        """The factorisation of ``T + d I``.
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            Where ``d`` is below the rounding of ``T``'s zero eigenvalues.
+        """
+        lapack = scipy.linalg.lapack
+        df, ef, info = lapack.dpttrf(self.diagonal + d, self.offdiagonal)
+        if info != 0:
+            msg = f"T + {d:g} I (dpttrf info {info})"
+            raise NotPositiveDefiniteError(msg)
+        return _TridiagonalSolve(df, ef)
 
     def apply_q(self, A: np.ndarray, *, transpose: bool) -> np.ndarray:
         """``Q'A`` (``transpose``) or ``Q A`` for ``A`` of shape (q,) or (q, k)."""
@@ -330,6 +411,20 @@ class _Tridiagonal:
         return out.reshape(A.shape)
 
 
+class _TridiagonalSolve:
+    """``(T + d I)^-1`` from its ``L D L'`` factors (``dpttrf``)."""
+
+    def __init__(self, df: np.ndarray, ef: np.ndarray):
+        self.df, self.ef = df, ef
+
+    def solve(self, a: np.ndarray) -> np.ndarray:
+        x, info = scipy.linalg.lapack.dpttrs(self.df, self.ef, a)
+        if info != 0:
+            msg = f"dpttrs failed (info {info})"
+            raise np.linalg.LinAlgError(msg)
+        return x
+
+
 class CompressedLikelihood:
     """Sufficient statistics of one trait for likelihoods at any ``d``.
 
@@ -340,6 +435,15 @@ class CompressedLikelihood:
         Fixed effects, intercept included, full column rank.
     basis : CompressedBasis or None
         None for the model without a random effect (H = I).
+
+    Notes
+    -----
+    ``UX`` and ``Uy`` are the group parts of ``X`` and ``y`` in the basis of
+    ``basis.rotate``: with eigenvectors ``U'X``, where the group part of
+    ``H`` is ``diag(s) + d I``; with a factored basis ``Q' N^-1/2 Z'X``, where
+    it is ``T + d I``. Every quadratic form is written with ``op.times``
+    (``diag(s)`` or ``T``) and a solve with the shifted operator, so one
+    code serves both; determinants and traces use the eigenvalues ``s``.
     """
 
     def __init__(self, y: np.ndarray, X: np.ndarray, basis: CompressedBasis | None):
@@ -349,6 +453,7 @@ class CompressedLikelihood:
         self.basis = basis
         self.q = 0 if basis is None else basis.q
         self.s = np.zeros(0) if basis is None else basis.s
+        self.op: _Diagonal | _Tridiagonal = _Diagonal(self.s) if basis is None else basis.operator()
         self.Uy = np.zeros(0) if basis is None else basis.rotate(self.y)
         self.UX = np.zeros((0, self.p)) if basis is None else basis.rotate(self.X)
         self.Xw = self.X if basis is None else basis.within(self.X)
@@ -364,6 +469,20 @@ class CompressedLikelihood:
     def dof(self, method: str) -> int:
         return self.n - self.p if method == "reml" else self.n
 
+    def _shifted(self, d: float) -> _DiagonalSolve | _TridiagonalSolve:
+        try:
+            return self.op.shifted(d)
+        except NotPositiveDefiniteError:
+            # d below the rounding of T's zero eigenvalues (h2 -> 1 in EM or
+            # Newton): the eigenvalues clipped at 0 define the model there,
+            # as with eigenvectors, so this likelihood takes them from now on.
+            assert isinstance(self.op, _Tridiagonal)
+            s, V = self.op.eigenvectors()
+            self.s = np.where(s > EIGEN_RTOL * max(s.max(), 0.0), s, 0.0)
+            self.Uy, self.UX = V.T @ self.Uy, V.T @ self.UX
+            self.op = _Diagonal(self.s)
+            return self.op.shifted(d)
+
     def profile(self, d: float) -> _Profile:
         """GLS quantities at ``H = Z Kc Z' + d I``.
 
@@ -371,21 +490,27 @@ class CompressedLikelihood:
         then that of ``H = I`` (the -2 log L of the limit is the same formula
         with ``log|H| = 0``, as ``n log d`` cancels against the scale).
         """
-        s = self.s
         if np.isinf(d):
-            s, d = np.zeros_like(s), 1.0
-        inv = 1.0 / (s + d)
-        A = self.UX.T @ (inv[:, None] * self.UX) + self.XtXw / d
-        XHy = self.UX.T @ (inv * self.Uy) + self.Xtyw / d
+            s = np.zeros_like(self.s)
+            op: _Diagonal | _Tridiagonal = _Diagonal(s)
+            d = 1.0
+            solver: _DiagonalSolve | _TridiagonalSolve = op.shifted(d)
+        else:
+            solver = self._shifted(d)
+            s, op = self.s, self.op
+        YX = solver.solve(self.UX)
+        A = self.UX.T @ YX + self.XtXw / d
+        XHy = YX.T @ self.Uy + self.Xtyw / d
         chol = scipy.linalg.cho_factor(A)
         beta = scipy.linalg.cho_solve(chol, XHy)
         # yPy = r'H^-1 r for the GLS residual r, rather than y'H^-1y - XHy'beta:
         # at small d both of those are ~1/d and their difference loses digits.
         Ur = self.Uy - self.UX @ beta
-        yPy = float(Ur @ (inv * Ur)) + self.within_rss(beta) / d
+        v = solver.solve(Ur)
+        yPy = float(Ur @ v) + self.within_rss(beta) / d
         logdet_H = float(np.sum(np.log(s + d))) + (self.n - self.q) * np.log(d)
         logdet_A = 2.0 * float(np.sum(np.log(np.diag(chol[0]))))
-        return _Profile(d, s, inv, chol, XHy, beta, yPy, logdet_H, logdet_A)
+        return _Profile(d, s, op, solver, YX, v, chol, XHy, beta, yPy, logdet_H, logdet_A)
 
     def neg2loglik(self, d: float, method: str) -> float:
         """-2 log L at ``d`` with the variance scale profiled out."""
@@ -421,15 +546,15 @@ class CompressedLikelihood:
         ``y'P P y`` and ``tr P`` for ``P`` built from ``H`` (REML) or ``H^-1``
         (ML, where ``P y`` is still ``H^-1`` times the GLS residual).
         """
-        s, d, inv = pr.s, pr.d, pr.inv
-        Ur = self.Uy - self.UX @ pr.beta
-        q1 = float(np.sum(s * (Ur * inv) ** 2))
-        q2 = float(np.sum((Ur * inv) ** 2)) + self.within_rss(pr.beta) / d**2
+        s, d, v = pr.s, pr.d, pr.v
+        inv = 1.0 / (s + d)
+        q1 = float(v @ pr.op.times(v))
+        q2 = float(v @ v) + self.within_rss(pr.beta) / d**2
         t1 = float(np.sum(s * inv))
         t2 = float(np.sum(inv)) + (self.n - self.q) / d
         if method == "reml":
-            M1 = self.UX.T @ ((s * inv**2)[:, None] * self.UX)
-            M2 = self.UX.T @ ((inv**2)[:, None] * self.UX) + self.XtXw / d**2
+            M1 = pr.YX.T @ pr.op.times(pr.YX)
+            M2 = pr.YX.T @ pr.YX + self.XtXw / d**2
             t1 -= float(np.trace(scipy.linalg.cho_solve(pr.chol, M1)))
             t2 -= float(np.trace(scipy.linalg.cho_solve(pr.chol, M2)))
         return q1, t1, q2, t2
@@ -439,7 +564,12 @@ class CompressedLikelihood:
 class _Profile:
     d: float
     s: np.ndarray
-    inv: np.ndarray
+    # The group part of H less d I, and the solve with it plus d I.
+    op: _Diagonal | _Tridiagonal
+    solver: _DiagonalSolve | _TridiagonalSolve
+    # (H^-1 group part) UX and (H^-1 group part) times the GLS residual's Ur.
+    YX: np.ndarray
+    v: np.ndarray
     chol: tuple
     XHy: np.ndarray
     beta: np.ndarray
@@ -783,19 +913,20 @@ def _score_and_ai(
     # v = P_V y = H^-1 r / vg; a_1 = Z Kc Z' v lies in the span of U, and
     # a_2 = v has the within-group part r_w / (d vg). Each a is described by
     # U'a and by X'a_w, which is all that a'H^-1b and X'H^-1a need.
-    s, d, inv = pr.s, pr.d, pr.inv
-    Uv = (lik.Uy - lik.UX @ pr.beta) * inv / vg
-    Ua = [s * Uv, Uv]
+    d = pr.d
+    Uv = pr.v / vg
+    Ua = [pr.op.times(Uv), Uv]
+    HUa = [pr.solver.solve(a) for a in Ua]
     Xw_r = lik.Xtyw - lik.XtXw @ pr.beta
     Xa_w = [np.zeros(lik.p), Xw_r / (d * vg)]
     within = np.array([[0.0, 0.0], [0.0, lik.within_rss(pr.beta) / (d * vg) ** 2]])
     info = np.empty((2, 2))
     for i in range(2):
         for j in range(i, 2):
-            hij = float(Ua[i] @ (inv * Ua[j])) + within[i, j] / d
+            hij = float(Ua[i] @ HUa[j]) + within[i, j] / d
             if method == "reml":
-                xi = lik.UX.T @ (inv * Ua[i]) + Xa_w[i] / d
-                xj = lik.UX.T @ (inv * Ua[j]) + Xa_w[j] / d
+                xi = lik.UX.T @ HUa[i] + Xa_w[i] / d
+                xj = lik.UX.T @ HUa[j] + Xa_w[j] / d
                 hij -= float(xi @ scipy.linalg.cho_solve(pr.chol, xj))
             info[i, j] = info[j, i] = 0.5 * hij / vg
     # Newton on -2 log L: step = info^-1 score maximises log L.

@@ -7,7 +7,7 @@ import pytest
 from oracle import incidence
 
 from cmlm_cli import null_model
-from cmlm_cli.null_model import CompressedBasis, fit_null, fit_null_basis
+from cmlm_cli.null_model import CompressedBasis, CompressedLikelihood, fit_null, fit_null_basis
 
 
 def grouped_panel(seed: int, n: int = 90, q: int = 25, m: int = 300):
@@ -62,9 +62,11 @@ def test_fit_on_a_basis_checks_its_settings():
 
 @pytest.mark.parametrize("q", [2, 3, 40])
 def test_factored_eigenvectors_give_the_same_basis(monkeypatch, q):
-    # B = Q T Q', T = V S V' (reflectors never multiplied out): the same
-    # eigenvalues as the full decomposition, U'a = V'(Q'a) equal to W'a up
-    # to the sign of each eigenvector, and Q V is W.
+    # B = Q T Q' (reflectors never multiplied out, T never diagonalised): the
+    # same eigenvalues as the full decomposition; the group part of a vector
+    # in this basis is Q'a, so that V'(Q'a) is W'a up to the sign of each
+    # eigenvector and |Q'a| = |W'a|; T is B in that basis; Q V is W; and every
+    # fit and solver is the full decomposition's.
     monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
     y, X, labels, Kc = grouped_panel(4, n=3 * q, q=q)
     full = CompressedBasis.build(labels, Kc)
@@ -75,18 +77,65 @@ def test_factored_eigenvectors_give_the_same_basis(monkeypatch, q):
     scale = full.s.max()
     assert np.max(np.abs(factored.s - full.s)) <= 1e-13 * scale
     A = np.column_stack([y, X])
-    assert np.allclose(np.abs(factored.rotate(A)), np.abs(full.rotate(A)), rtol=0, atol=1e-12)
-    W = factored.vectors()
-    assert np.max(np.abs(W.T @ W - np.eye(q))) < 1e-12
+    QA = factored.rotate(A)
+    _, V = factored.factors.eigenvectors()
+    assert np.allclose(np.abs(V.T @ QA), np.abs(full.rotate(A)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(QA, axis=0), np.linalg.norm(full.rotate(A), axis=0))
     root = np.sqrt(full.counts)
     B = root[:, None] * Kc * root[None, :]
+    T = factored.operator().times(np.eye(q))
+    np.testing.assert_allclose(
+        QA.T @ T @ QA,
+        full.rotate(A).T @ (full.s[:, None] * full.rotate(A)),
+        atol=1e-12 * scale * np.abs(A).max() ** 2 * q,
+    )
+    W = factored.vectors()
+    assert np.max(np.abs(W.T @ W - np.eye(q))) < 1e-12
     assert np.max(np.abs((W * factored.s) @ W.T - B)) < 1e-12 * scale
     for method in ("reml", "ml"):
-        a = fit_null_basis(y, X, full, method=method)
-        b = fit_null_basis(y, X, factored, method=method)
-        assert b.Kc is Kc
-        for name in ("neg2logL", "vg", "ve"):
-            assert getattr(b, name) == pytest.approx(getattr(a, name), rel=1e-10), name
+        for solver in ("brent", "em", "newton"):
+            a = fit_null_basis(y, X, full, method=method, solver=solver)
+            b = fit_null_basis(y, X, factored, method=method, solver=solver)
+            assert b.Kc is Kc
+            for name in ("neg2logL", "vg", "ve"):
+                assert getattr(b, name) == pytest.approx(getattr(a, name), rel=1e-9), (
+                    method,
+                    solver,
+                    name,
+                )
+
+
+def test_tridiagonal_likelihood_takes_the_eigenvalues_below_rounding(monkeypatch):
+    # At d below the rounding of T's zero eigenvalues T + d I is not positive
+    # definite in floating point: the likelihood then switches to the
+    # eigenvectors of T with the eigenvalues clipped at 0, and gives the full
+    # decomposition's numbers, at that d and afterwards.
+    monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    y, X, labels, Kc = grouped_panel(4, n=120, q=40)
+    factored = CompressedLikelihood(y, X, CompressedBasis.build(labels, Kc, vectors=False))
+    full = CompressedLikelihood(y, X, CompressedBasis.build(labels, Kc))
+    at = 0.7
+    assert factored.neg2loglik(at, "reml") == pytest.approx(full.neg2loglik(at, "reml"), rel=1e-12)
+
+    def refuse(self, d):
+        msg = "test"
+        raise null_model.NotPositiveDefiniteError(msg)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(null_model._Tridiagonal, "shifted", refuse)
+        assert factored.neg2loglik(at, "reml") == pytest.approx(
+            full.neg2loglik(at, "reml"), rel=1e-12
+        )
+    assert isinstance(factored.op, null_model._Diagonal)
+    for d in (1e-3, 5.0):
+        for method in ("reml", "ml"):
+            assert factored.slope(d, method) == pytest.approx(full.slope(d, method), rel=1e-9)
+    # And for real: a singular Kc at d far below the rounding of its zeros.
+    A = np.random.default_rng(3).normal(size=(40, 4))
+    singular = CompressedLikelihood(y, X, CompressedBasis.build(labels, A @ A.T, vectors=False))
+    assert isinstance(singular.op, null_model._Tridiagonal)
+    assert np.isfinite(singular.neg2loglik(1e-30, "reml"))
+    assert isinstance(singular.op, null_model._Diagonal)
 
 
 def test_small_levels_always_form_eigenvectors():
