@@ -357,6 +357,10 @@ def _block(
     size = starts[1:] - starts[:-1]
     # A multiplication per group, not a division (which costs ~15 cycles).
     inverse = 1.0 / size
+    # One individual per group (the MLM, q = n): the sums per group are the
+    # dosages themselves and the within-group sum of squares is 0, so the
+    # per-group loop (a call per individual) is skipped.
+    singletons = centre and segments == n
     # Individuals already in .fam order from the first row need no gather.
     direct = True
     for i in range(n):
@@ -382,14 +386,18 @@ def _block(
             total_s = 0
             total_q = 0
             total_m = 0
-            for g in range(segments):
-                s, sq, ms = _segment(x[starts[g] : starts[g + 1]])
-                sums[g] = np.int64(s)
-                squares[g] = np.int64(sq)
-                misses[g] = np.int64(ms)
-                total_s += sums[g]
-                total_q += squares[g]
-                total_m += misses[g]
+            if singletons:
+                s, sq, ms = _segment(x)
+                total_s, total_q, total_m = np.int64(s), np.int64(sq), np.int64(ms)
+            else:
+                for g in range(segments):
+                    s, sq, ms = _segment(x[starts[g] : starts[g + 1]])
+                    sums[g] = np.int64(s)
+                    squares[g] = np.int64(sq)
+                    misses[g] = np.int64(ms)
+                    total_s += sums[g]
+                    total_q += squares[g]
+                    total_m += misses[g]
             called = n - total_m
             n_miss[j] = total_m
             if called > 0:
@@ -411,7 +419,12 @@ def _block(
             else:
                 constant[j] = False
             within = 0.0
-            for g in range(segments):
+            if singletons:
+                # x is imputed: each group's sum, the same numbers as below.
+                shift = (total_s + total_m * mu) / n if subtract_mean else 0.0
+                for g in range(n):
+                    group_sums[j, g] = x[g] - shift if subtract_mean else x[g]
+            for g in range(0 if singletons else segments):
                 m = misses[g]
                 group_sums[j, g] = sums[g] + m * mu
                 if not centre or m == size[g]:
@@ -426,7 +439,7 @@ def _block(
             if not centre:
                 within = total_q + total_m * mu * mu
             ssw[j] = within
-            if subtract_mean:
+            if subtract_mean and not singletons:
                 # Here, where the SNP's sums are in cache, rather than as a
                 # pass of the caller over the whole (g, B) block.
                 mean = (total_s + total_m * mu) / n

@@ -112,10 +112,12 @@ def packed_scan(scanner: Scanner, bfile, fam_rows):
 
 
 @pytest.mark.parametrize("middle", [False, True])
-def test_kernel_subtracts_each_snps_mean_from_its_group_sums(panels, middle):
+@pytest.mark.parametrize("case", ["singleton", "mean"])
+def test_kernel_subtracts_each_snps_mean_from_its_group_sums(panels, case, middle):
     # Layout.subtract_mean: Z'x - n_g mean(x) of the imputed x, edge SNPs
-    # (all missing, monomorphic) included; nothing else changes.
-    pn, model, _, G, bfile, fam_rows = panels[CASES[0]]
+    # (all missing, monomorphic) included; nothing else changes. Singleton
+    # groups (q = n) take a path of their own in the kernel.
+    pn, model, _, G, bfile, fam_rows = panels[case]
     columns = np.column_stack([pn.y, pn.X])
     rows = packed.open_packed(bfile)
     plain, less = (
