@@ -36,28 +36,6 @@ def allele_frequency(G: np.ndarray) -> np.ndarray:
         return np.where(alleles > 0, a1 / alleles, np.nan)
 
 
-def minor_allele_frequency(G: np.ndarray) -> np.ndarray:
-    """Minor allele frequency of each SNP over its called genotypes.
-
-    The minor allele count is taken before dividing, so a SNP and its mirror
-    image (A1 and A2 swapped) get the same number to the last bit; ``1 - af``
-    would round differently and move SNPs that sit exactly on a threshold.
-
-    Parameters
-    ----------
-    G : ndarray, shape (n, B)
-        A1 dosages, ``NaN`` where missing.
-
-    Returns
-    -------
-    ndarray, shape (B,)
-        In [0, 0.5]; ``NaN`` for a SNP with no called genotype.
-    """
-    a1, alleles = _allele_counts(G)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(alleles > 0, np.minimum(a1, alleles - a1) / alleles, np.nan)
-
-
 def impute(G: np.ndarray, method: str = "mean") -> np.ndarray:
     """Replace missing calls, returning a new float64 array.
 

@@ -36,7 +36,6 @@ from cmlm_cli import (
     sumstats,
     tables,
 )
-from cmlm_cli.dosage import minor_allele_frequency
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.exact import ExactScanner
 from cmlm_cli.null_model import NullModel, fit_glm, fit_null
@@ -238,18 +237,22 @@ def _filter_maf(
     bfile: plink.Bfile, samples: np.ndarray, snps: np.ndarray, options: GwasOptions
 ) -> np.ndarray:
     """Drop SNPs whose minor allele frequency over the kept samples is below --maf."""
+    # The scan's kernel on the packed bytes: A1 frequency and missing count
+    # over the kept samples, no float dosages.
+    plan = packed.layout(samples, None, np.zeros((samples.size, 0)), n_fam=bfile.n_samples)
     maf = np.empty(snps.size)
-    start = 0
-    for _, G in plink.iter_blocks(
-        bfile,
-        snps=snps,
-        samples=samples,
-        block_size=options.block_size,
-        num_threads=options.threads,
-    ):
-        block = minor_allele_frequency(G)
-        maf[start : start + block.size] = block
-        start += block.size
+    size = kinship.BLOCK
+    with open(f"{bfile.prefix}.bed", "rb") as bed, packed.threads(options.threads):
+        for start in range(0, snps.size, size):
+            rows = packed.read_rows(bed, snps[start : start + size], n_fam=bfile.n_samples)
+            stats = packed.statistics(rows, plan, middle=False)
+            alleles = 2.0 * (samples.size - stats.n_miss)
+            # The A1 count is an integer: the minor count is taken before
+            # dividing, as dosage.minor_allele_frequency does, so a SNP and
+            # its mirror image (A1 and A2 swapped) get the same number.
+            a1 = np.rint(stats.af * alleles)
+            with np.errstate(invalid="ignore"):
+                maf[start : start + rows.shape[0]] = np.minimum(a1, alleles - a1) / alleles
     passing = np.nan_to_num(maf, nan=0.0) >= options.maf
     _log_dropped(
         "SNPs", f"minor allele frequency below --maf {options.maf}", bfile.snp[snps[~passing]]
