@@ -115,7 +115,9 @@ def load_fit(path: str, *, bfile: str | None = None, threads: int | None = None)
         saved.covariates,
         saved.covariate_names,
     )
-    results = [TraitResult(t.name, t.analysed, t.levels, t.chosen, t.model) for t in saved.results]
+    results = [
+        TraitResult(t.name, t.analysed, t.levels, t.chosen, t.model) for t in saved.results
+    ]
     return LoadedFit(inputs, results, options, saved.digest)
 
 
@@ -191,7 +193,9 @@ def run_scan(
     make_out_folder(out)
     names = [r.name for r in results]
     manifest = model_io.part_manifest(out, k, n)
-    if model_io.part_is_complete(manifest, digest=loaded.digest, chunk=k, n_chunks=n, traits=names):
+    if model_io.part_is_complete(
+        manifest, digest=loaded.digest, chunk=k, n_chunks=n, traits=names
+    ):
         log.info("%s is complete and matches %s: chunk %d/%d is done", manifest, fit, k, n)
         return manifest
     # A stale manifest (another fit, changed texts) goes first: nothing may

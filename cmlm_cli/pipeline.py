@@ -248,8 +248,9 @@ def _filter_maf(
             stats = packed.statistics(rows, plan, middle=False)
             alleles = 2.0 * (samples.size - stats.n_miss)
             # The A1 count is an integer: the minor count is taken before
-            # dividing, as dosage.minor_allele_frequency does, so a SNP and
-            # its mirror image (A1 and A2 swapped) get the same number.
+            # dividing, so a SNP and its mirror image (A1 and A2 swapped) get
+            # the same number to the last bit (1 - af would round differently
+            # and move SNPs that sit exactly on the threshold).
             a1 = np.rint(stats.af * alleles)
             with np.errstate(invalid="ignore"):
                 maf[start : start + rows.shape[0]] = np.minimum(a1, alleles - a1) / alleles
@@ -827,7 +828,9 @@ def stream_sumstats(
     snps = inputs.snps if snps is None else snps
     t2: list[list[np.ndarray]] = [[] for _ in results]
     with Progress(snps.size, options.block_size, bar=progress_bar) as progress:
-        for snp_index, block in scan_blocks(results, inputs, options, snps=snps, executor=executor):
+        for snp_index, block in scan_blocks(
+            results, inputs, options, snps=snps, executor=executor
+        ):
             for k, (result, res) in enumerate(zip(results, block, strict=True)):
                 handles[k].writelines(
                     sumstats_lines(inputs.bfile, snp_index, res, result.analysed.size)

@@ -284,7 +284,8 @@ def write_ssf(
             }
             out.write(
                 "\t".join(
-                    SSF_MISSING if values[c] == sumstats.MISSING else values[c] for c in SSF_COLUMNS
+                    SSF_MISSING if values[c] == sumstats.MISSING else values[c]
+                    for c in SSF_COLUMNS
                 )
                 + "\n"
             )

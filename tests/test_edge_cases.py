@@ -256,9 +256,8 @@ def test_twenty_individuals_end_to_end(tmp_path):
     assert model["neg2logL"] == pytest.approx(ref.neg2logL, abs=1e-6)
     assert model["h2"] == pytest.approx(ref.h2, rel=1e-5, abs=1e-9)
     table = (tmp_path / "small.EarHT.sumstats.tsv").read_text().splitlines()
-    p = np.array(
-        [np.nan if r.split("\t")[7] == "NA" else float(r.split("\t")[7]) for r in table[1:]]
-    )
+    p = np.array([np.nan if r.split("\t")[7] == "NA" else float(r.split("\t")[7])
+                  for r in table[1:]])
     H = h_matrix(ref.delta, labels, K) if np.isfinite(ref.delta) else np.eye(20)
     expected = dense_scan(y, X, H, G, sigma2=dense_profile(H, y, X, method="reml").sigma2).p
     # Two optimisers meet (1e-5 in h2), and the file keeps 10 digits.
@@ -278,21 +277,14 @@ def test_snp_equal_to_a_covariate_is_na(tmp_path, model):
     j = int(np.flatnonzero(~np.isnan(G).any(axis=0) & (np.nanstd(G, axis=0) > 0))[0])
     fam = [line.split()[:2] for line in (DATA / "mdp.fam").read_text().splitlines()]
     covar = tmp_path / "c.tsv"
-    covar.write_text(
-        "FID\tIID\tdose\n" + "".join(f"{f}\t{i}\t{2 - G[k, j]:g}\n" for k, (f, i) in enumerate(fam))
-    )
+    covar.write_text("FID\tIID\tdose\n" + "".join(
+        f"{f}\t{i}\t{2 - G[k, j]:g}\n" for k, (f, i) in enumerate(fam)))
     (tmp_path / "snps.txt").write_text("\n".join(bfile.snp[:40]) + "\n")
-    options = GwasOptions(
-        pheno_names=("EarHT",),
-        covar=str(covar),
-        model=model,
-        extract=str(tmp_path / "snps.txt"),
-        plots=False,
-    )
+    options = GwasOptions(pheno_names=("EarHT",), covar=str(covar), model=model,
+                          extract=str(tmp_path / "snps.txt"), plots=False)
     run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / "o"), options)
-    rows = [
-        r.split("\t") for r in (tmp_path / "o.EarHT.sumstats.tsv").read_text().splitlines()[1:41]
-    ]
+    rows = [r.split("\t") for r in (tmp_path / "o.EarHT.sumstats.tsv").read_text()
+            .splitlines()[1:41]]
     p = {r[8]: r[7] for r in rows}
     assert p[bfile.snp[j]] == "NA"
     testable = [k for k in range(40) if k != j and np.nanstd(G[:, k]) > 0]

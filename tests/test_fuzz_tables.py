@@ -41,39 +41,9 @@ FUZZ = settings(
 
 # Characters that matter to a line-and-field parser, plus ordinary ones.
 NASTY = st.sampled_from(
-    [
-        "\t",
-        " ",
-        "\n",
-        "\r",
-        "\r\n",
-        "\x00",
-        "\ufeff",
-        "\x0b",
-        "\x0c",
-        "\x85",
-        "\u2028",
-        "\xa0",
-        '"',
-        "'",
-        "#",
-        "-",
-        ".",
-        "e",
-        "E",
-        "+",
-        "NA",
-        "nan",
-        "inf",
-        "-9",
-        "1",
-        "0.5",
-        "é",
-        "李",
-        "FID",
-        "IID",
-        "Taxa",
-    ]
+    ["\t", " ", "\n", "\r", "\r\n", "\x00", "\ufeff", "\x0b", "\x0c", "\x85", "\u2028", "\xa0",
+     '"', "'", "#", "-", ".", "e", "E", "+", "NA", "nan", "inf", "-9", "1", "0.5", "é", "李",
+     "FID", "IID", "Taxa"]
 )
 NASTY_TEXT = st.lists(st.one_of(NASTY, st.text(string.printable, max_size=3)), max_size=40).map(
     "".join
@@ -151,32 +121,14 @@ def test_read_table_after_one_edit(tmp_path, position, edit, char):
         check_table(table, path)
 
 
-NOT_A_NUMBER = st.sampled_from(
-    [
-        "abc",
-        "1,5",
-        "1.2.3",
-        "--1",
-        "0x1G",
-        "NaN",
-        "nan",
-        "N/A",
-        "1e",
-        "e5",
-        ".",
-        "+",
-        "½",
-        "1_0_",
-        "Infinity!",
-    ]
-)
+NOT_A_NUMBER = st.sampled_from(["abc", "1,5", "1.2.3", "--1", "0x1G", "NaN", "nan", "N/A", "1e",
+                                "e5", ".", "+", "½", "1_0_", "Infinity!"])
 
 
 @FUZZ
 @given(
-    cells=st.lists(
-        st.lists(st.floats(-1e6, 1e6).map(repr), min_size=3, max_size=3), min_size=1, max_size=6
-    ),
+    cells=st.lists(st.lists(st.floats(-1e6, 1e6).map(repr), min_size=3, max_size=3), min_size=1,
+                   max_size=6),
     where=st.tuples(st.integers(0, 5), st.integers(0, 2)),
     token=NOT_A_NUMBER,
     blank_lines=st.integers(0, 2),
@@ -197,11 +149,8 @@ def test_bad_value_is_reported_at_its_line(tmp_path, cells, where, token, blank_
 
 
 @FUZZ
-@given(
-    lines=st.lists(st.sampled_from(["", " ", "\t", "  \t "]), max_size=4),
-    position=st.integers(0, 4),
-    crlf=st.booleans(),
-)
+@given(lines=st.lists(st.sampled_from(["", " ", "\t", "  \t "]), max_size=4),
+       position=st.integers(0, 4), crlf=st.booleans())
 def test_blank_lines_anywhere_change_nothing(tmp_path, lines, position, crlf):
     plain = read_table(write(tmp_path, VALID.encode(), "plain.txt"))
     rows = VALID.split("\n")

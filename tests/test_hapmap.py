@@ -84,24 +84,16 @@ def test_hand_worked_calls(tmp_path):
     assert list(bfile.chrom) == ["1", "1", "2", "2", "scaffold_9", "3"]
     assert list(bfile.pos) == [100, 200, 50, 60, 7, 1]
     assert list(zip(bfile.a1, bfile.a2, strict=True)) == [
-        ("A", "G"),
-        ("C", "T"),
-        ("A", "G"),
-        ("T", "C"),
-        ("C", "T"),
-        ("G", "A"),
-    ]
+        ("A", "G"), ("C", "T"), ("A", "G"), ("T", "C"), ("C", "T"), ("G", "A")]
     nan = np.nan
-    expected = np.array(
-        [
-            [2, 1, 0, 0, nan],
-            [2, 1, 0, 0, nan],
-            [0, 2, 1, nan, nan],
-            [0, 0, nan, 2, 1],
-            [0, 0, nan, 0, 0],
-            [nan] * 5,
-        ]
-    ).T
+    expected = np.array([
+        [2, 1, 0, 0, nan],
+        [2, 1, 0, 0, nan],
+        [0, 2, 1, nan, nan],
+        [0, 0, nan, 2, 1],
+        [0, 0, nan, 0, 0],
+        [nan] * 5,
+    ]).T
     np.testing.assert_array_equal(read_dosages(bfile, slice(None)), expected)
     assert done.multiallelic == ("s4",)
     assert done.n_dropped_calls == 1
@@ -113,16 +105,10 @@ def test_hand_worked_calls(tmp_path):
     [
         (lambda lines: ["marker\t" + lines[0].split("\t", 1)[1], *lines[1:]], "line 1", "header"),
         (lambda lines: [*lines[:2], lines[2] + "\tAA", *lines[3:]], "line 3", "found 15 fields"),
-        (
-            lambda lines: [*lines[:2], lines[2].replace("\tAG\t", "\tAZ\t"), *lines[3:]],
-            "line 3, column 13 (taxon t2)",
-            "unknown call 'AZ'",
-        ),
-        (
-            lambda lines: [*lines[:2], lines[2].replace("\t200\t", "\t2e5\t"), *lines[3:]],
-            "line 3",
-            "position (column 4, pos) is '2e5'",
-        ),
+        (lambda lines: [*lines[:2], lines[2].replace("\tAG\t", "\tAZ\t"), *lines[3:]],
+         "line 3, column 13 (taxon t2)", "unknown call 'AZ'"),
+        (lambda lines: [*lines[:2], lines[2].replace("\t200\t", "\t2e5\t"), *lines[3:]],
+         "line 3", "position (column 4, pos) is '2e5'"),
         (lambda lines: [lines[0].replace("t3", "t1"), *lines[1:]], "line 1", "named twice"),
     ],
 )
@@ -135,10 +121,8 @@ def test_broken_hapmap_is_one_line_naming_file_and_line(tmp_path, edit, where, w
     path = write_hapmap(tmp_path / "bad.hmp.txt", ["t1", "t2", "t3"], rows)
     path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
     result = CliRunner().invoke(
-        main,
-        ["convert", "--hapmap", str(path), "--out", str(tmp_path / "out"), "-q"],
-        catch_exceptions=False,
-    )
+        main, ["convert", "--hapmap", str(path), "--out", str(tmp_path / "out"), "-q"],
+        catch_exceptions=False)
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
@@ -155,7 +139,8 @@ def write_gd_gm(tmp_path: Path, G: np.ndarray, bfile, snps: slice) -> tuple[Path
         gd.append(taxon + "\t" + "\t".join("NA" if np.isnan(v) else str(int(v)) for v in row))
     (tmp_path / "g.GD.txt").write_text("\n".join(gd) + "\n")
     gm = ["SNP\tChromosome\tPosition"] + [
-        f"{s}\t{c}\t{p}" for s, c, p in zip(names, bfile.chrom[snps], bfile.pos[snps], strict=True)
+        f"{s}\t{c}\t{p}"
+        for s, c, p in zip(names, bfile.chrom[snps], bfile.pos[snps], strict=True)
     ]
     (tmp_path / "g.GM.txt").write_text("\n".join(gm) + "\n")
     return tmp_path / "g.GD.txt", tmp_path / "g.GM.txt"
@@ -206,9 +191,8 @@ def test_gm_must_list_the_gd_snps_in_order(tmp_path):
 
 
 def test_exactly_one_genotype_source(tmp_path):
-    with (
-        pytest.raises(CmlmError, match="--bfile and --hapmap were both given"),
-        genotype_source(bfile="a", hapmap="b"),
+    with pytest.raises(CmlmError, match="--bfile and --hapmap were both given"), genotype_source(
+        bfile="a", hapmap="b"
     ):
         pass
     with pytest.raises(CmlmError, match="--gd and --gm go together"), genotype_source(gd="a"):
@@ -218,40 +202,26 @@ def test_exactly_one_genotype_source(tmp_path):
 
 
 def test_gwas_on_hapmap_equals_gwas_on_the_bed(gapit_hapmap, tmp_path):
-    common = [
-        "--pheno",
-        str(DATA / "mdp.pheno.tsv"),
-        "--pheno-name",
-        "EarHT",
-        "--groups",
-        "281,131",
-        "--no-plots",
-        "-q",
-    ]
+    common = ["--pheno", str(DATA / "mdp.pheno.tsv"), "--pheno-name", "EarHT",
+              "--groups", "281,131", "--no-plots", "-q"]
     runner = CliRunner()
-    by_bed = runner.invoke(
-        main,
-        ["gwas", "--bfile", str(DATA / "mdp"), *common, "--out", str(tmp_path / "bed" / "run")],
-        catch_exceptions=False,
-    )
+    by_bed = runner.invoke(main, ["gwas", "--bfile", str(DATA / "mdp"), *common,
+                                  "--out", str(tmp_path / "bed" / "run")], catch_exceptions=False)
     assert by_bed.exit_code == 0, by_bed.output
-    by_hapmap = runner.invoke(
-        main,
-        ["gwas", "--hapmap", str(gapit_hapmap), *common, "--out", str(tmp_path / "hmp" / "run")],
-        catch_exceptions=False,
-    )
+    by_hapmap = runner.invoke(main, ["gwas", "--hapmap", str(gapit_hapmap), *common,
+                                     "--out", str(tmp_path / "hmp" / "run")],
+                              catch_exceptions=False)
     assert by_hapmap.exit_code == 0, by_hapmap.output
     for name in ("EarHT.sumstats.tsv", "EarHT.compression.tsv", "EarHT.groups.tsv"):
         assert (tmp_path / "hmp" / f"run.{name}").read_bytes() == (
-            tmp_path / "bed" / f"run.{name}"
-        ).read_bytes()
-    a, b = (json.loads((tmp_path / d / "run.EarHT.model.json").read_text()) for d in ("bed", "hmp"))
+            tmp_path / "bed" / f"run.{name}").read_bytes()
+    a, b = (json.loads((tmp_path / d / "run.EarHT.model.json").read_text())
+            for d in ("bed", "hmp"))
     a.pop("options"), b.pop("options")
     assert a == b
     # The temporary PLINK files are gone, and the log says where they were.
     assert sorted(p.name for p in (tmp_path / "hmp").iterdir()) == sorted(
-        p.name for p in (tmp_path / "bed").iterdir()
-    )
+        p.name for p in (tmp_path / "bed").iterdir())
     log = (tmp_path / "hmp" / "run.log").read_text()
     assert "converted HapMap" in log
     assert "removed after the run" in log
@@ -260,28 +230,22 @@ def test_gwas_on_hapmap_equals_gwas_on_the_bed(gapit_hapmap, tmp_path):
 def test_convert_command_writes_a_plink_fileset(tmp_path):
     rows = [("s1", "A/G", "1", "100", ["AA", "AG", "GG"])]
     path = write_hapmap(tmp_path / "one.hmp.txt", ["t1", "t2", "t3"], rows)
-    result = CliRunner().invoke(
-        main,
-        ["convert", "--hapmap", str(path), "--out", str(tmp_path / "sub" / "one")],
-        catch_exceptions=False,
-    )
+    result = CliRunner().invoke(main, ["convert", "--hapmap", str(path), "--out",
+                                       str(tmp_path / "sub" / "one")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     bfile = open_bfile(tmp_path / "sub" / "one")
     # A and G tie (3 copies each): A, listed first, is A2; dosages count G.
     assert (bfile.a1[0], bfile.a2[0]) == ("G", "A")
     np.testing.assert_array_equal(read_dosages(bfile, slice(None)).ravel(), [0, 1, 2])
-    result = CliRunner().invoke(
-        main, ["convert", "--gd", str(path), "--out", str(tmp_path / "x")], catch_exceptions=False
-    )
+    result = CliRunner().invoke(main, ["convert", "--gd", str(path), "--out", str(tmp_path / "x")],
+                                catch_exceptions=False)
     assert result.exit_code == 2
     assert "go together" in result.output
 
 
 def test_gzipped_hapmap_reads_the_same(tmp_path):
-    rows = [
-        ("s1", "A/G", "1", "100", ["AA", "AG", "GG", "GG"]),
-        ("s2", "C/T", "1", "200", ["CC", "N", "TT", "CT"]),
-    ]
+    rows = [("s1", "A/G", "1", "100", ["AA", "AG", "GG", "GG"]),
+            ("s2", "C/T", "1", "200", ["CC", "N", "TT", "CT"])]
     plain = write_hapmap(tmp_path / "p.hmp.txt", ["t1", "t2", "t3", "t4"], rows)
     (tmp_path / "z.hmp.txt.gz").write_bytes(gzip.compress(plain.read_bytes()))
     hapmap_to_bed(plain, tmp_path / "p")
@@ -295,37 +259,15 @@ def test_gwas_on_gd_gm_equals_gwas_on_the_bed(tmp_path):
     snps = slice(0, 300)
     gd, gm = write_gd_gm(tmp_path, read_dosages(bfile, snps), bfile, snps)
     (tmp_path / "snps.txt").write_text("\n".join(bfile.snp[snps]) + "\n")
-    common = [
-        "--pheno",
-        str(DATA / "mdp.pheno.tsv"),
-        "--pheno-name",
-        "dpoll",
-        "--model",
-        "glm",
-        "--no-plots",
-        "-q",
-    ]
+    common = ["--pheno", str(DATA / "mdp.pheno.tsv"), "--pheno-name", "dpoll", "--model", "glm",
+              "--no-plots", "-q"]
     runner = CliRunner()
-    by_bed = runner.invoke(
-        main,
-        [
-            "gwas",
-            "--bfile",
-            str(DATA / "mdp"),
-            "--extract",
-            str(tmp_path / "snps.txt"),
-            *common,
-            "--out",
-            str(tmp_path / "bed"),
-        ],
-        catch_exceptions=False,
-    )
+    by_bed = runner.invoke(main, ["gwas", "--bfile", str(DATA / "mdp"), "--extract",
+                                  str(tmp_path / "snps.txt"), *common, "--out",
+                                  str(tmp_path / "bed")], catch_exceptions=False)
     assert by_bed.exit_code == 0, by_bed.output
-    by_gd = runner.invoke(
-        main,
-        ["gwas", "--gd", str(gd), "--gm", str(gm), *common, "--out", str(tmp_path / "gd")],
-        catch_exceptions=False,
-    )
+    by_gd = runner.invoke(main, ["gwas", "--gd", str(gd), "--gm", str(gm), *common, "--out",
+                                 str(tmp_path / "gd")], catch_exceptions=False)
     assert by_gd.exit_code == 0, by_gd.output
     a = (tmp_path / "bed.dpoll.sumstats.tsv").read_text().splitlines()
     b = (tmp_path / "gd.dpoll.sumstats.tsv").read_text().splitlines()

@@ -69,9 +69,8 @@ def panel(tmp_path) -> Path:
 def gwas(prefix: Path, out: Path, *extra: str, pheno: Path | None = None):
     # No pictures: they are not what these tests are about, and cost seconds.
     pheno = pheno or prefix.with_name("p.pheno.tsv")
-    return run(
-        "--bfile", str(prefix), "--pheno", str(pheno), "--out", str(out), "--no-plots", *extra
-    )
+    return run("--bfile", str(prefix), "--pheno", str(pheno), "--out", str(out), "--no-plots",
+               *extra)
 
 
 def expect_error(result, *fragments: str) -> str:
@@ -117,7 +116,8 @@ def test_truncated_bed(panel, tmp_path):
 def test_individual_major_bed(panel, tmp_path):
     bed = panel.with_suffix(".bed")
     bed.write_bytes(b"\x6c\x1b\x00" + bed.read_bytes()[3:])
-    expect_error(gwas(panel, tmp_path / "out" / "r"), "p.bed", "individual-major", "--make-bed")
+    expect_error(gwas(panel, tmp_path / "out" / "r"), "p.bed", "individual-major",
+                 "--make-bed")
     nothing_written(tmp_path / "out")
 
 
@@ -189,11 +189,8 @@ def test_all_missing_snp_is_na_and_changes_nothing_else(panel, tmp_path):
 def test_crlf_and_bom_give_the_same_results(panel, tmp_path):
     args = ("--model", "glm", "--pheno-name", "EarHT,dpoll", "-q")
     assert gwas(panel, tmp_path / "a" / "r", *args).exit_code == 0
-    for path in (
-        panel.with_suffix(".fam"),
-        panel.with_suffix(".bim"),
-        panel.with_name("p.pheno.tsv"),
-    ):
+    for path in (panel.with_suffix(".fam"), panel.with_suffix(".bim"),
+                 panel.with_name("p.pheno.tsv")):
         text = path.read_text()
         path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     assert gwas(panel, tmp_path / "b" / "r", *args).exit_code == 0
@@ -212,8 +209,7 @@ def test_unicode_ids(panel, tmp_path):
         text = path.read_text()
         for old, new in names.items():
             text = text.replace(f"{old} {old}", f"{new} {new}").replace(
-                f"{old}\t{old}", f"{new}\t{new}"
-            )
+                f"{old}\t{old}", f"{new}\t{new}")
         path.write_text(text, encoding="utf-8")
     assert gwas(panel, tmp_path / "b" / "r", *args).exit_code == 0
     groups = (tmp_path / "b" / "r.EarHT.groups.tsv").read_text(encoding="utf-8")
@@ -229,9 +225,8 @@ def test_phenotype_matching_some_samples_reports_counts(panel, tmp_path):
     pheno = panel.with_name("p.pheno.tsv")
     lines = pheno.read_text().splitlines()
     renamed = [lines[0], *lines[1:101]]
-    renamed += [
-        line.replace(line.split("\t")[0], "zz" + line.split("\t")[0]) for line in lines[101:]
-    ]
+    renamed += [line.replace(line.split("\t")[0], "zz" + line.split("\t")[0])
+                for line in lines[101:]]
     pheno.write_text("\n".join(renamed) + "\n")
     result = gwas(panel, tmp_path / "out" / "r", "--model", "glm", "--pheno-name", "EarHT")
     assert result.exit_code == 0, result.output
@@ -254,29 +249,20 @@ def replace_value(pheno: Path, row: int, column: int, value: str) -> None:
 @pytest.mark.parametrize("value", ["inf", "-Inf", "1e999"])
 def test_infinite_trait_value(panel, tmp_path, value):
     replace_value(panel.with_name("p.pheno.tsv"), 7, 2, value)
-    expect_error(
-        gwas(panel, tmp_path / "out" / "r"), "p.pheno.tsv", "line 8", "'EarHT'", "infinite", value
-    )
+    expect_error(gwas(panel, tmp_path / "out" / "r"), "p.pheno.tsv", "line 8", "'EarHT'",
+                 "infinite", value)
     nothing_written(tmp_path / "out")
 
 
 def test_non_numeric_covariate(panel, tmp_path):
     covar = panel.with_name("c.tsv")
-    rows = [
-        line.split("\t")[:2] for line in panel.with_name("p.pheno.tsv").read_text().splitlines()[1:]
-    ]
-    covar.write_text(
-        "FID\tIID\tsite\n" + "".join(f"{f}\t{i}\t{k % 3}\n" for k, (f, i) in enumerate(rows))
-    )
+    rows = [line.split("\t")[:2] for line in panel.with_name("p.pheno.tsv").read_text()
+            .splitlines()[1:]]
+    covar.write_text("FID\tIID\tsite\n" + "".join(f"{f}\t{i}\t{k % 3}\n"
+                                                 for k, (f, i) in enumerate(rows)))
     replace_value(covar, 12, 2, "north")
-    expect_error(
-        gwas(panel, tmp_path / "out" / "r", "--covar", str(covar)),
-        "c.tsv",
-        "line 13",
-        "'site'",
-        "'north'",
-        "missing code",
-    )
+    expect_error(gwas(panel, tmp_path / "out" / "r", "--covar", str(covar)), "c.tsv", "line 13",
+                 "'site'", "'north'", "missing code")
     nothing_written(tmp_path / "out")
 
 
@@ -293,9 +279,8 @@ def constant_pheno(panel: Path, n_observed: int, value: str = "5") -> Path:
 
 def test_constant_trait(panel, tmp_path):
     pheno = constant_pheno(panel, N)
-    expect_error(
-        gwas(panel, tmp_path / "out" / "r", pheno=pheno), "trait T", "same value (5) for all 281"
-    )
+    expect_error(gwas(panel, tmp_path / "out" / "r", pheno=pheno), "trait T",
+                 "same value (5) for all 281")
     nothing_written(tmp_path / "out")
 
 
@@ -307,12 +292,8 @@ def test_trait_with_too_few_observations(panel, tmp_path, observed, pcs, needed)
     for k in range(1, observed + 1):
         lines[k] = lines[k].rsplit("\t", 1)[0] + f"\t{k * 1.5}"
     pheno.write_text("\n".join(lines) + "\n")
-    expect_error(
-        gwas(panel, tmp_path / "out" / "r", "--pcs", str(pcs), pheno=pheno),
-        "trait T",
-        f"only {observed} individuals",
-        f"at least {needed}",
-    )
+    expect_error(gwas(panel, tmp_path / "out" / "r", "--pcs", str(pcs), pheno=pheno),
+                 "trait T", f"only {observed} individuals", f"at least {needed}")
     nothing_written(tmp_path / "out")
 
 
@@ -330,12 +311,8 @@ def test_covariates_collinear_with_each_other_are_named(panel, tmp_path):
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=N), rng.normal(size=N)
     covar = write_covariates(panel, {"a": a, "b": b, "ab": 2 * a - b + 1})
-    message = expect_error(
-        gwas(panel, tmp_path / "out" / "r", "--covar", str(covar), "--pheno-name", "EarHT"),
-        "trait EarHT",
-        "'ab'",
-        "collinear",
-    )
+    message = expect_error(gwas(panel, tmp_path / "out" / "r", "--covar", str(covar),
+                                "--pheno-name", "EarHT"), "trait EarHT", "'ab'", "collinear")
     assert "'a'" in message
     assert "'b'" in message
     nothing_written(tmp_path / "out")
@@ -343,15 +320,10 @@ def test_covariates_collinear_with_each_other_are_named(panel, tmp_path):
 
 def test_covariate_collinear_with_the_intercept_is_named(panel, tmp_path):
     rng = np.random.default_rng(6)
-    covar = write_covariates(
-        panel, {"sex": rng.integers(0, 2, N).astype(float), "rest": np.full(N, 7.0)}
-    )
-    expect_error(
-        gwas(panel, tmp_path / "out" / "r", "--covar", str(covar), "--pheno-name", "EarHT"),
-        "rest",
-        "constant",
-        "intercept",
-    )
+    covar = write_covariates(panel, {"sex": rng.integers(0, 2, N).astype(float),
+                                     "rest": np.full(N, 7.0)})
+    expect_error(gwas(panel, tmp_path / "out" / "r", "--covar", str(covar), "--pheno-name",
+                      "EarHT"), "rest", "constant", "intercept")
     nothing_written(tmp_path / "out")
 
 
@@ -363,13 +335,8 @@ def test_kinship_file_whose_ids_do_not_match(panel, tmp_path):
     for i, iid in enumerate(others):
         rows.append("\t".join([iid, *("1" if i == j else "0" for j in range(N))]))
     kinship.write_text("\n".join(rows) + "\n")
-    expect_error(
-        gwas(panel, tmp_path / "out" / "r", "--model", "mlm", "--kinship", str(kinship)),
-        "k.tsv",
-        f"{N // 2} kept samples",
-        f"'{ids[1]}'",
-        "--keep",
-    )
+    expect_error(gwas(panel, tmp_path / "out" / "r", "--model", "mlm", "--kinship",
+                      str(kinship)), "k.tsv", f"{N // 2} kept samples", f"'{ids[1]}'", "--keep")
     nothing_written(tmp_path / "out")
 
 
@@ -380,25 +347,9 @@ def test_kinship_file_whose_ids_do_not_match(panel, tmp_path):
 
 def start_scan(prefix: Path, out: Path) -> subprocess.Popen:
     """``cmlm gwas`` as a process, on a scan long enough to be caught in the middle."""
-    command = [
-        sys.executable,
-        "-m",
-        "cmlm_cli",
-        "gwas",
-        "--bfile",
-        str(prefix),
-        "--pheno",
-        str(prefix.with_name("p.pheno.tsv")),
-        "--pheno-name",
-        "EarHT,dpoll",
-        "--model",
-        "glm",
-        "--block-size",
-        "1",
-        "--out",
-        str(out),
-        "-q",
-    ]
+    command = [sys.executable, "-m", "cmlm_cli", "gwas", "--bfile", str(prefix), "--pheno",
+               str(prefix.with_name("p.pheno.tsv")), "--pheno-name", "EarHT,dpoll", "--model",
+               "glm", "--block-size", "1", "--out", str(out), "-q"]
     # A shell without job control starts background commands with SIGINT
     # ignored; the test needs the default disposition a terminal would give.
     return subprocess.Popen(
@@ -440,8 +391,7 @@ def test_signal_mid_scan_leaves_no_output(long_panel, tmp_path, signum, status):
     assert process.returncode == status, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines() == [
-        f"cmlm: error: interrupted by {signum.name}; outputs not yet complete were removed"
-    ]
+        f"cmlm: error: interrupted by {signum.name}; outputs not yet complete were removed"]
     nothing_written(out)
 
 
@@ -472,10 +422,8 @@ def test_full_disk_is_one_line_naming_the_file(panel, tmp_path, monkeypatch):
         return real_open("/dev/full", os.O_WRONLY)
 
     monkeypatch.setattr(sumstats.os, "open", open_on_full_disk)
-    message = expect_error(
-        gwas(panel, tmp_path / "out" / "r", "--model", "glm", "--pheno-name", "EarHT,dpoll"),
-        "No space left on device",
-        "free space",
-    )
+    message = expect_error(gwas(panel, tmp_path / "out" / "r", "--model", "glm",
+                                "--pheno-name", "EarHT,dpoll"),
+                           "No space left on device", "free space")
     assert "r.EarHT.sumstats.tsv" in message or "r.dpoll.sumstats.tsv" in message
     nothing_written(tmp_path / "out")

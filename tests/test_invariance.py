@@ -34,13 +34,9 @@ def panel():
     with open_bed(DATA / "mdp.bed", count_A1=True) as bed:
         G = bed.read(index=np.s_[:, :N_SNPS], dtype="float32")
         props = {
-            "fid": bed.fid,
-            "iid": bed.iid,
-            "sid": bed.sid[:N_SNPS],
-            "chromosome": bed.chromosome[:N_SNPS],
-            "bp_position": bed.bp_position[:N_SNPS],
-            "allele_1": bed.allele_1[:N_SNPS],
-            "allele_2": bed.allele_2[:N_SNPS],
+            "fid": bed.fid, "iid": bed.iid, "sid": bed.sid[:N_SNPS],
+            "chromosome": bed.chromosome[:N_SNPS], "bp_position": bed.bp_position[:N_SNPS],
+            "allele_1": bed.allele_1[:N_SNPS], "allele_2": bed.allele_2[:N_SNPS],
         }
     lines = (DATA / "mdp.pheno.tsv").read_text().splitlines()
     return Panel((G, props, lines))
@@ -49,7 +45,8 @@ def panel():
 def write_panel(directory: Path, panel, samples: np.ndarray, snps: np.ndarray) -> Path:
     G, props, lines = panel
     properties = {k: (v[samples] if k in ("fid", "iid") else v[snps]) for k, v in props.items()}
-    to_bed(directory / "p.bed", G[np.ix_(samples, snps)], properties=properties, count_A1=True)
+    to_bed(directory / "p.bed", G[np.ix_(samples, snps)], properties=properties,
+           count_A1=True)
     # The phenotype table in yet another order, with a covariate built from it.
     rows = lines[1:]
     rows = [rows[i] for i in samples[::-1]]
@@ -62,13 +59,8 @@ def write_panel(directory: Path, panel, samples: np.ndarray, snps: np.ndarray) -
 
 
 def run(prefix: Path, out: Path, block_size: int):
-    options = GwasOptions(
-        pheno_names=("EarHT",),
-        covar=f"{prefix}.covar.tsv",
-        pcs=2,
-        groups="281,120,40",
-        block_size=block_size,
-    )
+    options = GwasOptions(pheno_names=("EarHT",), covar=f"{prefix}.covar.tsv", pcs=2,
+                          groups="281,120,40", block_size=block_size)
     (result,) = run_gwas(str(prefix), f"{prefix}.pheno.tsv", str(out), options)
     table = (out.parent / f"{out.name}.EarHT.sumstats.tsv").read_text().splitlines()
     by_snp = {}
@@ -90,9 +82,8 @@ def baseline(panel, tmp_path_factory):
     return Panel(run(prefix, directory / "out", 2000))
 
 
-@settings(
-    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=4, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), block_size=st.sampled_from([1, 7, 64, 1000]))
 def test_permutations_and_block_size_change_nothing(panel, baseline, tmp_path, seed, block_size):
     rng = np.random.default_rng(seed)
@@ -119,36 +110,15 @@ def test_thread_count_changes_nothing(tmp_path):
     for threads in (1, 2):
         out = tmp_path / f"t{threads}"
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cmlm_cli",
-                "gwas",
-                "--bfile",
-                str(DATA / "mdp"),
-                "--pheno",
-                str(DATA / "mdp.pheno.tsv"),
-                "--pheno-name",
-                "EarHT",
-                "--groups",
-                "281,81",
-                "--pcs",
-                "2",
-                "--threads",
-                str(threads),
-                "--block-size",
-                "500",
-                "--out",
-                str(out),
-                "-q",
-            ],
+            [sys.executable, "-m", "cmlm_cli", "gwas", "--bfile", str(DATA / "mdp"), "--pheno",
+             str(DATA / "mdp.pheno.tsv"), "--pheno-name", "EarHT", "--groups", "281,81",
+             "--pcs", "2", "--threads", str(threads), "--block-size", "500", "--out", str(out),
+             "-q"],
             check=True,
         )
         lines = (tmp_path / f"t{threads}.EarHT.sumstats.tsv").read_text().splitlines()[1:]
         tables[threads] = np.array(
-            [
-                [np.nan if v == "NA" else float(v) for v in np.array(line.split("\t"))[[4, 5, 7]]]
-                for line in lines
-            ]
+            [[np.nan if v == "NA" else float(v) for v in np.array(line.split("\t"))[[4, 5, 7]]]
+             for line in lines]
         )
     np.testing.assert_allclose(tables[1], tables[2], rtol=1e-9)

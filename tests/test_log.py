@@ -143,9 +143,8 @@ def test_lambda_gc_and_timings(filtered_run):
         (line,) = [x for x in log.splitlines() if x.startswith(f"{trait}: n ")]
         assert line.endswith(f"lambda_GC {model['lambda_gc']:.4f}")
         # Independently: median of the 1-df chi-square statistics t^2 in the file.
-        rows = [
-            r.split("\t") for r in Path(f"{out}.{trait}.sumstats.tsv").read_text().split("\n")[1:-1]
-        ]
+        rows = [r.split("\t") for r in Path(f"{out}.{trait}.sumstats.tsv").read_text().split(
+            "\n")[1:-1]]
         t = np.array([float(r[10]) for r in rows if r[10] != "NA"])
         assert model["lambda_gc"] == pytest.approx(np.median(t**2) / 0.454936423119572, rel=1e-8)
     for step in ("reading inputs", "kinship", "clustering", "null models", "scan", "writing"):
@@ -180,17 +179,13 @@ def test_warning_and_error_prefixes(capsys):
     log.error("something wrong")
     assert memory.lines == ["a step", "Warning: something odd", "Error: something wrong"]
     assert capsys.readouterr().err.splitlines() == [
-        "cmlm: a step",
-        "cmlm: warning: something odd",
-        "cmlm: error: something wrong",
-    ]
+        "cmlm: a step", "cmlm: warning: something odd", "cmlm: error: something wrong"]
 
 
 def test_simulate_logs_its_seed(tmp_path):
     out = tmp_path / "sim"
     result = CliRunner().invoke(
-        main,
-        ["simulate", "--out", str(out), "--n", "30", "--m", "50", "--seed", "7", "-q"],
+        main, ["simulate", "--out", str(out), "--n", "30", "--m", "50", "--seed", "7", "-q"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output

@@ -61,12 +61,8 @@ def panel() -> SimpleNamespace:
     with open_bed(DATA / "mdp.bed", count_A1=True) as bed:
         G = bed.read(dtype="float64")
         props = {
-            "fid": bed.fid,
-            "iid": bed.iid,
-            "sid": bed.sid,
-            "chromosome": bed.chromosome,
-            "bp_position": bed.bp_position,
-            "allele_1": bed.allele_1,
+            "fid": bed.fid, "iid": bed.iid, "sid": bed.sid, "chromosome": bed.chromosome,
+            "bp_position": bed.bp_position, "allele_1": bed.allele_1,
             "allele_2": bed.allele_2,
         }
     lines = (DATA / "mdp.pheno.tsv").read_text().splitlines()
@@ -76,8 +72,7 @@ def panel() -> SimpleNamespace:
     assert [r[1] for r in rows] == list(props["iid"])
     traits = {
         name: np.array([np.nan if r[k] == "NA" else float(r[k]) for r in rows])
-        for k, name in enumerate(header)
-        if k >= 2
+        for k, name in enumerate(header) if k >= 2
     }
     return SimpleNamespace(G=G, props=props, pheno_lines=lines, traits=traits)
 
@@ -87,12 +82,8 @@ def write_bed(prefix: Path, panel, samples: np.ndarray, snps: np.ndarray) -> Pat
     properties = {
         k: (v[samples] if k in ("fid", "iid") else v[snps]) for k, v in panel.props.items()
     }
-    to_bed(
-        f"{prefix}.bed",
-        panel.G[np.ix_(samples, snps)].astype(np.float32),
-        properties=properties,
-        count_A1=True,
-    )
+    to_bed(f"{prefix}.bed", panel.G[np.ix_(samples, snps)].astype(np.float32),
+           properties=properties, count_A1=True)
     return prefix
 
 
@@ -117,18 +108,12 @@ def read_sumstats(path: Path) -> dict[str, np.ndarray]:
     return columns
 
 
-def run(
-    tmp_path: Path,
-    name: str,
-    options: GwasOptions,
-    bfile: Path | None = None,
-    pheno: Path | None = None,
-):
+def run(tmp_path: Path, name: str, options: GwasOptions, bfile: Path | None = None,
+        pheno: Path | None = None):
     """Run the pipeline on one trait; return its result, sumstats and model.json."""
     out = tmp_path / name
-    (result,) = run_gwas(
-        str(bfile or DATA / "mdp"), str(pheno or DATA / "mdp.pheno.tsv"), str(out), options
-    )
+    (result,) = run_gwas(str(bfile or DATA / "mdp"), str(pheno or DATA / "mdp.pheno.tsv"),
+                         str(out), options)
     stats = read_sumstats(tmp_path / f"{name}.{result.name}.sumstats.tsv")
     model = json.loads((tmp_path / f"{name}.{result.name}.model.json").read_text())
     return result, stats, model
@@ -305,8 +290,7 @@ def test_keep_equals_a_bed_of_those_samples(panel, tmp_path):
         assert a.model.vg == pytest.approx(b.model.vg, rel=1e-10)
     assert_same_scan(full_stats, small_stats, rtol=1e-10)
     assert (tmp_path / f"keep.{TRAIT}.groups.tsv").read_text() == (
-        tmp_path / f"sub.{TRAIT}.groups.tsv"
-    ).read_text()
+        tmp_path / f"sub.{TRAIT}.groups.tsv").read_text()
 
 
 def test_extract_equals_a_bed_of_those_snps(panel, tmp_path):
@@ -365,33 +349,13 @@ def test_maf_keeps_exactly_the_snps_at_or_above_the_threshold(panel, tmp_path, c
     assert any(m == Fraction(threshold) for m in maf), "the edge case is not exercised"
     # Over all 281 samples the list would differ: the filter must use the kept ones.
     assert set(expected) != {
-        s
-        for s, m in zip(panel.props["sid"], exact_maf(panel.G), strict=True)
-        if m >= Fraction(threshold)
-    }
+        s for s, m in zip(panel.props["sid"], exact_maf(panel.G), strict=True)
+        if m >= Fraction(threshold)}
 
-    result = CliRunner().invoke(
-        main,
-        [
-            "gwas",
-            "--bfile",
-            str(DATA / "mdp"),
-            "--pheno",
-            str(DATA / "mdp.pheno.tsv"),
-            "--pheno-name",
-            TRAIT,
-            "--keep",
-            str(tmp_path / "keep.txt"),
-            "--maf",
-            str(threshold),
-            "--model",
-            "glm",
-            "--out",
-            str(tmp_path / "maf"),
-            "-q",
-        ],
-        catch_exceptions=False,
-    )
+    result = CliRunner().invoke(main, [
+        "gwas", "--bfile", str(DATA / "mdp"), "--pheno", str(DATA / "mdp.pheno.tsv"),
+        "--pheno-name", TRAIT, "--keep", str(tmp_path / "keep.txt"), "--maf", str(threshold),
+        "--model", "glm", "--out", str(tmp_path / "maf"), "-q"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     stats = read_sumstats(tmp_path / f"maf.{TRAIT}.sumstats.tsv")
     np.testing.assert_array_equal(stats["variant_id"], expected)
@@ -407,29 +371,14 @@ def test_maf_does_not_depend_on_which_allele_is_a1(tmp_path):
     G[:, 0] = [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
     G[:, 1] = 2 - G[:, 0]
     ids = [f"s{i}" for i in range(n)]
-    to_bed(
-        tmp_path / "t.bed",
-        G,
-        properties={
-            "fid": ids,
-            "iid": ids,
-            "sid": [f"v{j}" for j in range(6)],
-            "chromosome": ["1"] * 6,
-            "bp_position": np.arange(1, 7) * 100,
-            "allele_1": ["A"] * 6,
-            "allele_2": ["G"] * 6,
-        },
-        count_A1=True,
-    )
+    to_bed(tmp_path / "t.bed", G, properties={
+        "fid": ids, "iid": ids, "sid": [f"v{j}" for j in range(6)],
+        "chromosome": ["1"] * 6, "bp_position": np.arange(1, 7) * 100,
+        "allele_1": ["A"] * 6, "allele_2": ["G"] * 6}, count_A1=True)
     (tmp_path / "t.pheno.tsv").write_text(
-        "FID\tIID\tT\n" + "".join(f"{i}\t{i}\t{rng.normal():.6f}\n" for i in ids)
-    )
-    run_gwas(
-        str(tmp_path / "t"),
-        str(tmp_path / "t.pheno.tsv"),
-        str(tmp_path / "out"),
-        GwasOptions(model="glm", maf=0.1),
-    )
+        "FID\tIID\tT\n" + "".join(f"{i}\t{i}\t{rng.normal():.6f}\n" for i in ids))
+    run_gwas(str(tmp_path / "t"), str(tmp_path / "t.pheno.tsv"), str(tmp_path / "out"),
+             GwasOptions(model="glm", maf=0.1))
     stats = read_sumstats(tmp_path / "out.T.sumstats.tsv")
     assert {"v0", "v1"} <= set(stats["variant_id"])
 
@@ -451,15 +400,13 @@ def test_covariate_glm_equals_least_squares(panel, tmp_path):
     a_text = [f"{v:.6f}" for v in a]
     for i in a_missing:
         a_text[i] = "NA"
-    rows = [
-        f"{fid[i]}\t{iid[i]}\t{'NA' if np.isnan(b[i]) else f'{b[i]:.6f}'}\t{a_text[i]}"
-        for i in rng.permutation(N_SAMPLES)
-        if i not in absent
-    ]
+    rows = [f"{fid[i]}\t{iid[i]}\t{'NA' if np.isnan(b[i]) else f'{b[i]:.6f}'}\t{a_text[i]}"
+            for i in rng.permutation(N_SAMPLES) if i not in absent]
     covar = tmp_path / "covar.tsv"
     covar.write_text("FID\tIID\tb\ta\n" + "\n".join(rows) + "\n")
 
-    options = GwasOptions(pheno_names=(TRAIT,), model="glm", covar=str(covar), covar_names=("a",))
+    options = GwasOptions(pheno_names=(TRAIT,), model="glm", covar=str(covar),
+                          covar_names=("a",))
     result, stats, model = run(tmp_path, "covar", options)
 
     a_value = np.array([np.nan if t == "NA" else float(t) for t in a_text])
@@ -493,9 +440,8 @@ def test_covariate_glm_equals_least_squares(panel, tmp_path):
 
 
 def test_principal_components_glm_equals_least_squares(panel, tmp_path):
-    result, stats, model = run(
-        tmp_path, "pcs", GwasOptions(pheno_names=(TRAIT,), model="glm", pcs=2)
-    )
+    result, stats, model = run(tmp_path, "pcs", GwasOptions(pheno_names=(TRAIT,), model="glm",
+                                                            pcs=2))
     # All 281 individuals, also the two without EarHT (GAPIT's prcomp on GD).
     X = mean_impute(panel.G)
     U, S, _ = np.linalg.svd(X - X.mean(axis=0), full_matrices=False)
@@ -524,9 +470,8 @@ def test_principal_components_glm_equals_least_squares(panel, tmp_path):
 def test_solvers_agree(tmp_path, method, model, groups):
     fits = {}
     for solver in ("brent", "em", "newton"):
-        options = GwasOptions(
-            pheno_names=(TRAIT,), model=model, groups=groups, method=method, solver=solver
-        )
+        options = GwasOptions(pheno_names=(TRAIT,), model=model, groups=groups, method=method,
+                              solver=solver)
         fits[solver] = run(tmp_path, solver, options)
     brent, brent_stats, _ = fits["brent"]
     for solver in ("em", "newton"):
@@ -548,9 +493,8 @@ def test_glm_variance_and_likelihood_convention(panel, tmp_path, method):
     """README: -2logL of the GLM is the mixed-model formula with H = I (the log|X'X|
     terms cancel), so REML gives r log(2 pi RSS / r) + r with r = n - p, ve = RSS / r,
     and ML the same with r = n."""
-    _, _, model = run(
-        tmp_path, method, GwasOptions(pheno_names=(TRAIT,), model="glm", method=method)
-    )
+    _, _, model = run(tmp_path, method, GwasOptions(pheno_names=(TRAIT,), model="glm",
+                                                    method=method))
     y = panel.traits[TRAIT][~np.isnan(panel.traits[TRAIT])]
     rss = float(np.sum((y - y.mean()) ** 2))
     r = y.size - 1 if method == "reml" else y.size
@@ -565,33 +509,24 @@ def test_glm_variance_and_likelihood_convention(panel, tmp_path, method):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("method", "dense"), [("zhang", dense_zhang), ("loiselle", dense_loiselle), ("ibs", dense_ibs)]
-)
+@pytest.mark.parametrize(("method", "dense"), [
+    ("zhang", dense_zhang), ("loiselle", dense_loiselle), ("ibs", dense_ibs)])
 def test_kinship_method_reaches_the_model(panel, tmp_path, method, dense):
-    result, _, model = run(
-        tmp_path, method, GwasOptions(pheno_names=(TRAIT,), model="mlm", kinship=method)
-    )
+    result, _, model = run(tmp_path, method, GwasOptions(pheno_names=(TRAIT,), model="mlm",
+                                                         kinship=method))
     K = dense(panel.G)
     analysed = np.flatnonzero(~np.isnan(panel.traits[TRAIT]))
     np.testing.assert_array_equal(result.analysed, analysed)
-    expected = fit_null(
-        panel.traits[TRAIT][analysed],
-        np.ones((analysed.size, 1)),
-        np.arange(analysed.size),
-        K[np.ix_(analysed, analysed)],
-    )
+    expected = fit_null(panel.traits[TRAIT][analysed], np.ones((analysed.size, 1)),
+                        np.arange(analysed.size), K[np.ix_(analysed, analysed)])
     assert model["options"]["kinship"] == method
     assert result.model.neg2logL == pytest.approx(expected.neg2logL, rel=1e-9)
     assert result.model.vg == pytest.approx(expected.vg, rel=1e-7)
     assert result.model.ve == pytest.approx(expected.ve, rel=1e-7)
     # And not VanRaden's fit by accident.
-    vanraden = fit_null(
-        panel.traits[TRAIT][analysed],
-        np.ones((analysed.size, 1)),
-        np.arange(analysed.size),
-        dense_vanraden(panel.G)[np.ix_(analysed, analysed)],
-    )
+    vanraden = fit_null(panel.traits[TRAIT][analysed], np.ones((analysed.size, 1)),
+                        np.arange(analysed.size),
+                        dense_vanraden(panel.G)[np.ix_(analysed, analysed)])
     assert abs(vanraden.neg2logL - expected.neg2logL) > 1e-3
 
 
@@ -626,12 +561,8 @@ def test_gcta_and_tsv_kinship_give_the_same_fit(panel, tmp_path):
 
     # The first level is the MLM (281 singletons): fit_null on K in .fam order.
     analysed = np.flatnonzero(~np.isnan(panel.traits[TRAIT]))
-    expected = fit_null(
-        panel.traits[TRAIT][analysed],
-        np.ones((analysed.size, 1)),
-        np.arange(analysed.size),
-        K.astype(np.float64)[np.ix_(analysed, analysed)],
-    )
+    expected = fit_null(panel.traits[TRAIT][analysed], np.ones((analysed.size, 1)),
+                        np.arange(analysed.size), K.astype(np.float64)[np.ix_(analysed, analysed)])
     assert grm.levels[0].model.neg2logL == pytest.approx(expected.neg2logL, rel=1e-10)
 
 
@@ -640,21 +571,13 @@ def test_gcta_and_tsv_kinship_give_the_same_fit(panel, tmp_path):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("how", "cluster"),
-    [
-        ("identity", "average"),
-        ("max", "average"),
-        ("min", "complete"),
-        ("median", "ward"),
-        ("mean", "ward"),
-    ],
-)
+@pytest.mark.parametrize(("how", "cluster"), [
+    ("identity", "average"), ("max", "average"), ("min", "complete"), ("median", "ward"),
+    ("mean", "ward")])
 def test_group_kinship_and_clustering(panel, tmp_path, how, cluster):
     counts = (120, 30)
-    options = GwasOptions(
-        pheno_names=(TRAIT,), group_kinship=how, cluster=cluster, groups=",".join(map(str, counts))
-    )
+    options = GwasOptions(pheno_names=(TRAIT,), group_kinship=how, cluster=cluster,
+                          groups=",".join(map(str, counts)))
     result, _, model = run(tmp_path, "gk", options)
 
     K = dense_vanraden(panel.G)
@@ -664,14 +587,14 @@ def test_group_kinship_and_clustering(panel, tmp_path, how, cluster):
         cuts = [ward_d_groups(K, c) for c in counts]
     else:
         tree = scipy.cluster.hierarchy.linkage(scipy.spatial.distance.pdist(K), method=cluster)
-        cuts = [scipy.cluster.hierarchy.fcluster(tree, c, criterion="maxclust") - 1 for c in counts]
+        cuts = [scipy.cluster.hierarchy.fcluster(tree, c, criterion="maxclust") - 1
+                for c in counts]
     for count, everyone, level in zip(counts, cuts, result.levels, strict=True):
         assert len(set(everyone)) == count
         Kc = summarise(K, everyone, how)
         used, labels = np.unique(everyone[analysed], return_inverse=True)
-        expected = fit_null(
-            y_all[analysed], np.ones((analysed.size, 1)), labels, Kc[np.ix_(used, used)]
-        )
+        expected = fit_null(y_all[analysed], np.ones((analysed.size, 1)), labels,
+                            Kc[np.ix_(used, used)])
         assert level.groups == count
         assert level.model.q == used.size
         assert partition(level.cluster_labels) == partition(everyone[analysed])
@@ -681,8 +604,7 @@ def test_group_kinship_and_clustering(panel, tmp_path, how, cluster):
     assert model["groups"] == counts[chosen]
     groups_file = (tmp_path / f"gk.{TRAIT}.groups.tsv").read_text().splitlines()[1:]
     assert partition(line.split("\t")[2] for line in groups_file) == partition(
-        cuts[chosen][analysed]
-    )
+        cuts[chosen][analysed])
 
 
 # --------------------------------------------------------------------------
@@ -696,19 +618,15 @@ def test_all_traits_in_one_run_equal_one_run_each(panel, tmp_path):
     snps = rng.choice(panel.G.shape[1], 500, replace=False)
     extract.write_text("".join(f"{panel.props['sid'][j]}\n" for j in snps))
     base = GwasOptions(groups="281,81", pcs=1, extract=str(extract), block_size=128)
-    together = run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / "all"), base)
+    together = run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / "all"),
+                        base)
     assert [r.name for r in together] == list(panel.traits)
     for trait in panel.traits:
-        run_gwas(
-            str(DATA / "mdp"),
-            str(DATA / "mdp.pheno.tsv"),
-            str(tmp_path / trait),
-            replace(base, pheno_names=(trait,)),
-        )
+        run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / trait),
+                 replace(base, pheno_names=(trait,)))
         for suffix in ("sumstats.tsv", "compression.tsv", "groups.tsv"):
             assert (tmp_path / f"all.{trait}.{suffix}").read_bytes() == (
-                tmp_path / f"{trait}.{trait}.{suffix}"
-            ).read_bytes(), suffix
+                tmp_path / f"{trait}.{trait}.{suffix}").read_bytes(), suffix
         one = json.loads((tmp_path / f"all.{trait}.model.json").read_text())
         alone = json.loads((tmp_path / f"{trait}.{trait}.model.json").read_text())
         assert one.pop("options")["pheno_names"] is None
@@ -716,8 +634,7 @@ def test_all_traits_in_one_run_equal_one_run_each(panel, tmp_path):
         assert one == alone
     # Each trait drops its own missing individuals.
     assert [r.model.n for r in together] == [
-        int(np.sum(~np.isnan(v))) for v in panel.traits.values()
-    ]
+        int(np.sum(~np.isnan(v))) for v in panel.traits.values()]
 
 
 # --------------------------------------------------------------------------
@@ -728,10 +645,8 @@ def test_all_traits_in_one_run_equal_one_run_each(panel, tmp_path):
 def levels(neg2logL, vg) -> list[Level]:
     """Fake levels, largest group count first: only neg2logL and vg matter to ``choose``."""
     counts = range(281, 281 - 50 * len(neg2logL), -50)
-    return [
-        Level(c, SimpleNamespace(neg2logL=v, vg=g), np.zeros(0), np.zeros(0))
-        for c, v, g in zip(counts, neg2logL, vg, strict=True)
-    ]
+    return [Level(c, SimpleNamespace(neg2logL=v, vg=g), np.zeros(0), np.zeros(0))
+            for c, v, g in zip(counts, neg2logL, vg, strict=True)]
 
 
 # (-2logL, vg, GAPIT's choice by the appendix rule, best), worked by hand:
@@ -774,19 +689,16 @@ def test_choose_gapit_end_to_end(tmp_path):
     assert result.model.neg2logL == pytest.approx(neg2[want], rel=1e-9)
 
 
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ("281", [281]),
-        ("281,231,81", [281, 231, 81]),
-        ("81,281,231,81", [281, 231, 81]),
-        ("281:31:50", [281, 231, 181, 131, 81, 31]),
-        ("31:281:50", [281, 231, 181, 131, 81, 31]),
-        ("281:40:50", [281, 231, 181, 131, 81]),
-        ("1", [1]),
-        (None, [281, 231, 181, 131, 81, 31]),
-    ],
-)
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("281", [281]),
+    ("281,231,81", [281, 231, 81]),
+    ("81,281,231,81", [281, 231, 81]),
+    ("281:31:50", [281, 231, 181, 131, 81, 31]),
+    ("31:281:50", [281, 231, 181, 131, 81, 31]),
+    ("281:40:50", [281, 231, 181, 131, 81]),
+    ("1", [1]),
+    (None, [281, 231, 181, 131, 81, 31]),
+])
 def test_parse_groups(spec, expected):
     assert parse_groups(spec, 281, 1) == expected
 
@@ -805,24 +717,9 @@ def test_default_groups_are_gapit_grid_up_to_20_levels_then_geometric():
     assert sum(c**3 for c in counts) < 2.5 * 5000**3
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "",
-        "abc",
-        "281;81",
-        "281,,81",
-        "0",
-        "282",
-        "-5",
-        "281,0",
-        "281:31",
-        "281:31:0",
-        "281:31:50:1",
-        "1.5",
-        "300:200:50",
-    ],
-)
+@pytest.mark.parametrize("spec", [
+    "", "abc", "281;81", "281,,81", "0", "282", "-5", "281,0", "281:31", "281:31:0",
+    "281:31:50:1", "1.5", "300:200:50"])
 def test_parse_groups_rejects_bad_specs(spec):
     with pytest.raises(CmlmError, match="--groups"):
         parse_groups(spec, 281, 1)

@@ -33,18 +33,7 @@ def offsets(ax, k: int = 0) -> np.ndarray:
 def test_chromosome_order_is_natural():
     names = ["10", "2", "scaffold_10", "MT", "X", "1", "Y", "scaffold_2", "XY", "chr3", "contig"]
     assert sorted(names, key=plots.chromosome_key) == [
-        "1",
-        "2",
-        "chr3",
-        "10",
-        "X",
-        "Y",
-        "XY",
-        "MT",
-        "contig",
-        "scaffold_2",
-        "scaffold_10",
-    ]
+        "1", "2", "chr3", "10", "X", "Y", "XY", "MT", "contig", "scaffold_2", "scaffold_10"]
 
 
 def test_manhattan_draws_each_snp_at_its_hand_worked_place():
@@ -58,7 +47,8 @@ def test_manhattan_draws_each_snp_at_its_hand_worked_place():
     x = np.array([510.01, 500.0, 1020.02, 1010.01, 0.0])
     y = -np.log10([0.5, 1e-6, 0.01, 0.2, 0.9])
     expected = np.column_stack([x, y])
-    np.testing.assert_allclose(offsets(ax), expected[np.lexsort((y, x))], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(
+        offsets(ax), expected[np.lexsort((y, x))], rtol=1e-12, atol=1e-9)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "10", "X"]
     np.testing.assert_allclose(ax.get_xticks(), [250.0, 760.01, 1020.52])
     # Bonferroni over the 5 tested SNPs (the NaN is not a test), and suggestive.
@@ -72,13 +62,8 @@ def test_manhattan_draws_each_snp_at_its_hand_worked_place():
 
 def test_manhattan_colours_alternate_by_chromosome():
     chrom = np.array(["1", "2", "3", "1"])
-    ax = plots.manhattan(
-        chrom,
-        np.array([1, 1, 1, 5]),
-        np.full(4, 0.5),
-        keep_below=1.0,
-        colours=("#000000", "#ffffff"),
-    )
+    ax = plots.manhattan(chrom, np.array([1, 1, 1, 5]), np.full(4, 0.5), keep_below=1.0,
+                         colours=("#000000", "#ffffff"))
     colours = ax.collections[0].get_facecolors()[:, 0]
     # Drawn in genome order: 1, 1, 2, 3.
     np.testing.assert_array_equal(colours, [0.0, 0.0, 1.0, 0.0])
@@ -103,9 +88,8 @@ def test_unknown_plot_format_is_refused_before_any_work(tmp_path):
     from cmlm_cli.pipeline import GwasOptions, run_gwas
 
     with pytest.raises(CmlmError, match="--plot-format 'svg' is not one of png, pdf"):
-        run_gwas(
-            "no-such-bfile", "no-such-pheno", str(tmp_path / "o"), GwasOptions(plot_format="svg")
-        )
+        run_gwas("no-such-bfile", "no-such-pheno", str(tmp_path / "o"),
+                 GwasOptions(plot_format="svg"))
 
 
 def test_thinning_keeps_small_p_and_is_fast_and_order_free():
@@ -136,19 +120,16 @@ def test_thinning_keeps_small_p_and_is_fast_and_order_free():
 
     def pixel(px, py):
         column = np.minimum(((px - x0) / (x1 - x0) * width).astype(int), width - 1)
-        return column * height + np.minimum(
-            ((py - y0) / (y1 - y0) * height).astype(int), height - 1
-        )
+        return column * height + np.minimum(((py - y0) / (y1 - y0) * height).astype(int),
+                                            height - 1)
 
     thinned = drawn[drawn[:, 1] < 3]
     cell = pixel(thinned[:, 0], thinned[:, 1])
     assert np.unique(cell).size == cell.size
     highest = dict(zip(cell.tolist(), thinned[:, 1].tolist(), strict=True))
     rest = ~small
-    assert all(
-        highest[c] >= v
-        for c, v in zip(pixel(x[rest], y[rest]).tolist(), y[rest].tolist(), strict=True)
-    )
+    assert all(highest[c] >= v for c, v in zip(pixel(x[rest], y[rest]).tolist(),
+                                                 y[rest].tolist(), strict=True))
     assert len(shown) < m / 2
     order = rng.permutation(m)
     again = plots.manhattan(chrom[order], pos[order], p[order])
@@ -164,10 +145,10 @@ def test_qq_points_band_and_lambda():
     ax = plots.qq(p, keep_below=1.0)
     tested = np.sort(p[~np.isnan(p)])
     k = tested.size
-    expected = np.column_stack([-np.log10(np.arange(1, k + 1) / (k + 1)), -np.log10(tested)])
+    expected = np.column_stack(
+        [-np.log10(np.arange(1, k + 1) / (k + 1)), -np.log10(tested)])
     np.testing.assert_allclose(
-        offsets(ax, 1), expected[np.lexsort((expected[:, 1], expected[:, 0]))], rtol=1e-12
-    )
+        offsets(ax, 1), expected[np.lexsort((expected[:, 1], expected[:, 0]))], rtol=1e-12)
 
     vertices = ax.collections[0].get_paths()[0].vertices
     rank = np.rint((k + 1) * 10 ** -vertices[:, 0])
@@ -212,16 +193,10 @@ def write_sumstats(path: Path, chrom, pos, p, *, compress: bool = False) -> None
     m = len(chrom)
     columns = {name: np.zeros(m) for name in sumstats.SUMSTATS_COLUMNS}
     columns.update(
-        chromosome=np.array(chrom),
-        base_pair_location=np.array(pos),
-        p_value=np.array(p),
-        effect_allele=np.array(["A"] * m),
-        other_allele=np.array(["G"] * m),
-        variant_id=np.array([f"s{i}" for i in range(m)]),
-        n=np.full(m, 10),
-        df=np.full(m, 8),
-        n_missing_calls=np.zeros(m, dtype=int),
-    )
+        chromosome=np.array(chrom), base_pair_location=np.array(pos), p_value=np.array(p),
+        effect_allele=np.array(["A"] * m), other_allele=np.array(["G"] * m),
+        variant_id=np.array([f"s{i}" for i in range(m)]), n=np.full(m, 10),
+        df=np.full(m, 8), n_missing_calls=np.zeros(m, dtype=int))
     with sumstats.atomic_open(path, compress=compress) as handle:
         handle.write("\t".join(sumstats.SUMSTATS_COLUMNS) + "\n")
         handle.writelines(sumstats.sumstats_rows(columns))
@@ -234,14 +209,11 @@ def small_run(tmp_path) -> tuple[Path, Path]:
     chrom = np.array(["1", "2", "X"])[rng.integers(0, 3, m)]
     p = rng.uniform(size=m)
     p[5] = np.nan
-    write_sumstats(
-        tmp_path / "t.sumstats.tsv.gz", chrom, rng.integers(1, 10**6, m), p, compress=True
-    )
-    sumstats.write_table(
-        tmp_path / "t.compression.tsv",
-        sumstats.COMPRESSION_COLUMNS,
-        [(100, 100, 50.0, 1.0, 1.0, 0.5, False), (50, 50, 49.0, 1.0, 2.0, 0.33, True)],
-    )
+    write_sumstats(tmp_path / "t.sumstats.tsv.gz", chrom, rng.integers(1, 10**6, m), p,
+                   compress=True)
+    sumstats.write_table(tmp_path / "t.compression.tsv", sumstats.COMPRESSION_COLUMNS,
+                         [(100, 100, 50.0, 1.0, 1.0, 0.5, False),
+                          (50, 50, 49.0, 1.0, 2.0, 0.33, True)])
     return tmp_path / "t.sumstats.tsv.gz", tmp_path / "t.compression.tsv"
 
 
@@ -249,22 +221,9 @@ def small_run(tmp_path) -> tuple[Path, Path]:
 def test_plot_command_writes_pictures(small_run, tmp_path, fmt, magic):
     ss, profile = small_run
     result = CliRunner().invoke(
-        main,
-        [
-            "plot",
-            "--sumstats",
-            str(ss),
-            "--compression",
-            str(profile),
-            "--out",
-            str(tmp_path / "pic"),
-            "--format",
-            fmt,
-            "--title",
-            "trait",
-        ],
-        catch_exceptions=False,
-    )
+        main, ["plot", "--sumstats", str(ss), "--compression", str(profile), "--out",
+               str(tmp_path / "pic"), "--format", fmt, "--title", "trait"],
+        catch_exceptions=False)
     assert result.exit_code == 0, result.output
     for kind in ("manhattan", "qq", "compression"):
         assert (tmp_path / f"pic.{kind}.{fmt}").read_bytes().startswith(magic)
@@ -275,25 +234,18 @@ def test_plot_command_writes_pictures(small_run, tmp_path, fmt, magic):
     ("content", "fragments"),
     [
         ("chromosome\tp_value\n1\t0.5\n", ["line 1", "base_pair_location"]),
-        (
-            "chromosome\tbase_pair_location\tp_value\n1\t5\t0.5\n\n1\t6\t1.5\n",
-            ["line 4", "'1.5'", "between 0 and 1"],
-        ),
-        (
-            "chromosome\tbase_pair_location\tp_value\n1\t5\t0.5\n1\tfive\t0.5\n",
-            ["line 3", "'five'", "whole number"],
-        ),
+        ("chromosome\tbase_pair_location\tp_value\n1\t5\t0.5\n\n1\t6\t1.5\n",
+         ["line 4", "'1.5'", "between 0 and 1"]),
+        ("chromosome\tbase_pair_location\tp_value\n1\t5\t0.5\n1\tfive\t0.5\n",
+         ["line 3", "'five'", "whole number"]),
         ("chromosome\tbase_pair_location\tp_value\n1\t5\n", ["line 2", "2 fields"]),
     ],
 )
 def test_plot_command_rejects_bad_files_in_one_line(tmp_path, content, fragments):
     bad = tmp_path / "bad.tsv"
     bad.write_text(content)
-    result = CliRunner().invoke(
-        main,
-        ["plot", "--sumstats", str(bad), "--out", str(tmp_path / "pic")],
-        catch_exceptions=False,
-    )
+    result = CliRunner().invoke(main, ["plot", "--sumstats", str(bad), "--out",
+                                       str(tmp_path / "pic")], catch_exceptions=False)
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
@@ -306,16 +258,12 @@ def test_plot_command_rejects_bad_files_in_one_line(tmp_path, content, fragments
 
 def test_plot_command_without_matplotlib_is_an_error(small_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    result = CliRunner().invoke(
-        main,
-        ["plot", "--sumstats", str(small_run[0]), "--out", str(tmp_path / "pic")],
-        catch_exceptions=False,
-    )
+    result = CliRunner().invoke(main, ["plot", "--sumstats", str(small_run[0]), "--out",
+                                       str(tmp_path / "pic")], catch_exceptions=False)
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "cmlm: error: plots need matplotlib, which is not installed; "
-        "pip install 'cmlm[plot]' (or, for cmlm gwas, use --no-plots)"
-    ]
+        "pip install 'cmlm[plot]' (or, for cmlm gwas, use --no-plots)"]
 
 
 def test_read_sumstats_skips_na(small_run):
@@ -329,9 +277,8 @@ def test_read_sumstats_skips_na(small_run):
 
 def test_read_sumstats_in_chunks_reports_the_right_line(small_run, tmp_path):
     whole = plots.read_sumstats(str(small_run[0]))
-    for got, expected in zip(
-        plots.read_sumstats(str(small_run[0]), chunk_lines=7), whole, strict=True
-    ):
+    for got, expected in zip(plots.read_sumstats(str(small_run[0]), chunk_lines=7), whole,
+                             strict=True):
         np.testing.assert_array_equal(got, expected)
     rows = ["chromosome\tbase_pair_location\tp_value"] + [f"1\t{k}\t0.5" for k in range(30)]
     rows[24] = "1\t24\t-0.5"
@@ -345,25 +292,12 @@ def test_read_sumstats_in_chunks_reports_the_right_line(small_run, tmp_path):
         plots.read_sumstats(str(bad))
 
 
+
 def gwas(mdp: Path, out: Path, *extra: str):
     return CliRunner().invoke(
-        main,
-        [
-            "gwas",
-            "--bfile",
-            str(mdp),
-            "--pheno",
-            f"{mdp}.pheno.tsv",
-            "--pheno-name",
-            "EarHT",
-            "--groups",
-            "281,131",
-            "--out",
-            str(out),
-            *extra,
-        ],
-        catch_exceptions=False,
-    )
+        main, ["gwas", "--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--pheno-name",
+               "EarHT", "--groups", "281,131", "--out", str(out), *extra],
+        catch_exceptions=False)
 
 
 def results_of(out: Path) -> list[str]:

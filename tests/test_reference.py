@@ -67,9 +67,8 @@ def test_mlm_p_values_equal_gapit(gapit_mlm, reference):
     p_gapit = dict(zip(gapit["SNP"], as_float(gapit["P.value"]), strict=True))
     t_gapit = dict(zip(gapit["SNP"], as_float(gapit["t.Value"]), strict=True))
     compared = 0
-    for snp, p, t in zip(
-        ours["variant_id"], as_float(ours["p_value"]), as_float(ours["t_statistic"]), strict=True
-    ):
+    for snp, p, t in zip(ours["variant_id"], as_float(ours["p_value"]),
+                         as_float(ours["t_statistic"]), strict=True):
         if snp == GAPIT_FOUR_ALLELE_SNP:
             continue
         if np.isnan(p):
@@ -106,9 +105,8 @@ def test_compressed_levels_are_gapit_once_its_row_order_defect_is_undone(referen
     tree = linkage(K, method="average")
     sorted_rows = np.argsort(taxa[analysed], kind="stable")
     aligned = {}
-    for count, neg2 in zip(
-        profile["group"].astype(int), as_float(profile["neg2logL"]), strict=True
-    ):
+    for count, neg2 in zip(profile["group"].astype(int), as_float(profile["neg2logL"]),
+                           strict=True):
         everyone = cut_tree(tree, count)
         used, labels = np.unique(everyone[analysed], return_inverse=True)
         Kc = group_kinship(K, everyone)[np.ix_(used, used)]
@@ -126,9 +124,8 @@ def test_pipeline_compressed_levels_are_row_aligned(reference, tmp_path):
         kinship=str(reference / "gapit" / "kinship_VanRaden.tsv"),
         groups="281,231,181,131,81,31",
     )
-    (result,) = run_gwas(
-        str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / "o"), options
-    )
+    (result,) = run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / "o"),
+                         options)
     _, K, y, analysed = gapit_inputs(reference)
     for level in result.levels:
         everyone = cut_tree(linkage(K), level.groups)
@@ -153,20 +150,12 @@ def test_glm_equals_plink2_for_snps_without_missing_calls(reference, tmp_path):
     # Few SNPs have no missing call among the 279 phenotyped lines.
     assert tested.sum() > 90
     # PLINK2 prints 6 significant digits.
-    for ours_col, plink_col in (
-        ("beta", "BETA"),
-        ("standard_error", "SE"),
-        ("t_statistic", "T_STAT"),
-        ("p_value", "P"),
-    ):
-        np.testing.assert_allclose(
-            as_float(ours[ours_col])[tested], as_float(plink[plink_col])[tested], rtol=5e-6, atol=0
-        )
-    np.testing.assert_allclose(
-        as_float(ours["effect_allele_frequency"])[complete],
-        as_float(plink["A1_FREQ"])[complete],
-        atol=5e-7,
-    )
+    for ours_col, plink_col in (("beta", "BETA"), ("standard_error", "SE"),
+                                ("t_statistic", "T_STAT"), ("p_value", "P")):
+        np.testing.assert_allclose(as_float(ours[ours_col])[tested],
+                                   as_float(plink[plink_col])[tested], rtol=5e-6, atol=0)
+    np.testing.assert_allclose(as_float(ours["effect_allele_frequency"])[complete],
+                               as_float(plink["A1_FREQ"])[complete], atol=5e-7)
 
 
 def test_null_model_equals_gemma_with_gemma_kinship():
@@ -213,7 +202,8 @@ def test_glm_with_middle_imputation_equals_gapit_glm(reference, tmp_path):
     # the residual variance of the model without the SNP, (n - 1) df here, and
     # tests with df = n - 2. That is --snp-variance null; the default for the
     # GLM, refit, is PLINK's OLS (p-values differ by up to ~0.04 in log10).
-    options = GwasOptions(pheno_names=("EarHT",), model="glm", impute="middle", snp_variance="null")
+    options = GwasOptions(pheno_names=("EarHT",), model="glm", impute="middle",
+                          snp_variance="null")
     run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / "o"), options)
     ours = read_tsv(tmp_path / "o.EarHT.sumstats.tsv")
     gapit = read_tsv(reference / "gapit" / "GLM_PCA0_EarHT.gwas.tsv")

@@ -23,16 +23,8 @@ from cmlm_cli.sumstats import SUMSTATS_COLUMNS
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
-MANDATORY = [
-    "chromosome",
-    "base_pair_location",
-    "effect_allele",
-    "other_allele",
-    "beta",
-    "standard_error",
-    "effect_allele_frequency",
-    "p_value",
-]
+MANDATORY = ["chromosome", "base_pair_location", "effect_allele", "other_allele", "beta",
+             "standard_error", "effect_allele_frequency", "p_value"]
 # Encouraged fields in the order the validator's schema lists them; any other
 # column may follow them.
 ENCOURAGED = ["variant_id", "rsid", "ref_allele", "ci_upper", "ci_lower", "info", "n"]
@@ -127,15 +119,8 @@ def read_table(path: Path) -> list[dict[str, str]]:
 def maize_ssf(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ssf") / "run"
     # --gzip: the SSF file is made from the gzipped default file.
-    options = GwasOptions(
-        pheno_names=("EarHT",),
-        model="glm",
-        plots=False,
-        format="ssf",
-        genome_assembly="AGPv1",
-        pcs=2,
-        gzip=True,
-    )
+    options = GwasOptions(pheno_names=("EarHT",), model="glm", plots=False, format="ssf",
+                          genome_assembly="AGPv1", pcs=2, gzip=True)
     run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(out), options)
     return out
 
@@ -154,19 +139,9 @@ def test_ssf_rows_are_the_tested_rows_of_the_default_file(maize_ssf):
     for a, b in zip(tested, ssf, strict=True):
         assert b["snp_id"] == a["variant_id"]
         assert int(b["chromosome"]) == int(a["chromosome"])
-        for name in (
-            "base_pair_location",
-            "effect_allele",
-            "other_allele",
-            "beta",
-            "standard_error",
-            "effect_allele_frequency",
-            "p_value",
-            "n",
-            "t_statistic",
-            "df",
-            "n_missing_calls",
-        ):
+        for name in ("base_pair_location", "effect_allele", "other_allele", "beta",
+                     "standard_error", "effect_allele_frequency", "p_value", "n",
+                     "t_statistic", "df", "n_missing_calls"):
             assert b[name] == a[name], name
         assert b["rsid"] == "#NA"
 
@@ -192,7 +167,8 @@ def test_metadata_yaml(maize_ssf):
 
 def fake_sumstats(path: Path, rows: list[list[str]]) -> Path:
     """A default-format file with the given rows (values as text)."""
-    path.write_text("\t".join(SUMSTATS_COLUMNS) + "\n" + "".join("\t".join(r) + "\n" for r in rows))
+    path.write_text("\t".join(SUMSTATS_COLUMNS) + "\n" + "".join(
+        "\t".join(r) + "\n" for r in rows))
     return path
 
 
@@ -210,20 +186,12 @@ def log10_t_tail(t: float, df: float) -> float:
 
 def test_underflowing_p_values_and_unsorted_rows(tmp_path):
     #          chrom pos   a1  a2   beta  se    eaf  p        id          n   t     df  miss
-    rows = [
-        ["2", "10", "A", "G", "5", "0.01", "0.3", "0", "rs12", "102", "1e5", "100", "0"],
-        ["chr1", "7", "C", "T", "0.1", "0.2", "0.1", "0.6", "x.1", "102", "0.5", "100", "0"],
-        ["X", "3", "C", "T", "0.2", "0.1", "0.5", "0.05", "m", "101", "2", "100", "1"],
-    ]
+    rows = [["2", "10", "A", "G", "5", "0.01", "0.3", "0", "rs12", "102", "1e5", "100", "0"],
+            ["chr1", "7", "C", "T", "0.1", "0.2", "0.1", "0.6", "x.1", "102", "0.5", "100", "0"],
+            ["X", "3", "C", "T", "0.2", "0.1", "0.5", "0.05", "m", "101", "2", "100", "1"]]
     source = fake_sumstats(tmp_path / "run.T.sumstats.tsv", rows)
-    data, meta_path = write_ssf(
-        source,
-        tmp_path / "run.T.ssf.tsv.gz",
-        trait="T",
-        sample_size=102,
-        genome_assembly="GRCh38",
-        analysis="test",
-    )
+    data, meta_path = write_ssf(source, tmp_path / "run.T.ssf.tsv.gz", trait="T",
+                                sample_size=102, genome_assembly="GRCh38", analysis="test")
     assert ssf_violations(Path(data)) == []
     out = read_table(Path(data))
     assert [r["chromosome"] for r in out] == ["2", "1", "23"]
@@ -241,37 +209,22 @@ def test_underflowing_p_values_and_unsorted_rows(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "number"),
-    [
-        ("1", 1),
-        ("10", 10),
-        ("chr7", 7),
-        ("X", 23),
-        ("chrY", 24),
-        ("MT", 25),
-        ("M", 25),
-        ("23", 23),
-        ("25", 25),
-        ("0", None),
-        ("26", None),
-        ("XY", None),
-        ("scaffold_12", None),
-        ("Pt", None),
-    ],
+    [("1", 1), ("10", 10), ("chr7", 7), ("X", 23), ("chrY", 24), ("MT", 25), ("M", 25),
+     ("23", 23), ("25", 25), ("0", None), ("26", None), ("XY", None), ("scaffold_12", None),
+     ("Pt", None)],
 )
 def test_chromosome_numbers(name, number):
     assert ssf_chromosome(name) == number
 
 
+
 def test_unmappable_chromosome_is_refused_before_any_work(mdp, tmp_path):
     lines = Path(f"{mdp}.bim").read_text().splitlines()
-    lines[5] = "scaffold_3" + lines[5][lines[5].index("\t") :]
+    lines[5] = "scaffold_3" + lines[5][lines[5].index("\t"):]
     Path(f"{mdp}.bim").write_text("\n".join(lines) + "\n")
     options = GwasOptions(model="glm", plots=False, format="ssf", genome_assembly="AGPv1")
-    with pytest.raises(
-        CmlmError,
-        match=r"mdp.bim: 1 SNPs are on chromosomes GWAS-SSF cannot "
-        r"represent \(scaffold_3\)",
-    ):
+    with pytest.raises(CmlmError, match=r"mdp.bim: 1 SNPs are on chromosomes GWAS-SSF cannot "
+                                        r"represent \(scaffold_3\)"):
         run_gwas(str(mdp), f"{mdp}.pheno.tsv", str(tmp_path / "res" / "run"), options)
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
 
@@ -289,11 +242,9 @@ def test_alleles_that_are_not_nucleotides_are_refused(mdp, tmp_path):
 
 @pytest.mark.parametrize(
     ("fmt", "assembly", "message"),
-    [
-        ("ssf", None, "--format ssf needs --genome-assembly"),
-        ("tsv", "GRCh38", "--genome-assembly .* needs --format ssf"),
-        ("vcf", None, "--format 'vcf' is not one of tsv, ssf"),
-    ],
+    [("ssf", None, "--format ssf needs --genome-assembly"),
+     ("tsv", "GRCh38", "--genome-assembly .* needs --format ssf"),
+     ("vcf", None, "--format 'vcf' is not one of tsv, ssf")],
 )
 def test_format_options_are_checked(mdp, tmp_path, fmt, assembly, message):
     options = GwasOptions(model="glm", plots=False, format=fmt, genome_assembly=assembly)
@@ -302,19 +253,11 @@ def test_format_options_are_checked(mdp, tmp_path, fmt, assembly, message):
 
 
 def test_monomorphic_allele_zero_is_allowed_and_left_out(tmp_path):
-    rows = [
-        ["1", "10", "0", "G", "NA", "NA", "0", "NA", "s", "50", "NA", "NA", "0"],
-        ["1", "20", "A", "G", "0.5", "0.1", "0.2", "1e-6", "t", "50", "5", "48", "0"],
-    ]
+    rows = [["1", "10", "0", "G", "NA", "NA", "0", "NA", "s", "50", "NA", "NA", "0"],
+            ["1", "20", "A", "G", "0.5", "0.1", "0.2", "1e-6", "t", "50", "5", "48", "0"]]
     source = fake_sumstats(tmp_path / "a.sumstats.tsv", rows)
-    data, _ = write_ssf(
-        source,
-        tmp_path / "a.ssf.tsv.gz",
-        trait="T",
-        sample_size=50,
-        genome_assembly="B73 RefGen_v4",
-        analysis="test",
-    )
+    data, _ = write_ssf(source, tmp_path / "a.ssf.tsv.gz", trait="T", sample_size=50,
+                        genome_assembly="B73 RefGen_v4", analysis="test")
     assert [r["snp_id"] for r in read_table(Path(data))] == ["t"]
     assert np.isclose(float(read_table(Path(data))[0]["p_value"]), 1e-6)
 
@@ -331,11 +274,5 @@ def test_position_zero_is_refused():
         return np.array(values)
 
     with pytest.raises(CmlmError, match=r"x.bim: 1 SNPs have position 0 \(unknown, e.g. s2\)"):
-        check_variants(
-            column("1", "1"),
-            np.array([5, 0]),
-            column("A", "C"),
-            column("G", "T"),
-            column("s1", "s2"),
-            source="x.bim",
-        )
+        check_variants(column("1", "1"), np.array([5, 0]), column("A", "C"), column("G", "T"),
+                       column("s1", "s2"), source="x.bim")
