@@ -479,6 +479,7 @@ class CompressedLikelihood:
             assert isinstance(self.op, _Tridiagonal)
             s, V = self.op.eigenvectors()
             self.s = np.where(s > EIGEN_RTOL * max(s.max(), 0.0), s, 0.0)
+            self.rank_k = int(np.count_nonzero(self.s > 0))
             self.Uy, self.UX = V.T @ self.Uy, V.T @ self.UX
             self.op = _Diagonal(self.s)
             return self.op.shifted(d)
