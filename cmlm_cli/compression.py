@@ -29,7 +29,7 @@ from cmlm_cli.kinship import GroupGram
 from cmlm_cli.null_model import ROUNDING, CompressedBasis, NullModel, fit_null_basis
 
 GAPIT_STEP = 50
-# Each level costs one q x q eigendecomposition, O(q^3): GAPIT's grid n, n-50,
+# Each level costs one q x q tridiagonal reduction, O(q^3): GAPIT's grid n, n-50,
 # ... has n/50 levels and costs ~n^4/200 (minutes at n = 5,000). Above this
 # many levels the default grid is geometric instead, which costs ~2 n^3.
 MAX_DEFAULT_LEVELS = 20
@@ -155,7 +155,7 @@ class Partition:
     labels: np.ndarray
     Kc: np.ndarray
     # Bases of this level, by the rows analysed: traits with the same
-    # individuals share one q x q eigendecomposition (see :meth:`basis`).
+    # individuals share one q x q tridiagonal reduction (see :meth:`basis`).
     _bases: dict[bytes, CompressedBasis] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -176,8 +176,9 @@ class Partition:
             The same after dropping groups without an analysed individual.
         basis : CompressedBasis
             Of ``labels`` and ``Kc`` restricted to the groups used; built
-            once per distinct ``analysed``, its eigenvectors factored (the
-            fit needs only ``U'y`` and ``U'X``, the scan ``Kc``).
+            once per distinct ``analysed``, as its tridiagonal reduction
+            (the fit needs only ``Q'y``, ``Q'X`` and solves with ``T + dI``;
+            the scan needs ``Kc``).
         """
         cluster_labels = self.labels[analysed]
         used, labels = np.unique(cluster_labels, return_inverse=True)

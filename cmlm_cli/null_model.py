@@ -60,7 +60,7 @@ GRID_STEPS = 100
 # round-off leaves tiny negative values for a singular Kc (VanRaden is).
 EIGEN_RTOL = 1e-10
 # Below this many groups a level's eigendecomposition takes milliseconds:
-# always form W there rather than keep it factored.
+# always form W there rather than keep only the tridiagonal reduction.
 FACTORED_MIN_Q = 256
 # Relative rounding error of a -2 log L value.
 ROUNDING = 1e-12
@@ -154,9 +154,9 @@ class CompressedBasis:
     labels : ndarray, shape (n,), int
     counts : ndarray, shape (q,)
     W : ndarray, shape (q, q), or (0, 0)
-        The eigenvectors; empty when they are held in factored form
-        (``build(..., vectors=False)``, see :meth:`vectors`) or not at all
-        (:meth:`NullModel.basis`).
+        The eigenvectors; empty for a tridiagonal reduction
+        (``build(..., vectors=False)``, held in ``factors``) and for
+        :meth:`NullModel.basis` without ``vectors``.
     s : ndarray, shape (q,)
     Kc : ndarray, shape (q, q)
         The group kinship whose eigenvectors these are: the one given, or
@@ -186,8 +186,7 @@ class CompressedBasis:
             ``B = Q T Q'`` is made, with the eigenvalues of ``T``: the fit
             needs the few vectors ``Q'a`` and solves with ``T + d I``
             (:class:`_Tridiagonal`), and skipping the eigenvectors saves
-            ~55% of the decomposition at q = 5,000. :meth:`vectors` forms
-            ``W`` on demand.
+            ~55% of the decomposition at q = 5,000.
         """
         labels = np.asarray(labels, dtype=np.int64)
         q = Kc.shape[0]
@@ -240,13 +239,6 @@ class CompressedBasis:
     @property
     def q(self) -> int:
         return self.counts.shape[0]
-
-    def vectors(self) -> np.ndarray:
-        """``W``, shape (q, q), formed from its factors if it is not held."""
-        if self.factors is None:
-            self._check_vectors()
-            return self.W
-        return self.factors.apply_q(self.factors.eigenvectors()[1], transpose=False)
 
     def operator(self) -> _Diagonal | _Tridiagonal:
         """The group part of ``H`` less ``d I`` in the basis of :meth:`rotate`."""
@@ -652,7 +644,7 @@ def fit_null_basis(
     """:func:`fit_null` on a basis already built from the groups and ``Kc``.
 
     Traits analysed on the same individuals share a compression level's
-    basis, so its q x q eigendecomposition is done once for all of them.
+    basis, so its q x q decomposition is done once for all of them.
 
     Parameters
     ----------

@@ -30,14 +30,15 @@ The group part of ``x'H^-1x`` is ``|R Z'x|^2`` with ``R`` triangular and
 ``R'R = N^-1/2 (B + d I)^-1 N^-1/2``, ``B = N^1/2 Kc N^1/2``
 (:func:`precision_factor`): ``R = L^-1 N^-1/2`` for the Cholesky factor
 ``L`` of ``B + d I``. No eigenvector is needed: at q = 5,000 the factor takes
-0.6 s, where forming ``W`` from the fit's factored eigenvectors took 2.8 s
-and the Cholesky factor of ``F'F``, ``F = diag(1/(s+d))^1/2 W' N^-1/2``,
-another second. It is also closer to ``x'(B + dI)^-1 x`` solved with
-long-double residuals: 3-7e-12 relative at d = e^-10 on a singular VanRaden
-kinship, against 7e-12 through ``W`` (tests/test_scan.py). Where ``B + d I``
-is singular in floating point (d below the rounding of ``Kc``'s zero
-eigenvalues) the clipped eigenvalues define the model, as in the fit, and
-``R`` is the triangular factor of ``F'F`` (:func:`gram_factor`).
+0.6 s, where forming ``W`` from the fit's tridiagonal reduction took 3.6 s
+(``dstevd`` and the back-transformation) and the Cholesky factor of
+``F'F``, ``F = diag(1/(s+d))^1/2 W' N^-1/2``, another second. It is also
+closer to ``x'(B + dI)^-1 x`` solved with long-double residuals: 3-7e-12
+relative at d = e^-10 on a singular VanRaden kinship, against 7e-12 through
+``W`` (tests/test_scan.py). Where ``B + d I`` is singular in floating point
+(d below the rounding of ``Kc``'s zero eigenvalues) the clipped eigenvalues
+define the model, as in the fit, and ``R`` is the triangular factor of
+``F'F`` (:func:`gram_factor`).
 
 The triangular product is BLAS ``dtrmm`` called through ctypes
 (:func:`triangular_product`): scipy's BLAS wrappers hold the GIL for the

@@ -89,7 +89,7 @@ def test_factored_eigenvectors_give_the_same_basis(monkeypatch, q):
         full.rotate(A).T @ (full.s[:, None] * full.rotate(A)),
         atol=1e-12 * scale * np.abs(A).max() ** 2 * q,
     )
-    W = factored.vectors()
+    W = factored.factors.apply_q(V, transpose=False)
     assert np.max(np.abs(W.T @ W - np.eye(q))) < 1e-12
     assert np.max(np.abs((W * factored.s) @ W.T - B)) < 1e-12 * scale
     for method in ("reml", "ml"):
