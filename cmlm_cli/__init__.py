@@ -1,12 +1,17 @@
 """cmlm: genome-wide association with the Compressed Mixed Linear Model.
 
 The package follows the data flow of an analysis, one module per step:
-``plink`` and ``tables`` read the inputs, ``kinship`` builds relationship
-matrices, ``grouping`` clusters individuals into groups, ``null_model`` fits
-the compressed model, ``scan`` tests SNP blocks, ``sumstats`` writes results,
-``pipeline`` runs the steps top to bottom, ``chunks`` splits that run into
-fit, chunked scans and a merge for batch jobs, and ``api`` runs the steps in
-memory for a notebook.
+``options`` holds and checks the settings; ``plink``, ``hapmap`` and
+``tables`` read the inputs and ``inputs`` aligns them; ``kinship`` builds
+relationship matrices (``large`` the group kinship without one); ``grouping``
+clusters individuals into groups; ``null_model`` fits the compressed model
+and ``compression`` searches the group counts; ``scan`` and ``exact`` test
+SNP blocks, ``association`` runs every trait's test over the blocks;
+``sumstats`` and ``outputs`` write the results (``files``: atomic writes),
+``plots`` draws them; ``pipeline`` runs the steps top to bottom, ``chunks``
+splits that run into fit, chunked scans and a merge for batch jobs
+(``model_io`` saves the fit, ``distributed`` scans on Dask), and ``api``
+runs the steps in memory for a notebook.
 
 The names a notebook needs are importable from the package itself::
 
@@ -32,9 +37,9 @@ __version__ = "0.1.0"
 
 # Exported name -> the module that defines it.
 _EXPORTS = {
-    "GwasOptions": "cmlm_cli.pipeline",
-    "Inputs": "cmlm_cli.pipeline",
-    "TraitResult": "cmlm_cli.pipeline",
+    "GwasOptions": "cmlm_cli.options",
+    "Inputs": "cmlm_cli.inputs",
+    "TraitResult": "cmlm_cli.compression",
     "run_gwas": "cmlm_cli.pipeline",
     "TraitScan": "cmlm_cli.api",
     "load": "cmlm_cli.api",
@@ -66,9 +71,12 @@ __all__ = [
 if TYPE_CHECKING:
     from cmlm_cli import api
     from cmlm_cli.api import TraitScan, fit, load, plot
+    from cmlm_cli.compression import TraitResult
+    from cmlm_cli.inputs import Inputs
     from cmlm_cli.kinship import relationship
     from cmlm_cli.null_model import fit_null
-    from cmlm_cli.pipeline import GwasOptions, Inputs, TraitResult, run_gwas
+    from cmlm_cli.options import GwasOptions
+    from cmlm_cli.pipeline import run_gwas
     from cmlm_cli.plink import open_bfile
     from cmlm_cli.scan import scan_block
 

@@ -2,10 +2,10 @@
 
 ``cmlm gwas`` is :func:`cmlm_cli.pipeline.run_gwas`, which reads the inputs,
 fits every trait's null model, streams the SNPs through the test into files
-and draws the pictures. The functions here call the same pipeline functions
-(:func:`~cmlm_cli.pipeline.load_inputs`,
-:func:`~cmlm_cli.pipeline.fit_inputs`, :func:`~cmlm_cli.pipeline.scan_blocks`,
-:func:`~cmlm_cli.pipeline.sumstats_columns`, :mod:`cmlm_cli.plots`) but keep
+and draws the pictures. The functions here call the same step functions
+(:func:`~cmlm_cli.inputs.load_inputs`, :func:`~cmlm_cli.pipeline.fit_inputs`,
+:func:`~cmlm_cli.association.scan_traits`,
+:func:`~cmlm_cli.sumstats.sumstats_columns`, :mod:`cmlm_cli.plots`) but keep
 the results as arrays instead of writing them, so the numbers are those of
 the files of a run with the same options::
 
@@ -23,14 +23,17 @@ SNP filters, :func:`fit` and :func:`scan` the model settings.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cmlm_cli import pipeline, plots, sumstats
-from cmlm_cli.pipeline import GwasOptions, Inputs, TraitResult
+from cmlm_cli import plots, sumstats
+from cmlm_cli.association import scan_traits
+from cmlm_cli.compression import TraitResult
+from cmlm_cli.inputs import Inputs, load_inputs
+from cmlm_cli.options import GwasOptions, check_options
+from cmlm_cli.pipeline import fit_inputs
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,8 +103,8 @@ def load(bfile: str, pheno: str, options: GwasOptions | None = None) -> Inputs:
         An input or an option is not usable; the message says why.
     """
     options = options or GwasOptions()
-    pipeline.check_options(options)
-    return pipeline.load_inputs(bfile, pheno, options)
+    check_options(options)
+    return load_inputs(bfile, pheno, options)
 
 
 def fit(inputs: Inputs, options: GwasOptions | None = None) -> list[TraitResult]:
@@ -122,8 +125,8 @@ def fit(inputs: Inputs, options: GwasOptions | None = None) -> list[TraitResult]
         ``analysed`` (n_a,), the rows of ``inputs.samples`` in the model.
     """
     options = options or GwasOptions()
-    pipeline.check_options(options)
-    return pipeline.fit_inputs(inputs, options)
+    check_options(options)
+    return fit_inputs(inputs, options)
 
 
 def scan(
@@ -149,12 +152,12 @@ def scan(
         Keyed by trait name; each holds m = ``inputs.snps.size`` SNPs.
     """
     options = options or GwasOptions()
-    pipeline.check_options(options)
+    check_options(options)
     blocks: list[list[dict[str, np.ndarray]]] = [[] for _ in fits]
-    for snp_index, results in pipeline.scan_blocks(fits, inputs, options):
+    for snp_index, results in scan_traits(fits, inputs, options):
         for parts, fitted, res in zip(blocks, fits, results, strict=True):
             parts.append(
-                pipeline.sumstats_columns(inputs.bfile, snp_index, res, fitted.analysed.size)
+                sumstats.sumstats_columns(inputs.bfile, snp_index, res, fitted.analysed.size)
             )
     scans = {}
     for fitted, parts in zip(fits, blocks, strict=True):
@@ -162,10 +165,8 @@ def scan(
             name: np.concatenate([part[name] for part in parts])
             for name in sumstats.SUMSTATS_COLUMNS
         }
-        # set_lambda_gc fills in a TraitResult; a copy leaves the caller's fit as it was.
-        summary = dataclasses.replace(fitted, files=[])
-        pipeline.set_lambda_gc(summary, columns["t_statistic"] ** 2)
-        scans[fitted.name] = TraitScan(trait=fitted.name, lambda_gc=summary.lambda_gc, **columns)
+        lambda_gc = sumstats.lambda_gc(columns["t_statistic"] ** 2)
+        scans[fitted.name] = TraitScan(trait=fitted.name, lambda_gc=lambda_gc, **columns)
     return scans
 
 

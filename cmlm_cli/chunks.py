@@ -11,32 +11,18 @@ needs nothing else; the steps themselves are the pipeline's.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cmlm_cli import __version__, model_io, pipeline, plink, sumstats
+from cmlm_cli import files, model_io, sumstats
+from cmlm_cli.association import BlockExecutor, scan_traits
+from cmlm_cli.compression import TraitResult
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.pipeline import (
-    GwasOptions,
-    Inputs,
-    Stopwatch,
-    TraitResult,
-    check_out,
-    fit_models,
-    make_out_folder,
-    set_lambda_gc,
-    stream_sumstats,
-    sumstats_path,
-    write_results,
-)
-
-if TYPE_CHECKING:
-    from cmlm_cli.distributed import DaskExecutor
+from cmlm_cli.options import GwasOptions
+from cmlm_cli.pipeline import fit_inputs, prepare_inputs, record_scan, write_outputs
+from cmlm_cli.progress import Stopwatch
 
 log = logging.getLogger("cmlm")
 
@@ -62,63 +48,14 @@ def run_fit(bfile: str, pheno: str, out: str, options: GwasOptions | None = None
     """
     options = options or GwasOptions()
     lap = Stopwatch()
-    inputs, results = fit_models(bfile, pheno, out, options, lap)
+    inputs = prepare_inputs(bfile, pheno, out, options)
+    lap("reading inputs")
+    results = fit_inputs(inputs, options, lap)
     path = fit_file(out)
     model_io.save_fit(path, inputs=inputs, results=results, options=options)
     lap("writing")
     log.info("wrote %s", path)
     return path
-
-
-@dataclass(frozen=True)
-class LoadedFit:
-    """A saved fit with its inputs re-opened and checked (:func:`load_fit`)."""
-
-    inputs: Inputs
-    results: list[TraitResult]
-    options: GwasOptions
-    digest: str
-
-
-def load_fit(path: str, *, bfile: str | None = None, threads: int | None = None) -> LoadedFit:
-    """Read a saved fit and re-open the genotypes it was fitted on.
-
-    Parameters
-    ----------
-    path : str
-        ``OUT.fit.npz`` written by :func:`run_fit`.
-    bfile : str, optional
-        PLINK prefix to scan instead of the saved one (the files moved); it
-        must be the same files, which the saved fingerprint checks.
-    threads : int, optional
-        Replaces the fit's ``--threads`` for this scan.
-    """
-    saved = model_io.load_fit(path)
-    try:
-        options = GwasOptions(**saved.options)
-    except TypeError:
-        msg = (
-            f"{path}: its options ({', '.join(sorted(saved.options))}) are not those of this "
-            f"version of cmlm ({__version__}); refit with cmlm fit"
-        )
-        raise CmlmError(msg) from None
-    if threads is not None:
-        options = dataclasses.replace(options, threads=threads)
-    genotypes = plink.open_bfile(bfile or saved.bfile_prefix)
-    model_io.check_inputs(saved, genotypes)
-    inputs = Inputs(
-        genotypes,
-        saved.samples,
-        saved.snps,
-        saved.traits,
-        saved.trait_names,
-        saved.covariates,
-        saved.covariate_names,
-    )
-    results = [
-        TraitResult(t.name, t.analysed, t.levels, t.chosen, t.model) for t in saved.results
-    ]
-    return LoadedFit(inputs, results, options, saved.digest)
 
 
 def parse_chunk(spec: str) -> tuple[int, int]:
@@ -157,7 +94,7 @@ def run_scan(
     chunk: str = "1/1",
     bfile: str | None = None,
     threads: int | None = None,
-    executor: DaskExecutor | None = None,
+    executor: BlockExecutor | None = None,
     progress_bar: bool = False,
 ) -> str:
     """Scan one chunk of the SNPs against a saved fit and write its part.
@@ -177,7 +114,7 @@ def run_scan(
     chunk : str
         ``"K/N"``: the K-th of N contiguous ranges of the kept SNPs.
     bfile, threads
-        As in :func:`load_fit`.
+        As in :func:`cmlm_cli.model_io.load_fit`.
     executor, progress_bar
         As in :func:`run_gwas`.
 
@@ -187,10 +124,10 @@ def run_scan(
         The part's manifest.
     """
     k, n = parse_chunk(chunk)
-    check_out(out)
-    loaded = load_fit(fit, bfile=bfile, threads=threads)
+    files.check_out(out)
+    loaded = model_io.load_fit(fit, bfile=bfile, threads=threads)
     inputs, results, options = loaded.inputs, loaded.results, loaded.options
-    make_out_folder(out)
+    files.make_out_folder(out)
     names = [r.name for r in results]
     manifest = model_io.part_manifest(out, k, n)
     if model_io.part_is_complete(
@@ -206,14 +143,15 @@ def run_scan(
     texts = [model_io.part_text(out, k, n, name) for name in names]
     lap = Stopwatch()
     with contextlib.ExitStack() as stack:
-        handles = [stack.enter_context(sumstats.atomic_open(p)) for p in texts]
-        t2 = stream_sumstats(
-            results,
-            inputs,
-            options,
+        # The parts have no header: the merge writes it once.
+        handles = [stack.enter_context(files.atomic_open(p)) for p in texts]
+        t2 = sumstats.write_lines(
+            scan_traits(results, inputs, options, snps=snps, executor=executor),
+            inputs.bfile,
+            [r.analysed.size for r in results],
             handles,
-            snps=snps,
-            executor=executor,
+            total=snps.size,
+            block_size=options.block_size,
             progress_bar=progress_bar,
         )
     lap("scan")
@@ -241,7 +179,7 @@ def run_merge(fit: str, out: str, *, chunks: int, bfile: str | None = None) -> l
     chunks : int
         N of the ``--chunk K/N`` scans.
     bfile : str, optional
-        As in :func:`load_fit`.
+        As in :func:`cmlm_cli.model_io.load_fit`.
 
     Returns
     -------
@@ -250,8 +188,8 @@ def run_merge(fit: str, out: str, *, chunks: int, bfile: str | None = None) -> l
     if chunks < 1:
         msg = f"--chunks {chunks} must be the N of the scans' --chunk K/N, at least 1"
         raise CmlmError(msg)
-    check_out(out)
-    loaded = load_fit(fit, bfile=bfile)
+    files.check_out(out)
+    loaded = model_io.load_fit(fit, bfile=bfile)
     inputs, results, options = loaded.inputs, loaded.results, loaded.options
     names = [r.name for r in results]
     # Every part is checked before any file is written: a missing chunk
@@ -269,17 +207,12 @@ def run_merge(fit: str, out: str, *, chunks: int, bfile: str | None = None) -> l
         )
         raise CmlmError(msg)
     lap = Stopwatch()
-    for k, result in enumerate(results):
-        path = sumstats_path(out, result.name, options)
-        with sumstats.atomic_open(path, compress=options.gzip) as handle:
-            handle.write("\t".join(sumstats.SUMSTATS_COLUMNS) + "\n")
+    paths = [sumstats.sumstats_path(out, r.name, gzip=options.gzip) for r in results]
+    with sumstats.open_sumstats(paths, gzip=options.gzip) as handles:
+        for k, handle in enumerate(handles):
             for part in parts:
-                model_io.copy_text(part.texts[k], handle)
-        set_lambda_gc(result, np.concatenate([part.t2[k] for part in parts]))
-        result.files.append(path)
-    write_results(results, inputs, out, options)
-    lap("merging")
-    if options.plots:
-        pipeline.write_plots(results, out, options)
-        lap("plots")
-    return results
+                files.copy_text(part.texts[k], handle)
+    t2 = [np.concatenate([part.t2[k] for part in parts]) for k in range(len(results))]
+    return write_outputs(
+        record_scan(results, t2, paths), inputs, out, options, lap, step="merging"
+    )

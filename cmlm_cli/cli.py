@@ -26,7 +26,7 @@ from cmlm_cli.errors import CmlmError
 
 if TYPE_CHECKING:
     from cmlm_cli.distributed import DaskExecutor
-    from cmlm_cli.pipeline import GwasOptions
+    from cmlm_cli.options import GwasOptions
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -78,7 +78,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """Make SIGTERM (``kill``, a batch scheduler's time limit) behave like Ctrl-C.
 
     Both then unwind the running code as exceptions, so every output being
-    written (:func:`cmlm_cli.sumstats.atomic_open`) removes its temporary
+    written (:func:`cmlm_cli.files.atomic_open`) removes its temporary
     file and no file that looks finished is left behind. The previous
     handler comes back afterwards. Signals can only be caught in the main
     thread; elsewhere this does nothing.
@@ -146,21 +146,49 @@ def _together(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return decorate
 
 
-# Where the genotypes come from (cmlm gwas; cmlm fit takes a --bfile only,
-# which its later scans read).
-genotype_options = _together(
-    click.option(
-        "--bfile",
-        metavar="PREFIX",
-        help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam (or --hapmap, or --gd with --gm).",
-    ),
-    click.option(
-        "--hapmap", metavar="FILE", help="GAPIT/TASSEL HapMap genotypes, converted first."
-    ),
-    click.option("--gd", metavar="FILE", help="GAPIT numeric genotypes (taxa x SNPs); needs --gm."),
+# Each option that several commands take is declared once, here.
+
+
+def bfile_option(*, required: bool = False, help: str) -> Callable[[Any], Any]:
+    """``--bfile PREFIX``: what the fileset is for differs by command, so the help does."""
+    return click.option("--bfile", required=required, metavar="PREFIX", help=help)
+
+
+# GAPIT's genotype formats (cmlm gwas converts them first; cmlm convert writes the .bed).
+gapit_genotype_options = _together(
+    click.option("--hapmap", metavar="FILE", help="GAPIT/TASSEL HapMap genotypes."),
+    click.option("--gd", metavar="FILE", help="GAPIT numeric genotypes (taxa x SNPs, 0/1/2)."),
     click.option(
         "--gm", metavar="FILE", help="GAPIT genetic map of --gd: SNP Chromosome Position."
     ),
+)
+
+# Where the genotypes come from (cmlm gwas; cmlm fit takes a --bfile only,
+# which its later scans read).
+genotype_options = _together(
+    bfile_option(
+        help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam (or --hapmap, or --gd with --gm)."
+    ),
+    gapit_genotype_options,
+)
+
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads for BLAS, the .bed reader and the scan's SNP blocks (default: all cores).",
+)
+
+null_option = click.option(
+    "--null",
+    "null",
+    required=True,
+    metavar="FILE",
+    help="Fitted null models, OUT.fit.npz from cmlm fit.",
+)
+
+# The fitted fileset, for cmlm scan and cmlm merge.
+fitted_bfile_option = bfile_option(
+    help="The fitted PLINK fileset at another path (default: where cmlm fit read it)."
 )
 
 # The analysis: inputs, model and outputs, shared by cmlm gwas and cmlm fit.
@@ -302,13 +330,12 @@ analysis_options = _together(
         type=int,
         default=2000,
         show_default=True,
-        help="SNPs read and tested at a time.",
+        help="SNPs per block of the association scan (chunks and Dask tasks are made of "
+        "these blocks) and of the large path's passes (PCs, group sums); the dense "
+        "kinship and --maf read 8,192 SNPs at a time, so that their float sums do not "
+        "depend on this.",
     ),
-    click.option(
-        "--threads",
-        type=click.IntRange(min=1),
-        help="Threads for BLAS, the .bed reader and the scan's SNP blocks (default: all cores).",
-    ),
+    threads_option,
     click.option(
         "--missing-code",
         default="-9",
@@ -368,7 +395,7 @@ log_options = _together(
 
 def _gwas_options(settings: dict[str, Any]) -> GwasOptions:
     """GwasOptions from the parsed analysis options."""
-    from cmlm_cli import pipeline
+    from cmlm_cli.options import GwasOptions
 
     renamed = {
         "pheno_name": "pheno_names",
@@ -380,12 +407,12 @@ def _gwas_options(settings: dict[str, Any]) -> GwasOptions:
     values["pheno_names"] = _comma_list(values["pheno_names"])
     values["covar_names"] = _comma_list(values["covar_names"])
     values["plots"] = not values.pop("no_plots")
-    return pipeline.GwasOptions(**values)
+    return GwasOptions(**values)
 
 
 @contextlib.contextmanager
 def _session(
-    log_path: str,
+    log_path: str | None,
     *,
     quiet: bool,
     verbose: bool,
@@ -404,7 +431,8 @@ def _session(
 
     Parameters
     ----------
-    log_path : str
+    log_path : str or None
+        Where the log goes; None for a command that writes no log file.
     quiet, verbose : bool
         ``-q`` and ``-v``.
     threads : int or None
@@ -416,7 +444,7 @@ def _session(
         # BLAS reads these when it loads, so they are set before numpy is imported.
         for name in THREAD_VARIABLES:
             os.environ[name] = str(threads)
-    from cmlm_cli import sumstats
+    from cmlm_cli import files
 
     memory = _setup_logging(quiet, verbose)
     log = logging.getLogger("cmlm")
@@ -438,10 +466,12 @@ def _session(
         where = f"{err.filename}: " if err.filename else ""
         click.echo(f"cmlm: error: {where}{err.strerror or err}", err=True)
         sys.exit(2)
+    if log_path is None:
+        return
     log.info("wrote %s", log_path)
     end = time.time()
     memory.lines += ["", f"End time: {_clock(end)} ({end - start:.2f} s in all)"]
-    with sumstats.atomic_open(log_path) as handle:
+    with files.atomic_open(log_path) as handle:
         handle.write("\n".join(memory.lines) + "\n")
 
 
@@ -578,10 +608,8 @@ def gwas(
 
 
 @main.command()
-@click.option(
-    "--bfile",
+@bfile_option(
     required=True,
-    metavar="PREFIX",
     help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam; the scans read it from the same place.",
 )
 @analysis_options
@@ -603,13 +631,7 @@ def fit(bfile, pheno, out, quiet, verbose, **settings) -> None:
 
 
 @main.command()
-@click.option(
-    "--null",
-    "null",
-    required=True,
-    metavar="FILE",
-    help="Fitted null models, OUT.fit.npz from cmlm fit.",
-)
+@null_option
 @click.option(
     "--chunk",
     default="1/1",
@@ -618,16 +640,8 @@ def fit(bfile, pheno, out, quiet, verbose, **settings) -> None:
     help="Scan the K-th of N contiguous ranges of the SNPs.",
 )
 @click.option("--out", required=True, metavar="PREFIX", help="Prefix of the parts (and of merge).")
-@click.option(
-    "--bfile",
-    metavar="PREFIX",
-    help="The fitted PLINK fileset at another path (default: where cmlm fit read it).",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    help="Threads for BLAS, the .bed reader and the scan's SNP blocks (default: all cores).",
-)
+@fitted_bfile_option
+@threads_option
 @dask_options
 @log_options
 def scan(
@@ -667,20 +681,10 @@ def scan(
 
 
 @main.command()
-@click.option(
-    "--null",
-    "null",
-    required=True,
-    metavar="FILE",
-    help="Fitted null models, OUT.fit.npz from cmlm fit.",
-)
+@null_option
 @click.option("--chunks", required=True, type=int, metavar="N", help="N of the scans' --chunk K/N.")
 @click.option("--out", required=True, metavar="PREFIX", help="Prefix of the parts and the files.")
-@click.option(
-    "--bfile",
-    metavar="PREFIX",
-    help="The fitted PLINK fileset at another path (default: where cmlm fit read it).",
-)
+@fitted_bfile_option
 @log_options
 def merge(null, chunks, out, bfile, quiet, verbose) -> None:
     """Join the parts of cmlm scan into the files of one cmlm gwas run."""
@@ -823,36 +827,29 @@ def simulate(
     help="Picture format.",
 )
 @click.option("--title", help="Title of the pictures (default: the file name).")
-def plot(sumstats_path, compression, out, fmt, title) -> None:
+@log_options
+def plot(sumstats_path, compression, out, fmt, title, quiet, verbose) -> None:
     """Draw the Manhattan and QQ plots (and the compression profile) of a trait."""
-    from cmlm_cli import plots
+    with _session(None, quiet=quiet, verbose=verbose, threads=None) as log:
+        from cmlm_cli import plots
 
-    try:
         written = plots.plot_files(
             sumstats_path, compression=compression, out_prefix=out, fmt=fmt, title=title
         )
-    except CmlmError as err:
-        click.echo(f"cmlm: error: {err}", err=True)
-        sys.exit(2)
-    except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        click.echo(f"cmlm: error: {where}{err.strerror or err}", err=True)
-        sys.exit(2)
-    for path in written:
-        click.echo(f"cmlm: wrote {path}", err=True)
+        for path in written:
+            log.info("wrote %s", path)
 
 
 @main.command()
-@click.option("--hapmap", metavar="FILE", help="GAPIT/TASSEL HapMap genotypes.")
-@click.option("--gd", metavar="FILE", help="GAPIT numeric genotypes (taxa x SNPs, 0/1/2).")
-@click.option("--gm", metavar="FILE", help="GAPIT genetic map of --gd: SNP Chromosome Position.")
+@gapit_genotype_options
 @click.option(
     "--out", required=True, metavar="PREFIX", help="Writes PREFIX.bed/.bim/.fam and PREFIX.log."
 )
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-def convert(hapmap, gd, gm, out, quiet) -> None:
+@log_options
+def convert(hapmap, gd, gm, out, quiet, verbose) -> None:
     """Convert HapMap or GAPIT GD/GM genotypes to a PLINK 1 fileset."""
-    with _session(f"{out}.log", quiet=quiet, verbose=False, threads=None) as log:
+    with _session(f"{out}.log", quiet=quiet, verbose=verbose, threads=None) as log:
+        from cmlm_cli import files
         from cmlm_cli import hapmap as hapmap_io
 
         if not (hapmap or gd or gm):
@@ -861,10 +858,8 @@ def convert(hapmap, gd, gm, out, quiet) -> None:
         if hapmap and (gd or gm) or bool(gd) != bool(gm):
             msg = "give either --hapmap FILE or --gd FILE --gm FILE (the two go together)"
             raise CmlmError(msg)
-        if not out or out.endswith(("/", "\\")) or os.path.isdir(out):
-            msg = f"--out {out!r} must be a file prefix such as data/panel, not a folder"
-            raise CmlmError(msg)
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        files.check_out(out)
+        files.make_out_folder(out)
         if hapmap:
             done = hapmap_io.hapmap_to_bed(hapmap, out)
             source = f"HapMap {hapmap}"

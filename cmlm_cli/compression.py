@@ -11,29 +11,36 @@ compression for the same fit). GAPIT's own rule is available as
 On the large path (no n x n kinship) the tree's leaves are micro-clusters
 rather than individuals and each level's ``mean`` group kinship is a block
 sum of the micro-clusters' Gram (:func:`iter_grouped_partitions`); the
-default grid (:func:`default_groups`) then starts from the number of
-micro-clusters.
+default grid (:func:`cmlm_cli.options.default_groups`) then starts from the
+number of micro-clusters. :func:`fit_traits` is the pipeline's step: every
+level fitted to every trait, and each trait's :class:`TraitResult`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cmlm_cli.choices import CHOICE_RULES
-from cmlm_cli.errors import CmlmError
 from cmlm_cli.grouping import by_first_appearance, cut_tree, group_kinship, incidence
-from cmlm_cli.kinship import GroupGram
-from cmlm_cli.null_model import ROUNDING, CompressedBasis, NullModel, fit_null_basis
+from cmlm_cli.inputs import TraitData
+from cmlm_cli.kinship import Relationship
+from cmlm_cli.large import GroupedKinship
+from cmlm_cli.null_model import (
+    ROUNDING,
+    CompressedBasis,
+    NullModel,
+    fit_glm,
+    fit_null,
+    fit_null_basis,
+)
+from cmlm_cli.options import GwasOptions
 
-GAPIT_STEP = 50
-# Each level costs one q x q tridiagonal reduction, O(q^3): GAPIT's grid n, n-50,
-# ... has n/50 levels and costs ~n^4/200 (minutes at n = 5,000). Above this
-# many levels the default grid is geometric instead, which costs ~2 n^3.
-MAX_DEFAULT_LEVELS = 20
-SMALLEST_DEFAULT_GROUPS = 30
+log = logging.getLogger("cmlm")
 
 
 @dataclass(frozen=True)
@@ -57,85 +64,6 @@ class Level:
     model: NullModel
     labels: np.ndarray
     cluster_labels: np.ndarray
-
-
-def parse_groups(
-    spec: str | None, n: int, p: int, *, what: str = "genotyped individuals"
-) -> list[int]:
-    """The group counts to try, largest first.
-
-    Parameters
-    ----------
-    spec : str or None
-        One count (``"81"``), a list (``"281,231,81"``) or a range
-        ``FROM:TO:BY`` (both ends included where the step lands on them).
-        None gives GAPIT's grid n, n - 50, n - 100, ... (while above ``p``)
-        when it has at most 20 counts; for larger n, 20 counts spaced evenly
-        on the log scale from n down to 30 (or ``p + 1``), see
-        :func:`default_groups`. ``"gapit"`` asks for GAPIT's grid at any n.
-    n : int
-        Individuals that are clustered (all genotyped ones), or on the
-        large path the micro-clusters (the finest level).
-    p : int
-        Fixed effects, for the default grid.
-    what : str
-        What ``n`` counts, for the error message.
-
-    Returns
-    -------
-    list of int
-        Distinct counts in decreasing order.
-    """
-    if spec is None or spec == "gapit":
-        counts = default_groups(n, p, gapit=spec == "gapit")
-    else:
-        try:
-            if ":" in spec:
-                start, stop, step = (int(x) for x in spec.split(":"))
-                if step == 0:
-                    raise ValueError
-                step = abs(step) if stop >= start else -abs(step)
-                counts = list(range(start, stop + (1 if step > 0 else -1), step))
-            else:
-                counts = [int(x) for x in spec.split(",")]
-        except ValueError:
-            msg = (
-                f"--groups {spec!r} is not a count, a list like 281,231,81 "
-                "or a range FROM:TO:BY with a non-zero step"
-            )
-            raise CmlmError(msg) from None
-    bad = [c for c in counts if not 1 <= c <= n]
-    if bad or not counts:
-        msg = (
-            f"--groups {spec!r} asks for {bad[0] if bad else 'no'} groups; "
-            f"a count must be between 1 and the {n} {what}"
-        )
-        raise CmlmError(msg)
-    return sorted(set(counts), reverse=True)
-
-
-def default_groups(n: int, p: int, *, gapit: bool = False) -> list[int]:
-    """The default group counts, largest first.
-
-    Parameters
-    ----------
-    n : int
-        Individuals (or micro-clusters) that are clustered.
-    p : int
-        Fixed effects: a level needs more groups than ``p``.
-    gapit : bool
-        GAPIT's grid n, n - 50, ... whatever its length.
-
-    Returns
-    -------
-    list of int
-    """
-    gapit_grid = list(range(n, p, -GAPIT_STEP)) or [n]
-    if gapit or len(gapit_grid) <= MAX_DEFAULT_LEVELS:
-        return gapit_grid
-    low = max(SMALLEST_DEFAULT_GROUPS, p + 1)
-    grid = np.geomspace(n, low, MAX_DEFAULT_LEVELS)
-    return sorted({int(round(c)) for c in grid}, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -307,32 +235,6 @@ def choose(levels: Sequence[Level], *, rule: str = "best") -> int:
     return c if c - int(np.argmin(others)) < 2 else 0
 
 
-@dataclass(frozen=True)
-class GroupedKinship:
-    """The large path's stand-in for K and its tree: micro-clusters and their Gram.
-
-    Attributes
-    ----------
-    micro : ndarray, shape (n,), int
-        Micro-cluster ``0..r-1`` of every genotyped individual.
-    tree : ndarray, shape (r - 1, 4)
-        Clustering tree of the micro-clusters
-        (:func:`cmlm_cli.grouping.weighted_linkage`).
-    gram : GroupGram or None
-        Gram of the micro-clusters' sums of the centred dosages; None when the
-        group kinship is ``identity`` and needs no genotypes.
-    """
-
-    micro: np.ndarray
-    tree: np.ndarray
-    gram: GroupGram | None
-
-    @property
-    def n_micro(self) -> int:
-        """Micro-clusters r: the largest number of groups a level can have."""
-        return self.tree.shape[0] + 1
-
-
 def iter_grouped_partitions(
     grouped: GroupedKinship, counts: Sequence[int], *, how: str
 ) -> Iterator[Partition]:
@@ -372,3 +274,181 @@ def iter_grouped_partitions(
         sums = np.asarray((M @ (M @ gram.A).T).T)
         sizes = np.bincount(labels, minlength=count).astype(np.float64)
         yield Partition(count, labels, sums / (gram.scale * np.outer(sizes, sizes)))
+
+
+@dataclass(frozen=True)
+class TraitResult:
+    """One trait's fit: the compression profile and the chosen null model.
+
+    After the scan, the run's copy also has the trait's lambda_GC and the
+    files written (:func:`dataclasses.replace` makes it; nothing is changed
+    in place).
+
+    Attributes
+    ----------
+    name : str
+    analysed : ndarray, shape (n_a,), int
+        Rows of the kept samples in the model.
+    levels : tuple of Level
+        Every group count tried, largest first (empty for the GLM; one level
+        of singletons for the MLM).
+    chosen : int
+        Index of the chosen level.
+    model : NullModel
+        The chosen level's model (the GLM's fit for ``--model glm``).
+    lambda_gc : float
+        Genomic control of the scan; NaN before it.
+    files : tuple of str
+        Files written for the trait, in the order written.
+    """
+
+    name: str
+    analysed: np.ndarray
+    levels: tuple[Level, ...]
+    chosen: int
+    model: NullModel
+    lambda_gc: float = float("nan")
+    files: tuple[str, ...] = ()
+
+
+def _release_kinships(levels: list[Level]) -> None:
+    """Drop the q x q group kinships of levels that cannot be chosen any more.
+
+    ``gapit`` chooses the first level or the first with the smallest -2logL,
+    ``best`` the last within rounding of it; a level that is neither now
+    cannot become either as more levels come, so only these keep the ``Kc``
+    the scan needs and the others keep the numbers of the compression
+    profile. Without this a search over many large levels holds all of
+    their q x q matrices at once.
+    """
+    keep = {
+        0,
+        int(np.argmin([level.model.neg2logL for level in levels])),
+        choose(levels, rule="best"),
+    }
+    for i, level in enumerate(levels):
+        if i not in keep and level.model.Kc.size:
+            light = dataclasses.replace(level.model, Kc=np.zeros((0, 0)))
+            levels[i] = dataclasses.replace(level, model=light)
+
+
+def level_counts(options: GwasOptions, n: int, p: int, *, micro: bool = False) -> list[int]:
+    """The group counts of the search, largest first, for ``n`` clustered units.
+
+    Parameters
+    ----------
+    options : GwasOptions
+        ``groups`` was checked against the kept samples when the inputs
+        were loaded (:func:`cmlm_cli.inputs.load_inputs`).
+    n : int
+        Genotyped individuals, or on the large path the micro-clusters that
+        k-means formed.
+    p : int
+        Fixed effects, for the default grid.
+    micro : bool
+        ``n`` counts micro-clusters: k-means forms fewer than
+        ``--max-groups`` when fewer samples are distinct, and a count above
+        ``n`` is then fitted as ``n`` groups, with a warning.
+    """
+    counts = options.group_spec.resolve(n, p)
+    if micro and counts[0] > n:
+        log.warning(
+            "--groups %s asks for up to %d groups, but k-means found only %d distinct "
+            "micro-clusters (samples with the same genotypes); the counts above %d are "
+            "fitted as %d groups",
+            options.groups,
+            counts[0],
+            n,
+            n,
+            n,
+        )
+        counts = sorted({min(c, n) for c in counts}, reverse=True)
+    return counts
+
+
+def fit_traits(
+    traits: Sequence[TraitData],
+    rel: Relationship,
+    tree: np.ndarray | GroupedKinship | None,
+    options: GwasOptions,
+) -> list[TraitResult]:
+    """The compression search and the chosen null model of every trait.
+
+    Levels are the outer loop: each cut of the tree and its group kinship
+    (q x q) is built once, fitted to every trait, and dropped, so memory holds
+    one level's matrices rather than all of them.
+
+    Parameters
+    ----------
+    traits : sequence of TraitData
+        :func:`cmlm_cli.inputs.trait_data` of each trait.
+    rel : Relationship
+        ``K`` (n, n) of the kept samples on the dense path (empty on the
+        large path and for the GLM).
+    tree : ndarray, shape (n - 1, 4), or GroupedKinship, or None
+        The clustering tree of the kept samples (dense path), the large
+        path's micro-clusters and Gram, or None unless ``--model cmlm``.
+    options : GwasOptions
+
+    Returns
+    -------
+    list of TraitResult
+        One per trait, in order.
+    """
+    if options.model == "glm":
+        return [
+            TraitResult(t.name, t.analysed, (), 0, fit_glm(t.y, t.X, method=options.method))
+            for t in traits
+        ]
+    if options.model == "mlm":
+        results = []
+        for t in traits:
+            labels = np.arange(t.analysed.size)
+            K = rel.K[np.ix_(t.analysed, t.analysed)]
+            model = fit_null(t.y, t.X, labels, K, method=options.method, solver=options.solver)
+            level = Level(t.analysed.size, model, labels, labels)
+            results.append(TraitResult(t.name, t.analysed, (level,), 0, model))
+        return results
+    assert tree is not None
+    p = traits[0].X.shape[1]
+    partitions: Iterator[Partition]
+    if isinstance(tree, GroupedKinship):
+        counts = level_counts(options, tree.n_micro, p, micro=True)
+        partitions = iter_grouped_partitions(tree, counts, how=options.group_kinship)
+    else:
+        counts = level_counts(options, rel.K.shape[0], p)
+        partitions = iter_partitions(rel.K, tree, counts, how=options.group_kinship)
+    levels: list[list[Level]] = [[] for _ in traits]
+    for partition in partitions:
+        for t, trait_levels in zip(traits, levels, strict=True):
+            level = fit_level(
+                t.y,
+                t.X,
+                partition,
+                t.analysed,
+                method=options.method,
+                solver=options.solver,
+            )
+            log.info(
+                "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
+                t.name,
+                partition.groups,
+                level.model.q,
+                level.model.neg2logL,
+                level.model.vg,
+                level.model.ve,
+                level.model.h2,
+            )
+            trait_levels.append(level)
+            _release_kinships(trait_levels)
+        # The partition holds this level's bases, which the traits shared:
+        # drop them before the next level is built.
+        del partition
+    results = []
+    for t, trait_levels in zip(traits, levels, strict=True):
+        chosen = choose(trait_levels, rule=options.choose)
+        assert trait_levels[chosen].model.Kc.size or trait_levels[chosen].model.q == 0
+        results.append(
+            TraitResult(t.name, t.analysed, tuple(trait_levels), chosen, trait_levels[chosen].model)
+        )
+    return results

@@ -5,7 +5,7 @@ they are sent to every worker once; each task then names only a block of
 SNPs, and the worker reads those genotypes from the .bed itself (a shared
 filesystem, as on any HPC cluster) and tests them with the same
 :func:`cmlm_cli.scan.scan_snps` and the same scanners
-(:func:`cmlm_cli.pipeline.make_scanner`) as a run on one machine. The
+(:func:`cmlm_cli.association.make_scanner`) as a run on one machine. The
 blocks are the blocks of that run and come back in its order, so the files
 are the same bytes.
 
@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from cmlm_cli import model_io, pipeline, plink
+from cmlm_cli import plink
+from cmlm_cli.association import Blocks, make_scanner
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.null_model import NullModel
+from cmlm_cli.options import GwasOptions
 from cmlm_cli.scan import Scanner, ScanResult, scan_snps
 
 log = logging.getLogger("cmlm")
@@ -58,7 +60,7 @@ class _Payload:
     samples: np.ndarray
     models: list[NullModel]
     rows: list[np.ndarray]
-    options: pipeline.GwasOptions
+    options: GwasOptions
 
 
 # Each worker process keeps the opened .bim/.fam and the scanners of the
@@ -76,7 +78,7 @@ def _scan_task(payload: _Payload, snps: np.ndarray) -> list[ScanResult]:
             _worker_state.clear()
             bfile = plink.open_bfile(payload.prefix)
             _check_same_files(bfile, payload.fingerprint)
-            scanners = [pipeline.make_scanner(m, payload.options) for m in payload.models]
+            scanners = [make_scanner(m, payload.options) for m in payload.models]
             state = _worker_state[payload.token] = (bfile, scanners)
     bfile, scanners = state
     ((_, results),) = scan_snps(
@@ -93,7 +95,7 @@ def _scan_task(payload: _Payload, snps: np.ndarray) -> list[ScanResult]:
 
 def _check_same_files(bfile: plink.Bfile, expected: dict[str, Any]) -> None:
     """A worker must read the files the run opened, not others at the same path."""
-    found = model_io.fingerprint(bfile)
+    found = plink.fingerprint(bfile)
     differ = [
         key for key in expected if key not in ("prefix", "path") and found[key] != expected[key]
     ]
@@ -108,6 +110,8 @@ def _check_same_files(bfile: plink.Bfile, expected: dict[str, Any]) -> None:
 
 class DaskExecutor:
     """Runs the blocks of a scan on the workers of a ``distributed.Client``.
+
+    A :class:`cmlm_cli.association.BlockExecutor`.
 
     Parameters
     ----------
@@ -124,8 +128,8 @@ class DaskExecutor:
         samples: np.ndarray,
         models: Sequence[NullModel],
         rows: Sequence[np.ndarray],
-        options: pipeline.GwasOptions,
-    ) -> Iterator[tuple[np.ndarray, list[ScanResult]]]:
+        options: GwasOptions,
+    ) -> Blocks:
         """Every trait's results, block by block in .bim order.
 
         The arguments are those of :func:`cmlm_cli.scan.scan_snps` with the
@@ -138,7 +142,7 @@ class DaskExecutor:
             token=uuid.uuid4().hex,
             # Workers may start in another folder than this process.
             prefix=os.path.abspath(bfile.prefix),
-            fingerprint=model_io.fingerprint(bfile),
+            fingerprint=plink.fingerprint(bfile),
             samples=samples,
             models=list(models),
             rows=list(rows),

@@ -123,22 +123,6 @@ def cut_tree(tree: np.ndarray, n_groups: int) -> np.ndarray:
     return np.unique(parent, return_inverse=True)[1].astype(np.int64)
 
 
-def cluster(K: np.ndarray, n_groups: int, *, method: str = "average") -> np.ndarray:
-    """Groups of the individuals of ``K``: :func:`linkage` then :func:`cut_tree`.
-
-    Parameters
-    ----------
-    K : ndarray, shape (n, n)
-    n_groups : int
-    method : str
-
-    Returns
-    -------
-    ndarray, shape (n,), int64
-    """
-    return cut_tree(linkage(K, method=method), n_groups)
-
-
 def incidence(labels: np.ndarray, q: int) -> scipy.sparse.csr_matrix:
     """``Z'``, shape (q, n): row g has a 1 for each member of group g."""
     n = labels.shape[0]

@@ -42,7 +42,7 @@ from typing import IO
 
 import numpy as np
 
-from cmlm_cli import sumstats, tables
+from cmlm_cli import files, tables
 from cmlm_cli.errors import CmlmError
 
 log = logging.getLogger("cmlm")
@@ -239,9 +239,9 @@ def _plink_writer(prefix: str, taxa: list[str]) -> Iterator[tuple[IO[bytes], IO[
     none does.
     """
     with contextlib.ExitStack() as stack:
-        bed = stack.enter_context(sumstats.atomic_open_binary(f"{prefix}.bed"))
-        bim = stack.enter_context(sumstats.atomic_open(f"{prefix}.bim"))
-        fam = stack.enter_context(sumstats.atomic_open(f"{prefix}.fam"))
+        bed = stack.enter_context(files.atomic_open_binary(f"{prefix}.bed"))
+        bim = stack.enter_context(files.atomic_open(f"{prefix}.bim"))
+        fam = stack.enter_context(files.atomic_open(f"{prefix}.fam"))
         fam.writelines(f"{name} {name} 0 0 0 -9\n" for name in taxa)
         bed.write(b"\x6c\x1b\x01")
         yield bed, bim

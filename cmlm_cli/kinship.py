@@ -9,24 +9,26 @@ sums, so the full n x m genotype matrix never exists in memory. The
 definitions are GAPIT 4.1's (DESIGN.md, Appendix). The blocks can also be
 the .bed bytes themselves (:func:`relationship_packed`): a numba pass then
 imputes and centres them straight into the layout the rank-B update reads.
+:func:`build_relationship` is the pipeline's kinship step: that pass over the
+kept samples and SNPs, or a user's kinship file and the PCs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numba
 import numpy as np
 import scipy.linalg
-import scipy.special
 
-from cmlm_cli import choices, dosage, packed
+from cmlm_cli import choices, dosage, packed, plink, tables
 from cmlm_cli.choices import KINSHIP_METHODS, KINSHIP_PRECISIONS
 from cmlm_cli.errors import CmlmError
+from cmlm_cli.inputs import Inputs
+from cmlm_cli.options import GwasOptions
 
 log = logging.getLogger("cmlm")
 
@@ -333,16 +335,6 @@ def relationship_packed(
     return _accumulate(centred(), n, method=method, impute=impute, n_pcs=n_pcs, precision=precision)
 
 
-BLOCK = 8192
-"""SNPs per block product of the pipeline's kinship pass: a constant, not
-``--block-size``, because float32 products are summed in float64 per block,
-so their rounding would otherwise change with the block size. On the M
-benchmark panel (5,000 x 200,000) 8,192 rather than 4,096 takes 13.6 s
-rather than 14.9 s (half the n x n additions of the float32 block into the
-float64 sum) and moves K by at most 1.0e-7 of its mean diagonal from the
-float64 kinship, against 7.3e-8."""
-
-
 def _check_settings(method: str, impute: str, n_pcs: int, precision: str) -> None:
     if method not in KINSHIP_METHODS:
         msg = f"unknown kinship {method!r}; expected one of {', '.join(KINSHIP_METHODS)}"
@@ -368,7 +360,7 @@ def _accumulate(
     precision: str,
 ) -> Relationship:
     """Fold centred blocks ``(Xc, mean)`` into the sums, then finish K and the PCs."""
-    _check_sizes(n, n_pcs)
+    check_sizes(n, n_pcs)
     sums = _Sums(n, method, precision)
     for Xc, mean in centred:
         sums.add(Xc, mean)
@@ -387,7 +379,8 @@ def _accumulate(
     return Relationship(K=K, pcs=pcs, n_snps=n_snps)
 
 
-def _check_sizes(n: int, n_pcs: int) -> None:
+def check_sizes(n: int, n_pcs: int) -> None:
+    """Refuse a kinship of fewer than 2 individuals, or ``n_pcs`` >= ``n`` components."""
     if n < 2:
         msg = f"a kinship needs at least 2 individuals; the genotypes have {n}"
         raise CmlmError(msg)
@@ -465,314 +458,71 @@ def _principal_components(C: np.ndarray, k: int) -> np.ndarray:
     return vectors * np.sqrt(values)
 
 
-# --- The large-n path: no n x n matrix -------------------------------------
-#
-# Above a few tens of thousands of individuals the n x n Gram above no longer
-# fits in memory. The functions below need only O(n k) and O(q^2): a
-# randomised eigendecomposition of C = W W' for the principal components
-# (several passes over the blocks, each one GEMM per block), and the Gram of
-# the group sums of W, which is all that the ``mean`` group kinship of the
-# VanRaden K needs.
+def build_relationship(inputs: Inputs, options: GwasOptions) -> Relationship:
+    """The kinship step of the dense path: K of the kept samples and their PCs.
 
+    One pass over the packed .bed rows of the kept SNPs
+    (:func:`cmlm_cli.plink.packed_blocks`, :func:`relationship_packed`), or
+    ``--kinship FILE`` aligned to the kept samples and a pass for the
+    ``--pcs`` alone; ``--model glm`` needs no kinship.
 
-POWER_ITERATIONS = 2
-"""Default power iterations of :func:`randomized_components` (passes: this + 2)."""
-
-
-@dataclass(frozen=True)
-class GroupGram:
-    """The Gram of the group sums of the centred dosages.
-
-    With W the imputed dosages centred per SNP (n x m), Z the group incidence
-    (n x q) and S = Z'W (q x m), ``A = S S'``; the VanRaden kinship is
-    ``K = W W' / scale``, so ``Z'K Z = A / scale`` and the ``mean`` group
-    kinship of any partition that merges these groups is a block sum of
-    ``A`` (see :func:`cmlm_cli.compression.iter_grouped_partitions`).
-
-    Attributes
+    Parameters
     ----------
-    A : ndarray, shape (q, q), float64
-    counts : ndarray, shape (q,), int64
-        Members of each group.
-    scale : float
-        ``c = 2 sum_l p_l (1 - p_l)`` over polymorphic SNPs.
-    n_snps : int
-        Polymorphic SNPs (the others are 0 once centred and add nothing).
+    inputs : Inputs
+    options : GwasOptions
+
+    Returns
+    -------
+    Relationship
+        ``K`` (n, n) in the order of ``inputs.samples`` (empty for the GLM),
+        ``pcs`` (n, ``options.pcs``).
+
+    Examples
+    --------
+    >>> from cmlm_cli.inputs import load_inputs
+    >>> options = GwasOptions(pheno_names=("EarHT",), pcs=2)
+    >>> rel = build_relationship(load_inputs("data/mdp", "data/mdp.pheno.tsv", options), options)
+    >>> rel.K.shape, rel.pcs.shape, rel.n_snps
+    ((281, 281), (281, 2), 3093)
     """
+    bfile, samples = inputs.bfile, inputs.samples
 
-    A: np.ndarray
-    counts: np.ndarray
-    scale: float
-    n_snps: int
-
-
-@dataclass(frozen=True)
-class RandomizedComponents:
-    """Approximate top eigenpairs of ``C = W W'`` (W: centred dosages, n x m).
-
-    Attributes
-    ----------
-    values : ndarray, shape (k,)
-        Eigenvalues of ``C``, largest first (the squared singular values of W).
-    vectors : ndarray, shape (n, k)
-        Orthonormal eigenvectors, each with its largest-magnitude entry positive.
-    scale : float
-        ``2 sum_l p_l (1 - p_l)`` over polymorphic SNPs: ``K = C / scale``.
-    n_snps : int
-        Polymorphic SNPs.
-    """
-
-    values: np.ndarray
-    vectors: np.ndarray
-    scale: float
-    n_snps: int
-
-    def scores(self, k: int) -> np.ndarray:
-        """Principal component scores ``U_k S_k`` as ``prcomp`` gives them, shape (n, k).
-
-        Raises
-        ------
-        CmlmError
-            When fewer than ``k`` components have a non-zero variance.
-        """
-        values = self.values[:k]
-        rank = int(np.sum(values > 1e-10 * max(float(self.values[0]), 0.0)))
-        if rank < k:
-            msg = (
-                f"the genotypes have only {rank} principal components with non-zero variance "
-                f"(too few SNPs or individuals); ask for at most {rank} with --pcs"
+    def computed(method: str, n_pcs: int, precision: str = "float64") -> Relationship:
+        # From the .bed bytes: no float dosage matrix is decoded (numba threads).
+        size = plink.PASS_BLOCK
+        with packed.threads(options.threads):
+            blocks = (rows for _, rows in plink.packed_blocks(bfile, inputs.snps, block_size=size))
+            return relationship_packed(
+                blocks,
+                samples,
+                method=method,
+                impute=options.impute,
+                n_pcs=n_pcs,
+                precision=precision,
             )
-            raise CmlmError(msg)
-        return self.vectors[:, :k] * np.sqrt(values)
 
-    def kinship_rows(self, k: int) -> np.ndarray:
-        """Rows of the rank-k approximation of K, in an orthonormal basis, shape (n, k).
+    def pcs_only() -> np.ndarray:
+        return computed("vanraden", options.pcs).pcs if options.pcs else np.zeros((samples.size, 0))
 
-        ``K ~ U_k diag(values_k / scale) U_k'``, and U_k has orthonormal
-        columns, so the Euclidean distance between rows i and j of that
-        approximation of K equals the distance between rows i and j of
-        ``U_k diag(values_k) / scale``: the hierarchical clustering of rows of
-        K (GAPIT) becomes a clustering of these n points in k dimensions.
-        This is an approximation: the distance between the full rows of K
-        also has the part of the rows in the other n - k eigenvectors, which
-        is dropped (each row's own diagonal term, for one, mostly lives
-        there).
-        """
-        return self.vectors[:, :k] * (self.values[:k] / self.scale)
-
-
-def snp_keys(*columns: np.ndarray) -> np.ndarray:
-    """A 64-bit key per SNP from its .bim columns, shape (m,), uint64.
-
-    The random test vectors of :func:`randomized_components` are drawn from
-    these keys, so each SNP gets the same random numbers whatever the order
-    of the SNPs in the files and whatever the block size.
-    """
-    rows = zip(*(np.asarray(c).astype(str) for c in columns), strict=True)
-    digests = b"".join(
-        hashlib.blake2b("\t".join(row).encode(), digest_size=8).digest() for row in rows
-    )
-    return np.frombuffer(digests, dtype="<u8").copy()
-
-
-def _test_matrix(keys: np.ndarray, width: int, seed: int) -> np.ndarray:
-    """Standard normal numbers, row j a function of ``keys[j]`` alone, shape (B, width).
-
-    A counter-based generator (the SplitMix64 finaliser of key, seed and
-    column) turned into normal deviates by the inverse normal CDF; uint64
-    arithmetic wraps, as the finaliser intends.
-    """
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    # Arrays, not scalars: numpy wraps array arithmetic silently.
-    salt = np.array([seed], dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)
-    columns = np.arange(1, width + 1, dtype=np.uint64) * golden
-    x = (keys.astype(np.uint64)[:, None] ^ salt) + columns[None, :]
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    u = ((x >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
-    return scipy.special.ndtri(u)
-
-
-def _centred(
-    block: np.ndarray,
-    impute: str,
-    buffers: dict[tuple[int, ...], np.ndarray],
-    fam_rows: np.ndarray | None,
-) -> tuple[np.ndarray, float, int]:
-    """Impute and centre a block; also its ``sum p(1-p)`` and polymorphic SNPs.
-
-    ``block`` is the (n, B) dosages, or the (B, ceil(n_fam / 4)) .bed rows
-    when ``fam_rows`` (shape (n,)) says where the n samples are in them
-    (:func:`cmlm_cli.packed.centred`). The float64 result is written into a
-    buffer kept in ``buffers`` (one per block shape) and reused by the next
-    block: at n = 50,000 a fresh 2,000-SNP block costs 800 MB of new pages,
-    whose first touch is slower than the arithmetic.
-    """
-    shape = block.shape if fam_rows is None else (fam_rows.size, block.shape[0])
-    X = buffers.get(shape)
-    if X is None:
-        X = buffers.setdefault(shape, np.empty(shape, order="F"))
-    if fam_rows is None:
-        np.copyto(X, block)
-        missing = np.isnan(X).any(axis=0)
-        if missing.any():
-            X[:, missing] = dosage.impute(X[:, missing], impute)
-        mean = X.mean(axis=0)
-        X -= mean
-    else:
-        X, mean = packed.centred(block, fam_rows, middle=impute == "middle", out=X)
-    p = mean / 2.0
-    polymorphic = (p > 0.0) & (p < 1.0)
-    # A monomorphic column is exactly 0 once centred: nothing to filter.
-    return X, float((p[polymorphic] * (1.0 - p[polymorphic])).sum()), int(polymorphic.sum())
-
-
-def _orthonormal(Y: np.ndarray) -> np.ndarray:
-    return np.linalg.qr(Y)[0]
-
-
-def randomized_components(
-    passes: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
-    n_components: int,
-    *,
-    impute: str = "mean",
-    oversample: int = 10,
-    n_iter: int = POWER_ITERATIONS,
-    seed: int = 0,
-    fam_rows: np.ndarray | None = None,
-) -> RandomizedComponents:
-    """Top eigenpairs of ``C = W W'`` by a randomised range finder, never forming C.
-
-    Halko, Martinsson & Tropp (2011, SIAM Review 53:217), algorithms 4.3
-    and 5.3 for a positive semi-definite C: ``Q = orth(C^i W Omega)`` with a
-    Gaussian test matrix Omega (m x l, l = k + oversample), then the
-    Rayleigh-Ritz step ``eig(Q' C Q)``. Each product with C is one pass over
-    the blocks, ``C Q = sum_b W_b (W_b' Q)`` (two GEMMs per block), so the
-    passes are ``n_iter + 2`` and memory is O(n l) beside one block. The
-    rows of Omega come from :func:`snp_keys`, so the result does not depend
-    on the block size or on the order of the SNPs, and the individuals enter
-    only through sums over SNPs, so permuting them permutes the rows of the
-    result (up to rounding).
-
-    Parameters
-    ----------
-    passes : callable
-        Each call returns a fresh iterable of ``(keys, G)``: the uint64 keys
-        of the block's SNPs, shape (B,), and their A1 dosages, shape (n, B),
-        ``NaN`` missing; or, with ``fam_rows``, the block's .bed rows, shape
-        (B, ceil(n_fam / 4)), uint8, decoded with no float dosage matrix in
-        between (:func:`cmlm_cli.packed.centred`, on numba's threads).
-    n_components : int
-        ``k``, 1 <= k < n.
-    impute : {"mean", "middle"}
-    oversample : int
-        Extra test vectors beyond ``k``.
-    n_iter : int
-        Power iterations (passes beyond the two that are always needed);
-        they sharpen the slowly decaying spectra of genotype data.
-    seed : int
-    fam_rows : ndarray, shape (n,), int, optional
-        .fam row of each individual, when the passes yield .bed rows.
-
-    Returns
-    -------
-    RandomizedComponents
-        ``k`` eigenpairs.
-    """
-    if n_components < 1:
-        msg = f"n_components must be at least 1, got {n_components}"
-        raise ValueError(msg)
-    if fam_rows is not None:
-        fam_rows = np.asarray(fam_rows, dtype=np.int64)
-    width = n_components + oversample
-    Y: np.ndarray | None = None
-    sum_pq, n_poly, n = 0.0, 0, 0
-    buffers: dict[tuple[int, ...], np.ndarray] = {}
-    for keys, G in passes():
-        X, pq, poly = _centred(G, impute, buffers, fam_rows)
-        sum_pq, n_poly = sum_pq + pq, n_poly + poly
-        if Y is None:
-            n = X.shape[0]
-            _check_sizes(n, n_components)
-            Y = np.zeros((n, min(width, n)))
-        Y += X @ _test_matrix(keys, Y.shape[1], seed)
-    if Y is None or n_poly == 0:
-        msg = (
-            "none of the SNPs is polymorphic after imputation; principal components "
-            "need at least one SNP with allele frequency strictly between 0 and 1"
+    if options.model == "glm":
+        # No random effect: only the principal components need a pass.
+        log.info("--model glm uses no kinship")
+        return Relationship(K=np.zeros((0, 0)), pcs=pcs_only(), n_snps=0)
+    if options.kinship in choices.KINSHIP_METHODS:
+        precision = choices.block_precision(options.kinship_precision, samples.size)
+        rel = computed(options.kinship, options.pcs, precision)
+        log.info(
+            "kinship %s from %d SNPs over %d samples (%s block products%s)",
+            options.kinship,
+            rel.n_snps,
+            samples.size,
+            precision,
+            f"; --kinship-precision auto: float32 above {choices.FLOAT32_ABOVE:,} samples"
+            if options.kinship_precision == "auto"
+            else "",
         )
-        raise CmlmError(msg)
-
-    total = n_iter + 2
-    log.debug("principal components: pass 1 of %d done", total)
-
-    def times_c(Q: np.ndarray, done: int) -> np.ndarray:
-        CQ = np.zeros_like(Q)
-        for _, G in passes():
-            X = _centred(G, impute, buffers, fam_rows)[0]
-            CQ += X @ (X.T @ Q)
-        log.debug("principal components: pass %d of %d done", done, total)
-        return CQ
-
-    Q = _orthonormal(Y)
-    for i in range(n_iter):
-        Q = _orthonormal(times_c(Q, i + 2))
-    B = Q.T @ times_c(Q, total)
-    values, V = scipy.linalg.eigh((B + B.T) / 2.0)
-    values, V = values[::-1][:n_components], V[:, ::-1][:, :n_components]
-    vectors = Q @ V
-    # Signs fixed as in _principal_components: reproducible covariates.
-    largest = np.abs(vectors).argmax(axis=0)
-    vectors = vectors * np.sign(vectors[largest, np.arange(vectors.shape[1])])
-    return RandomizedComponents(np.maximum(values, 0.0), vectors, 2.0 * sum_pq, n_poly)
-
-
-def group_gram(group_sums: Iterable[np.ndarray], counts: np.ndarray) -> GroupGram:
-    """Gram ``A = S S'`` of the group sums ``S = Z'W`` of the centred dosages, one pass.
-
-    Centring needs no second pass: with X the imputed dosages and
-    ``mean = 1'X / n`` per SNP, ``W = X - 1 mean'`` and so
-    ``Z'W = Z'X - N 1 mean'`` (N the group sizes), and ``1'X`` is the sum of
-    the group sums. Per block: one rank-B update of the q x q accumulator
-    (dsyrk, O(q^2 B)); memory is q x q beside the block's group sums. The
-    group sums themselves can come from the packed .bed bytes
-    (:func:`cmlm_cli.packed.statistics`) without decoding a float matrix.
-
-    Parameters
-    ----------
-    group_sums : iterable of ndarray, each shape (q, B)
-        ``Z'X`` of each block of SNPs: sums over the members of each group of
-        the imputed A1 dosages.
-    counts : ndarray, shape (q,), int
-        Members of each group (all positive).
-
-    Returns
-    -------
-    GroupGram
-    """
-    sizes = np.asarray(counts, dtype=np.float64)
-    n = float(sizes.sum())
-    q = sizes.size
-    # Fortran order lets dsyrk update the accumulator in place.
-    A = np.zeros((q, q), order="F")
-    sum_pq, n_poly = 0.0, 0
-    for S in group_sums:
-        if S.ndim != 2 or S.shape[0] != q:
-            msg = f"every block of group sums must have shape ({q}, B); got {S.shape}"
-            raise ValueError(msg)
-        mean = S.sum(axis=0) / n
-        p = mean / 2.0
-        polymorphic = (p > 0.0) & (p < 1.0)
-        sum_pq += float((p[polymorphic] * (1.0 - p[polymorphic])).sum())
-        n_poly += int(polymorphic.sum())
-        centred = np.asfortranarray(S - sizes[:, None] * mean[None, :])
-        scipy.linalg.blas.dsyrk(1.0, centred, beta=1.0, c=A, overwrite_c=1)
-    if n_poly == 0:
-        msg = (
-            "none of the SNPs is polymorphic after imputation; the vanraden kinship needs "
-            "at least one SNP with allele frequency strictly between 0 and 1"
-        )
-        raise CmlmError(msg)
-    A = np.triu(A) + np.triu(A, 1).T
-    return GroupGram(A, np.asarray(counts, dtype=np.int64), 2.0 * sum_pq, n_poly)
+        return rel
+    K = tables.read_kinship_for(options.kinship, bfile.fid[samples], bfile.iid[samples])
+    pcs = pcs_only()
+    log.info("kinship read from %s for %d samples", options.kinship, samples.size)
+    return Relationship(K=K, pcs=pcs, n_snps=0)

@@ -21,7 +21,7 @@ SNP ranges in N independent tasks (``cmlm scan --chunk K/N``) and joins them
   refuses it.
 
 Every file is written under a temporary name and renamed when complete
-(:func:`cmlm_cli.sumstats.atomic_open`).
+(:func:`cmlm_cli.files.atomic_open`).
 """
 
 from __future__ import annotations
@@ -36,17 +36,16 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from cmlm_cli import __version__, plink, sumstats
-from cmlm_cli.compression import Level
+from cmlm_cli import __version__, files, plink
+from cmlm_cli.compression import Level, TraitResult
 from cmlm_cli.errors import CmlmError
+from cmlm_cli.inputs import Inputs
 from cmlm_cli.null_model import NullModel
-
-if TYPE_CHECKING:
-    from cmlm_cli.pipeline import GwasOptions, Inputs, TraitResult
+from cmlm_cli.options import GwasOptions
 
 log = logging.getLogger("cmlm")
 
@@ -54,45 +53,7 @@ FIT_FORMAT = "cmlm-fit"
 PART_FORMAT = "cmlm-part"
 # Raised when the layout of either file changes; older files are refused.
 FORMAT_VERSION = 2  # 2: null models keep Kc, not its eigenvectors
-# Bytes of the .bed that the fingerprint hashes: its size is checked too,
-# and hashing a whole .bed of many gigabytes would cost every task minutes.
-BED_HEAD_BYTES = 1 << 20
 _READ_CHUNK = 1 << 20
-
-
-# --------------------------------------------------------------------------
-# Fingerprint of the PLINK files
-# --------------------------------------------------------------------------
-
-
-def _sha256(path: Path, limit: int | None = None) -> str:
-    digest = hashlib.sha256()
-    left = limit
-    with path.open("rb") as handle:
-        while left is None or left > 0:
-            chunk = handle.read(_READ_CHUNK if left is None else min(_READ_CHUNK, left))
-            if not chunk:
-                break
-            digest.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-    return digest.hexdigest()
-
-
-def fingerprint(bfile: plink.Bfile) -> dict[str, Any]:
-    """What identifies a PLINK fileset: where it is, its sizes and checksums."""
-    prefix = Path(bfile.prefix)
-    bed, bim, fam = (Path(f"{prefix}.{ext}") for ext in ("bed", "bim", "fam"))
-    return {
-        "prefix": bfile.prefix,
-        "path": os.path.abspath(prefix),
-        "n_samples": bfile.n_samples,
-        "n_snps": bfile.n_snps,
-        "bed_bytes": bed.stat().st_size,
-        "bed_head_sha256": _sha256(bed, BED_HEAD_BYTES),
-        "bim_sha256": _sha256(bim),
-        "fam_sha256": _sha256(fam),
-    }
 
 
 # --------------------------------------------------------------------------
@@ -133,7 +94,7 @@ def _get(archive: Any, prefix: str, cls: type, path: str, nested: dict[str, type
 
 def _write_archive(path: str, meta: dict[str, Any], entries: dict[str, np.ndarray]) -> None:
     content: dict[str, Any] = {"meta.json": np.asarray(json.dumps(meta)), **entries}
-    with sumstats.atomic_open_binary(path) as handle:
+    with files.atomic_open_binary(path) as handle:
         np.savez(handle, **content)
 
 
@@ -167,54 +128,28 @@ def _read_archive(path: str, expected: str, what: str) -> tuple[str, dict[str, A
 
 
 @dataclass(frozen=True)
-class SavedTrait:
-    """One trait of a saved fit (the fields of ``pipeline.TraitResult``)."""
-
-    name: str
-    analysed: np.ndarray
-    levels: list[Level]
-    chosen: int
-    model: NullModel
-
-
-@dataclass(frozen=True)
 class SavedFit:
-    """A fit file's content (:func:`load_fit`).
+    """A fit file read back (:func:`load_fit`), its genotypes re-opened and checked.
 
     Attributes
     ----------
     path : str
     digest : str
         SHA-256 of the file; the parts record it.
-    options : dict
-        ``GwasOptions`` fields.
-    bfile : dict
-        :func:`fingerprint` of the PLINK files fitted on.
-    samples, snps : ndarray, int
-        Kept .fam and .bim rows.
-    traits : ndarray, shape (n, t)
-    trait_names : tuple of str
-    covariates : ndarray, shape (n, c)
-    covariate_names : tuple of str
-    results : list of SavedTrait
+    options : GwasOptions
+        The fit's options (``threads`` as asked for by the reader).
+    inputs : Inputs
+        The kept samples and SNPs, the traits and covariates, and the PLINK
+        fileset, checked to be the one fitted on.
+    results : list of TraitResult
+        Each trait's fit, not yet scanned.
     """
 
     path: str
     digest: str
-    options: dict[str, Any]
-    bfile: dict[str, Any]
-    samples: np.ndarray
-    snps: np.ndarray
-    traits: np.ndarray
-    trait_names: tuple[str, ...]
-    covariates: np.ndarray
-    covariate_names: tuple[str, ...]
-    results: list[SavedTrait]
-
-    @property
-    def bfile_prefix(self) -> str:
-        """The fitted PLINK prefix as an absolute path (tasks may start elsewhere)."""
-        return str(self.bfile["path"])
+    options: GwasOptions
+    inputs: Inputs
+    results: list[TraitResult]
 
 
 def save_fit(
@@ -226,10 +161,10 @@ def save_fit(
     ----------
     path : str
         Usually ``OUT.fit.npz``.
-    inputs : pipeline.Inputs
-    results : sequence of pipeline.TraitResult
+    inputs : Inputs
+    results : sequence of TraitResult
         Fitted, not yet scanned.
-    options : pipeline.GwasOptions
+    options : GwasOptions
     """
     entries: dict[str, np.ndarray] = {
         "inputs.samples": inputs.samples,
@@ -259,7 +194,7 @@ def save_fit(
         "version": FORMAT_VERSION,
         "cmlm": __version__,
         "options": dataclasses.asdict(options),
-        "bfile": fingerprint(inputs.bfile),
+        "bfile": plink.fingerprint(inputs.bfile),
         "trait_names": list(inputs.trait_names),
         "covariate_names": list(inputs.covariate_names),
         "traits": traits,
@@ -267,57 +202,89 @@ def save_fit(
     _write_archive(path, meta, entries)
 
 
-def load_fit(path: str) -> SavedFit:
-    """Read a fit file written by :func:`save_fit`.
+def load_fit(path: str, *, bfile: str | None = None, threads: int | None = None) -> SavedFit:
+    """Read a fit file written by :func:`save_fit` and re-open its genotypes.
+
+    Parameters
+    ----------
+    path : str
+        ``OUT.fit.npz``.
+    bfile : str, optional
+        PLINK prefix to scan instead of the saved one (the files moved); it
+        must be the same files, which the saved fingerprint checks.
+    threads : int, optional
+        Replaces the fit's ``--threads``.
 
     Raises
     ------
     CmlmError
-        The file is missing, is not a cmlm fit, or is of another format version.
+        The file is missing, is not a cmlm fit, is of another format version
+        or another version's options, or the PLINK files differ from those
+        fitted on.
     """
     digest, meta, archive = _read_archive(path, FIT_FORMAT, "fit file")
+    # JSON has no tuples; the values were checked when the fit was made.
+    saved_options: dict[str, Any] = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in meta["options"].items()
+    }
+    try:
+        options = GwasOptions(**saved_options)
+    except TypeError:
+        msg = (
+            f"{path}: its options ({', '.join(sorted(saved_options))}) are not those of this "
+            f"version of cmlm ({__version__}); refit with cmlm fit"
+        )
+        raise CmlmError(msg) from None
+    if threads is not None:
+        options = dataclasses.replace(options, threads=threads)
+    genotypes = plink.open_bfile(bfile or str(meta["bfile"]["path"]))
+    check_inputs(path, meta["bfile"], genotypes)
     results = []
     for k, trait in enumerate(meta["traits"]):
-        levels = [
+        levels = tuple(
             _get(archive, f"trait{k}.level{j}.", Level, path, {"model": NullModel})
             for j in range(trait["levels"])
-        ]
+        )
         if trait["model_is_chosen_level"]:
             model = levels[trait["chosen"]].model
         else:
             model = _get(archive, f"trait{k}.model.", NullModel, path, {})
         results.append(
-            SavedTrait(trait["name"], archive[f"trait{k}.analysed"], levels, trait["chosen"], model)
+            TraitResult(
+                trait["name"], archive[f"trait{k}.analysed"], levels, trait["chosen"], model
+            )
         )
-    options = {
-        key: tuple(value) if isinstance(value, list) else value
-        for key, value in meta["options"].items()
-    }
-    return SavedFit(
-        path=path,
-        digest=digest,
-        options=options,
-        bfile=meta["bfile"],
+    inputs = Inputs(
+        bfile=genotypes,
         samples=archive["inputs.samples"],
         snps=archive["inputs.snps"],
         traits=archive["inputs.traits"],
         trait_names=tuple(meta["trait_names"]),
         covariates=archive["inputs.covariates"],
         covariate_names=tuple(meta["covariate_names"]),
-        results=results,
     )
+    return SavedFit(path=path, digest=digest, options=options, inputs=inputs, results=results)
 
 
-def check_inputs(saved: SavedFit, bfile: plink.Bfile) -> None:
+def check_inputs(path: str, expected: dict[str, Any], bfile: plink.Bfile) -> None:
     """Refuse PLINK files other than those the fit was made from.
+
+    Parameters
+    ----------
+    path : str
+        The fit file, for the message.
+    expected : dict
+        :func:`cmlm_cli.plink.fingerprint` of the files fitted on.
+    bfile : plink.Bfile
+        The files found.
 
     Raises
     ------
     CmlmError
         Naming the fit, both filesets and what differs.
     """
-    found = fingerprint(bfile)
-    expected = saved.bfile
+    found = plink.fingerprint(bfile)
     labels = {
         "n_samples": "samples in the .fam",
         "n_snps": "SNPs in the .bim",
@@ -333,7 +300,7 @@ def check_inputs(saved: SavedFit, bfile: plink.Bfile) -> None:
     ]
     if differ:
         msg = (
-            f"{saved.path} was fitted on '{expected['prefix']}', but '{bfile.prefix}' differs: "
+            f"{path} was fitted on '{expected['prefix']}', but '{bfile.prefix}' differs: "
             f"{'; '.join(differ)}; scan the files the fit was made from (--bfile), or refit "
             "with cmlm fit on these"
         )
@@ -501,10 +468,3 @@ def read_part(
     except CmlmError as err:
         msg = f"chunk {chunk}/{n_chunks} is not usable: {err}; run {rerun} again"
         raise CmlmError(msg) from None
-
-
-def copy_text(path: str, handle: IO[str]) -> None:
-    """Append a text part to an open output."""
-    with open(path, encoding="utf-8", newline="") as source:
-        while chunk := source.read(_READ_CHUNK):
-            handle.write(chunk)

@@ -33,16 +33,12 @@ whose first numerator is an exact integer: no cancellation, unlike
 from __future__ import annotations
 
 import contextlib
-import io
-import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numba
 import numpy as np
-
-from cmlm_cli import plink
 
 # SNPs handed to one parallel task: enough to amortise the work buffers.
 _CHUNK = 16
@@ -155,50 +151,6 @@ def layout(
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     columns = np.ascontiguousarray(np.asarray(columns, dtype=np.float64)[order].T)
     return Layout(order, fam_rows[order], starts, columns, labels is not None, subtract_mean)
-
-
-def open_packed(bfile: plink.Bfile) -> np.ndarray:
-    """The .bed genotypes as a read-only (m, ceil(n / 4)) uint8 memory map.
-
-    The header was checked by :func:`cmlm_cli.plink.open_bfile`; row ``j``
-    holds SNP ``j``. (The scan reads with :func:`read_rows` instead, whose
-    memory does not grow with the pages of the file it has read.)
-    """
-    width = -(-bfile.n_samples // 4)
-    return np.memmap(
-        f"{bfile.prefix}.bed", dtype=np.uint8, mode="r", offset=3, shape=(bfile.n_snps, width)
-    )
-
-
-def read_rows(handle: io.BufferedReader, snps: np.ndarray, *, n_fam: int) -> np.ndarray:
-    """Read the .bed bytes of some SNPs.
-
-    A read per run of consecutive SNPs, into one buffer: no memory map, whose
-    pages would stay in the process's resident memory for the whole scan.
-
-    Parameters
-    ----------
-    handle : binary file
-        The .bed, checked by :func:`cmlm_cli.plink.open_bfile`.
-    snps : ndarray, shape (B,), int
-        .bim rows, increasing.
-    n_fam : int
-        Samples in the .fam.
-
-    Returns
-    -------
-    ndarray, shape (B, ceil(n_fam / 4)), uint8
-    """
-    width = -(-n_fam // 4)
-    snps = np.asarray(snps, dtype=np.int64)
-    rows = np.empty((snps.size, width), dtype=np.uint8)
-    cuts = [0, *(np.flatnonzero(np.diff(snps) != 1) + 1).tolist(), snps.size]
-    for a, b in itertools.pairwise(cuts):
-        handle.seek(3 + int(snps[a]) * width)
-        if handle.readinto(rows[a:b].data) != (b - a) * width:
-            msg = f"the .bed ended before SNP {int(snps[b - 1])}: it changed since it was checked"
-            raise OSError(msg)
-    return rows
 
 
 def statistics(

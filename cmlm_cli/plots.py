@@ -17,6 +17,7 @@ scatter is rasterized so that a PDF does not carry a million vector markers.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -25,12 +26,14 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
 
-from cmlm_cli import choices, sumstats, tables
+from cmlm_cli import choices, files, sumstats, tables
 from cmlm_cli.errors import CmlmError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+log = logging.getLogger("cmlm")
 
 FORMATS = choices.PLOT_FORMATS
 
@@ -657,12 +660,12 @@ def _parse_column(values: list[str], numbers: list[int], where: str, name: str) 
     # Python's float() on each string is faster than numpy's conversion of a
     # string array; the slow path only runs to find the culprit.
     try:
-        result = np.array([math.nan if v == sumstats.MISSING else float(v) for v in values])
+        result = np.array([math.nan if v == files.MISSING else float(v) for v in values])
     except ValueError:
         result = np.array(
-            [math.nan if v == sumstats.MISSING else _float_or_inf(v) for v in values]
+            [math.nan if v == files.MISSING else _float_or_inf(v) for v in values]
         )
-    missing = np.array([v == sumstats.MISSING for v in values], dtype=bool)
+    missing = np.array([v == files.MISSING for v in values], dtype=bool)
     if name == "p_value":
         bad = ~missing & ~((result >= 0) & (result <= 1))
         expected = "a p-value between 0 and 1, or NA"
@@ -725,7 +728,7 @@ def read_compression(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
 def _save(ax: Axes, path: str, fmt: str) -> None:
     # The axes were made by _new_axes, on a Figure of their own.
     figure = cast("Figure", ax.figure)
-    with sumstats.atomic_open(path) as handle:
+    with files.atomic_open(path) as handle:
         # The picture is bytes: write them under the text layer, through the
         # same temporary-name-and-rename as every other output. A PDF
         # carries no creation date, so the same run gives the same bytes.
@@ -793,4 +796,47 @@ def plot_files(
         path = f"{out_prefix}.compression.{fmt}"
         _save(compression_profile(groups, neg2logL, h2, chosen, title=title), path, fmt)
         written.append(path)
+    return written
+
+
+def write_plots(traits: Sequence[str], out: str, *, gzip: bool, fmt: str) -> dict[str, list[str]]:
+    """Every trait's pictures of a run, drawn from its written files.
+
+    The results are complete before this runs and nothing here may lose
+    them: a missing matplotlib or a failing picture is a warning, not an error.
+
+    Parameters
+    ----------
+    traits : sequence of str
+        Trait names; the files are ``OUT.TRAIT.sumstats.tsv(.gz)`` and
+        ``OUT.TRAIT.compression.tsv``.
+    out : str
+        The run's output prefix.
+    gzip : bool
+        The summary statistics are gzipped.
+    fmt : {"png", "pdf"}
+
+    Returns
+    -------
+    dict of str to list of str
+        The pictures written for each trait (none where drawing failed).
+    """
+    written: dict[str, list[str]] = {trait: [] for trait in traits}
+    try:
+        require_matplotlib()
+    except CmlmError as err:
+        log.warning("no plots: %s", err)
+        return written
+    for trait in traits:
+        try:
+            written[trait] = plot_files(
+                sumstats.sumstats_path(out, trait, gzip=gzip),
+                compression=f"{out}.{trait}.compression.tsv",
+                out_prefix=f"{out}.{trait}",
+                fmt=fmt,
+                title=trait,
+            )
+        except Exception as err:
+            # Whatever goes wrong in drawing costs only the pictures.
+            log.warning("%s: plots not written (%s); the results are complete", trait, err)
     return written

@@ -1,4 +1,7 @@
-"""Progress of the SNP scan: a bar on a terminal, log lines elsewhere.
+"""Progress of a run: the time of each step, and the SNP scan's bar or log lines.
+
+:class:`Stopwatch` logs how long each step of a run took ("kinship took
+1.20 s"). :class:`Progress` reports the scan.
 
 A run in a terminal draws one line that it rewrites (blocks, SNPs, SNPs per
 second, time left); a batch job, whose stderr is a file, gets an ordinary
@@ -34,6 +37,18 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Stopwatch:
+    """Logs the time each step took: ``lap("kinship")`` after the kinship."""
+
+    def __init__(self) -> None:
+        self.clock = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        log.info("%s took %.2f s", step, now - self.clock)
+        self.clock = now
 
 
 class Progress:

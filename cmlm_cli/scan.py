@@ -619,13 +619,10 @@ def scan_snps(
     workers = max(1, min(num_threads or os.cpu_count() or 1, SCAN_MEMORY // per_block - 1))
     pending: collections.deque[tuple[np.ndarray, concurrent.futures.Future]] = collections.deque()
     with (
-        open(f"{bfile.prefix}.bed", "rb") as bed,
         threadpoolctl.threadpool_limits(limits=1, user_api="blas"),
         concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
     ):
-        for start in range(0, snps.size, block_size):
-            block = snps[start : start + block_size]
-            raw = packed.read_rows(bed, block, n_fam=bfile.n_samples)
+        for block, raw in plink.packed_blocks(bfile, snps, block_size=block_size):
             pending.append((block, pool.submit(test, raw)))
             # One block more than the threads in flight: the caller writes
             # the oldest while the threads test the next ones.

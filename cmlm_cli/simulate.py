@@ -24,7 +24,7 @@ from typing import Any, cast
 import numpy as np
 
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.sumstats import atomic_open
+from cmlm_cli.files import atomic_open
 
 log = logging.getLogger("cmlm")
 

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from scipy import special
 
-from cmlm_cli import __version__, sumstats
+from cmlm_cli import __version__, files, sumstats
 from cmlm_cli.errors import CmlmError
 
 log = logging.getLogger("cmlm")
@@ -246,7 +246,7 @@ def write_ssf(
     previous = (0, 0)
     with (
         opener(sumstats_path, "rt", encoding="utf-8") as source,
-        sumstats.atomic_open(ssf_path, compress=True) as out,
+        files.atomic_open(ssf_path, compress=True) as out,
     ):
         header = source.readline().rstrip("\n").split("\t")
         column = {name: k for k, name in enumerate(header)}
@@ -261,7 +261,7 @@ def write_ssf(
         for line in source:
             fields = line.rstrip("\n").split("\t")
             row = {name: fields[k] for name, k in column.items()}
-            if any(row[name] == sumstats.MISSING for name in _MANDATORY):
+            if any(row[name] == files.MISSING for name in _MANDATORY):
                 skipped += 1
                 continue
             chrom = ssf_chromosome(row["chromosome"])
@@ -284,7 +284,7 @@ def write_ssf(
             }
             out.write(
                 "\t".join(
-                    SSF_MISSING if values[c] == sumstats.MISSING else values[c]
+                    SSF_MISSING if values[c] == files.MISSING else values[c]
                     for c in SSF_COLUMNS
                 )
                 + "\n"
@@ -313,7 +313,7 @@ def write_ssf(
         "is_harmonised": False,
         "is_sorted": is_sorted,
     }
-    with sumstats.atomic_open(meta_path) as handle:
+    with files.atomic_open(meta_path) as handle:
         handle.write(
             f"# GWAS-SSF metadata written by cmlm {__version__}; NR = not reported: cmlm "
             "cannot know these, fill them in before a submission\n"

@@ -1,33 +1,32 @@
-"""Writers for everything a run produces, each file complete or absent.
-
-Every file goes to a temporary name beside its destination and is renamed
-into place only once it is complete, so an interrupted run never leaves a
-truncated file that looks finished.
+"""Summary statistics: their columns, their lines, and the streaming writer.
 
 The summary statistics use the GWAS-SSF column names and order
 (chromosome, base_pair_location, effect_allele, other_allele, beta,
 standard_error, effect_allele_frequency, p_value, variant_id, n) followed by
 extra columns. The effect allele is the bim's A1 (column 5), the allele whose
-copies the dosage counts, as in PLINK and GEMMA.
+copies the dosage counts, as in PLINK and GEMMA. Every file is written
+atomically (:mod:`cmlm_cli.files`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import gzip
-import io
-import json
+import logging
 import math
-import os
-import secrets
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from cmlm_cli.errors import CmlmError
+from cmlm_cli import files
+from cmlm_cli.progress import Progress
+
+if TYPE_CHECKING:
+    # Types only: reading a sumstats file (cmlm plot) needs neither module.
+    from cmlm_cli import plink
+    from cmlm_cli.scan import ScanResult
+
+log = logging.getLogger("cmlm")
 
 SUMSTATS_COLUMNS = (
     "chromosome",
@@ -45,78 +44,14 @@ SUMSTATS_COLUMNS = (
     "n_missing_calls",
 )
 COMPRESSION_COLUMNS = ("groups", "groups_used", "neg2logL", "vg", "ve", "h2", "chosen")
-MISSING = "NA"
+
+CHI2_1DF_MEDIAN = 0.4549364231195724
+"""Median of the 1-df chi-square distribution, the denominator of lambda_GC."""
 
 
-class _OutputFile(io.FileIO):
-    """The temporary file of an output; a failed write names the output.
-
-    The operating system's error for a full disk names no file, and with
-    several outputs open at once the message must say which one failed.
-    """
-
-    def __init__(self, fd: int, output: Path) -> None:
-        super().__init__(fd, "wb")
-        self.output = output
-
-    def write(self, data, /) -> int | None:  # type: ignore[override]
-        try:
-            return super().write(data)
-        except OSError as err:
-            if err.filename is None:
-                err.filename = str(self.output)
-            raise
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, *, compress: bool = False) -> Iterator[IO[str]]:
-    """Open ``path`` for writing text; it appears only if the block completes.
-
-    Parameters
-    ----------
-    path : str or Path
-    compress : bool
-        gzip the content (with a fixed header time, so that the same content
-        gives the same bytes).
-    """
-    path = Path(path)
-    # The temporary name is chosen before the file exists, so that a signal
-    # at any moment after its creation (even before os.open returns) still
-    # finds it below and removes it; O_EXCL refuses a name already taken.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.part"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with io.BufferedWriter(_OutputFile(fd, path)) as raw:
-            if compress:
-                with (
-                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
-                    io.TextIOWrapper(gz, encoding="utf-8", newline="\n") as text,
-                ):
-                    yield text
-            else:
-                with io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as text:
-                    yield text
-        os.replace(tmp, path)
-    except BaseException as err:
-        if not (isinstance(err, FileExistsError) and err.filename == str(tmp)):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        if isinstance(err, OSError) and err.filename == str(path):
-            hint = ""
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                hint = "; free space on that disk or give --out a folder on another disk"
-            msg = f"cannot write '{path}': {err.strerror}{hint}; no partial file was left"
-            raise CmlmError(msg) from None
-        raise
-
-
-@contextlib.contextmanager
-def atomic_open_binary(path: str | Path) -> Iterator[IO[bytes]]:
-    """:func:`atomic_open` for bytes (saved models, arrays): the same guarantees."""
-    with atomic_open(path) as text:
-        assert isinstance(text, io.TextIOWrapper)
-        # Nothing was written as text, so the bytes go straight to the file.
-        yield text.buffer
+def sumstats_path(out: str, trait: str, *, gzip: bool) -> str:
+    """Where a trait's summary statistics go."""
+    return f"{out}.{trait}.sumstats.tsv{'.gz' if gzip else ''}"
 
 
 def format_float(values: np.ndarray, digits: int = 10) -> list[str]:
@@ -125,7 +60,45 @@ def format_float(values: np.ndarray, digits: int = 10) -> list[str]:
     # same text as f"{v:.10g}") cost a third of np.isfinite on a scalar.
     spec = f"%.{digits}g"
     finite = math.isfinite
-    return [spec % v if finite(v) else MISSING for v in values.tolist()]
+    missing = files.MISSING
+    return [spec % v if finite(v) else missing for v in values.tolist()]
+
+
+def sumstats_columns(
+    bfile: plink.Bfile, snp_index: np.ndarray, res: ScanResult, n_analysed: int
+) -> dict[str, np.ndarray]:
+    """The columns of :data:`SUMSTATS_COLUMNS` for one block of one trait.
+
+    Parameters
+    ----------
+    bfile : plink.Bfile
+    snp_index : ndarray, shape (B,), int
+        .bim rows of the block.
+    res : ScanResult
+    n_analysed : int
+        Individuals in the trait's model.
+
+    Returns
+    -------
+    dict of str to ndarray, each of shape (B,)
+    """
+    return {
+        "chromosome": bfile.chrom[snp_index],
+        "base_pair_location": bfile.pos[snp_index],
+        "effect_allele": bfile.a1[snp_index],
+        "other_allele": bfile.a2[snp_index],
+        "beta": res.beta,
+        "standard_error": res.se,
+        "effect_allele_frequency": res.af,
+        "p_value": res.p,
+        "variant_id": bfile.snp[snp_index],
+        # GWAS-SSF's n is per variant: the analysed individuals with a
+        # called genotype (the others carry the imputed mean).
+        "n": n_analysed - res.n_miss,
+        "t_statistic": res.t,
+        "df": res.df,
+        "n_missing_calls": res.n_miss,
+    }
 
 
 def sumstats_rows(columns: dict[str, np.ndarray]) -> list[str]:
@@ -147,38 +120,90 @@ def sumstats_rows(columns: dict[str, np.ndarray]) -> list[str]:
     return [line + "\n" for line in map("\t".join, zip(*text, strict=True))]
 
 
-def write_table(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Write a small tab-separated table atomically; floats with 10 digits."""
+def lambda_gc(t2: np.ndarray) -> float:
+    """lambda_GC on the 1-df chi-square scale, as PLINK reports it.
 
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return MISSING if not np.isfinite(v) else f"{v:.10g}"
-        if isinstance(v, bool):
-            return "TRUE" if v else "FALSE"
-        return str(v)
+    Parameters
+    ----------
+    t2 : ndarray, shape (m,), float64
+        Every SNP's squared t statistic, NaN where untested; a chunked run
+        passes the parts' values joined, the same float64 numbers as a whole
+        run's, so both give the same lambda_GC to the bit.
 
-    with atomic_open(path) as out:
-        out.write("\t".join(header) + "\n")
-        for row in rows:
-            out.write("\t".join(cell(v) for v in row) + "\n")
+    Returns
+    -------
+    float
+        The median of the finite values over :data:`CHI2_1DF_MEDIAN`; NaN
+        if no SNP was tested.
+    """
+    stats = t2[np.isfinite(t2)]
+    return float(np.median(stats) / CHI2_1DF_MEDIAN) if stats.size else math.nan
 
 
-def write_json(path: str | Path, content: dict[str, Any]) -> None:
-    """Write ``content`` as indented JSON atomically (NaN/inf as null)."""
+def write_lines(
+    blocks: Iterable[tuple[np.ndarray, list[ScanResult]]],
+    bfile: plink.Bfile,
+    n_analysed: Sequence[int],
+    handles: Sequence[IO[str]],
+    *,
+    total: int,
+    block_size: int,
+    progress_bar: bool = False,
+) -> list[np.ndarray]:
+    """Write every trait's summary-statistics lines (no header), block by block.
 
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, (np.floating, float)):
-            return float(v) if np.isfinite(v) else None
-        if isinstance(v, np.integer):
-            return int(v)
-        if isinstance(v, np.bool_):
-            return bool(v)
-        return v
+    Parameters
+    ----------
+    blocks : iterable of (ndarray, list of ScanResult)
+        .bim rows of a block and each trait's results, in .bim order
+        (:func:`cmlm_cli.association.scan_traits`).
+    bfile : plink.Bfile
+    n_analysed : sequence of int
+        Each trait's analysed individuals.
+    handles : sequence of text files
+        One per trait.
+    total, block_size : int
+        SNPs to come and SNPs per block, for the progress report.
+    progress_bar : bool
+        Draw a bar on stderr; otherwise log the progress now and then.
 
-    with atomic_open(path) as out:
-        json.dump(clean(content), out, indent=2)
-        out.write("\n")
+    Returns
+    -------
+    list of ndarray, shape (m_sel,), float64
+        Each trait's squared t statistics in .bim order (NaN where untested),
+        for :func:`lambda_gc`.
+    """
+    t2: list[list[np.ndarray]] = [[] for _ in handles]
+    with Progress(total, block_size, bar=progress_bar) as progress:
+        for snp_index, results in blocks:
+            for k, res in enumerate(results):
+                handles[k].writelines(
+                    sumstats_rows(sumstats_columns(bfile, snp_index, res, n_analysed[k]))
+                )
+                t2[k].append(res.t**2)
+            progress.advance(snp_index.size)
+    return [np.concatenate(values) if values else np.zeros(0) for values in t2]
+
+
+@contextlib.contextmanager
+def open_sumstats(paths: Sequence[str], *, gzip: bool) -> Iterator[list[IO[str]]]:
+    """Every trait's summary-statistics file, open with its header written.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        One file per trait (:func:`sumstats_path`).
+    gzip : bool
+
+    Yields
+    ------
+    list of text files
+        The files appear, all of them, only if the block completes; every
+        file is atomic and the stack hands an exception to each of them, so
+        one failure removes all the temporary files.
+    """
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(files.atomic_open(p, compress=gzip)) for p in paths]
+        for handle in handles:
+            handle.write("\t".join(SUMSTATS_COLUMNS) + "\n")
+        yield handles

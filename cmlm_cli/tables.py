@@ -537,6 +537,55 @@ def read_kinship(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, 
     raise CmlmError(msg)
 
 
+def read_kinship_for(path: str, fid: np.ndarray, iid: np.ndarray) -> np.ndarray:
+    """A user's kinship file, its rows and columns in the order of ``fid``/``iid``.
+
+    Parameters
+    ----------
+    path : str
+        A GCTA ``.grm`` prefix or a square table (:func:`read_kinship`).
+    fid, iid : ndarray, shape (n,), str
+        The kept samples.
+
+    Returns
+    -------
+    ndarray, shape (n, n), float64
+
+    Raises
+    ------
+    CmlmError
+        A kept sample is not in the file, or a one-ID table cannot tell two
+        families' individuals of the same IID apart.
+    """
+    kfid, kiid, K = read_kinship(path)
+    if np.array_equal(kfid, kiid):
+        # A square text table has one ID per individual: it must match the IID,
+        # and the IID alone must then tell the kept samples apart.
+        unique, counts = np.unique(iid, return_counts=True)
+        if np.any(counts > 1):
+            msg = (
+                f"{path}: the kinship table names individuals by one ID, but IID "
+                f"'{unique[counts > 1][0]}' is in more than one family of the .fam; "
+                "use a GCTA .grm.id with FID and IID"
+            )
+            raise CmlmError(msg)
+        by_iid = {i: r for r, i in enumerate(kiid)}
+        rows = [by_iid.get(i) for i in iid]
+    else:
+        by_pair = {(f, i): r for r, (f, i) in enumerate(zip(kfid, kiid, strict=True))}
+        rows = [by_pair.get((f, i)) for f, i in zip(fid, iid, strict=True)]
+    absent = [str(i) for i, r in zip(iid, rows, strict=True) if r is None]
+    if absent:
+        msg = (
+            f"kinship file '{path}': {len(absent)} kept samples are not in it (e.g. "
+            f"'{absent[0]}'); its IDs must match the .fam, or analyse only the samples it "
+            "has with --keep"
+        )
+        raise CmlmError(msg)
+    index = np.array(rows)
+    return K[np.ix_(index, index)]
+
+
 def _check_unique_ids(labels: list[str], positions: list[int], where: str, unit: str) -> None:
     """Raise if a label repeats; ``positions`` say where each is, in ``unit``."""
     first: dict[str, int] = {}

@@ -1,0 +1,148 @@
+"""The association step: every trait's SNP test, in one pass over the SNP blocks.
+
+:func:`make_scanner` builds the test of one trait's null model (P3D,
+:class:`cmlm_cli.scan.Scanner`, or the per-SNP refit,
+:class:`cmlm_cli.exact.ExactScanner`); :func:`scan_traits` streams the kept
+SNPs through every trait's test, here (:func:`cmlm_cli.scan.scan_snps`) or on
+a :class:`BlockExecutor` such as :class:`cmlm_cli.distributed.DaskExecutor`.
+Every scan (a whole run, a chunk, a Dask task, a notebook) goes through
+these two, so they all run the same test on the same blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from cmlm_cli import choices, plink
+from cmlm_cli.compression import TraitResult
+from cmlm_cli.exact import ExactScanner
+from cmlm_cli.inputs import Inputs
+from cmlm_cli.null_model import NullModel
+from cmlm_cli.options import GwasOptions
+from cmlm_cli.scan import Scanner, ScanResult, scan_snps
+
+log = logging.getLogger("cmlm")
+
+Blocks = Iterator[tuple[np.ndarray, list[ScanResult]]]
+"""Each block's .bim rows, shape (B,), and every trait's results, in .bim order."""
+
+
+class BlockExecutor(Protocol):
+    """Runs the blocks of a scan somewhere else (a Dask cluster).
+
+    It receives the fitted models rather than scanners, builds the scanners
+    with :func:`make_scanner` where it runs, reads blocks of
+    ``options.block_size`` SNPs of ``snps`` and hands back each block's
+    results in .bim order: the same numbers as :func:`scan_snps` here.
+    """
+
+    def scan(
+        self,
+        bfile: plink.Bfile,
+        snps: np.ndarray,
+        samples: np.ndarray,
+        models: Sequence[NullModel],
+        rows: Sequence[np.ndarray],
+        options: GwasOptions,
+    ) -> Blocks:
+        """Every trait's results, block by block in .bim order."""
+        ...
+
+
+def make_scanner(model: NullModel, options: GwasOptions) -> Scanner:
+    """The SNP test of one trait's null model, as the options ask for it.
+
+    Parameters
+    ----------
+    model : NullModel
+    options : GwasOptions
+        ``exact``, ``impute``, ``method``, ``snp_variance``, ``scan_precision``.
+
+    Returns
+    -------
+    Scanner
+        An :class:`~cmlm_cli.exact.ExactScanner` with ``--exact``.
+    """
+    if options.exact:
+        return ExactScanner(model, impute=options.impute, method=options.method)
+    return Scanner(
+        model,
+        impute=options.impute,
+        variance=options.variance_for(options.model),
+        precision=options.scan_precision,
+    )
+
+
+def scan_traits(
+    fits: Sequence[TraitResult],
+    inputs: Inputs,
+    options: GwasOptions,
+    *,
+    snps: np.ndarray | None = None,
+    executor: BlockExecutor | None = None,
+) -> Blocks:
+    """Every trait's test of the SNPs, block by block in .bim order.
+
+    Parameters
+    ----------
+    fits : sequence of TraitResult
+    inputs : Inputs
+    options : GwasOptions
+    snps : ndarray, shape (m_sel,), int, optional
+        .bim rows to test (default ``inputs.snps``); a chunk passes a
+        contiguous range of ``inputs.snps`` that starts on a block boundary,
+        so that its blocks are the whole run's blocks.
+    executor : BlockExecutor, optional
+        Run each block as a task elsewhere instead of here; the blocks come
+        back in the same order with the same numbers.
+
+    Yields
+    ------
+    snp_index : ndarray, shape (B,), int
+    results : list of ScanResult
+        One per trait.
+
+    Examples
+    --------
+    >>> from cmlm_cli.pipeline import fit_inputs
+    >>> from cmlm_cli.inputs import load_inputs
+    >>> options = GwasOptions(pheno_names=("EarHT",), groups="31")
+    >>> inputs = load_inputs("data/mdp", "data/mdp.pheno.tsv", options)
+    >>> fits = fit_inputs(inputs, options)
+    >>> snp_index, (res,) = next(scan_traits(fits, inputs, options))
+    >>> snp_index.shape, res.p.shape
+    ((2000,), (2000,))
+    """
+    snps = inputs.snps if snps is None else snps
+    rows = [fit.analysed for fit in fits]
+    for fit in fits:
+        if not options.exact and fit.model.q:
+            log.info(
+                "%s: the scan's %d x %d products in %s%s",
+                fit.name,
+                fit.model.q,
+                fit.model.q,
+                choices.block_precision(options.scan_precision, fit.model.q),
+                f" (--scan-precision auto: float32 above {choices.FLOAT32_ABOVE:,} groups)"
+                if options.scan_precision == "auto"
+                else "",
+            )
+    if executor is not None:
+        yield from executor.scan(
+            inputs.bfile, snps, inputs.samples, [fit.model for fit in fits], rows, options
+        )
+        return
+    scanners = [make_scanner(fit.model, options) for fit in fits]
+    yield from scan_snps(
+        inputs.bfile,
+        snps,
+        inputs.samples,
+        scanners,
+        rows,
+        block_size=options.block_size,
+        num_threads=options.threads,
+    )

@@ -1,0 +1,318 @@
+"""The settings of a run: typed, checked once, and the settings they imply.
+
+:class:`GwasOptions` holds what the user chose (the defaults are those of
+``cmlm gwas``); :func:`check_options` refuses values that no input could
+make right, before anything is read. Settings that follow from the options
+and the size of the data are resolved here too, in one place: the group
+counts of ``--groups`` (:class:`GroupSpec`), the dense or large path
+(:func:`choose_path`) and the residual scale of the SNP test
+(:meth:`GwasOptions.variance_for`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cmlm_cli import choices, ssf
+from cmlm_cli.errors import CmlmError
+
+Model = Literal["cmlm", "mlm", "glm"]
+Precision = Literal["auto", "float64", "float32"]
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """``--groups`` parsed: explicit counts, or a rule for the default grid.
+
+    Attributes
+    ----------
+    text : str or None
+        As given (for messages); None for the default grid.
+    counts : tuple of int, or None
+        Explicit counts, distinct and decreasing; None for a grid that
+        depends on the data (the default, or ``gapit``).
+    gapit : bool
+        GAPIT's grid n, n - 50, ... at any n.
+    """
+
+    text: str | None
+    counts: tuple[int, ...] | None
+    gapit: bool = False
+
+    @classmethod
+    def parse(cls, spec: str | None) -> GroupSpec:
+        """One count (``"81"``), a list (``"281,231,81"``), a range ``FROM:TO:BY``.
+
+        Both ends of a range are included where the step lands on them;
+        None is the default grid and ``"gapit"`` GAPIT's grid
+        (:func:`default_groups`).
+
+        Raises
+        ------
+        CmlmError
+            The text is none of these.
+        """
+        if spec is None or spec == "gapit":
+            return cls(spec, None, gapit=spec == "gapit")
+        try:
+            if ":" in spec:
+                start, stop, step = (int(x) for x in spec.split(":"))
+                if step == 0:
+                    raise ValueError
+                step = abs(step) if stop >= start else -abs(step)
+                counts = list(range(start, stop + (1 if step > 0 else -1), step))
+            else:
+                counts = [int(x) for x in spec.split(",")]
+        except ValueError:
+            msg = (
+                f"--groups {spec!r} is not a count, a list like 281,231,81 "
+                "or a range FROM:TO:BY with a non-zero step"
+            )
+            raise CmlmError(msg) from None
+        return cls(spec, tuple(sorted(set(counts), reverse=True)))
+
+    def check(self, n: int, *, what: str = "genotyped individuals") -> None:
+        """Refuse explicit counts outside ``1..n``.
+
+        Parameters
+        ----------
+        n : int
+            Individuals that are clustered (all genotyped ones), or on the
+            large path the most micro-clusters it forms.
+        what : str
+            What ``n`` counts, for the message.
+        """
+        if self.counts is None:
+            return
+        bad = [c for c in self.counts if not 1 <= c <= n]
+        if bad:
+            msg = (
+                f"--groups {self.text!r} asks for {bad[0]} groups; "
+                f"a count must be between 1 and the {n} {what}"
+            )
+            raise CmlmError(msg)
+
+    def resolve(self, n: int, p: int) -> list[int]:
+        """The counts to try, largest first, for ``n`` clustered units and ``p`` fixed effects.
+
+        Explicit counts must have passed :meth:`check` with at least this
+        ``n``; the default grids are built for ``n`` (:func:`default_groups`).
+        """
+        if self.counts is None:
+            return default_groups(n, p, gapit=self.gapit)
+        return list(self.counts)
+
+
+GAPIT_STEP = 50
+# Each level costs one q x q tridiagonal reduction, O(q^3): GAPIT's grid n, n-50,
+# ... has n/50 levels and costs ~n^4/200 (minutes at n = 5,000). Above this
+# many levels the default grid is geometric instead, which costs ~2 n^3.
+MAX_DEFAULT_LEVELS = 20
+SMALLEST_DEFAULT_GROUPS = 30
+
+
+def default_groups(n: int, p: int, *, gapit: bool = False) -> list[int]:
+    """The default group counts, largest first.
+
+    GAPIT's grid n, n - 50, n - 100, ... (while above ``p``) when it has at
+    most :data:`MAX_DEFAULT_LEVELS` counts; for larger n, that many counts
+    spaced evenly on the log scale from n down to 30 (or ``p + 1``).
+
+    Parameters
+    ----------
+    n : int
+        Individuals (or micro-clusters) that are clustered.
+    p : int
+        Fixed effects: a level needs more groups than ``p``.
+    gapit : bool
+        GAPIT's grid n, n - 50, ... whatever its length.
+
+    Returns
+    -------
+    list of int
+    """
+    gapit_grid = list(range(n, p, -GAPIT_STEP)) or [n]
+    if gapit or len(gapit_grid) <= MAX_DEFAULT_LEVELS:
+        return gapit_grid
+    low = max(SMALLEST_DEFAULT_GROUPS, p + 1)
+    grid = np.geomspace(n, low, MAX_DEFAULT_LEVELS)
+    return sorted({int(round(c)) for c in grid}, reverse=True)
+
+
+@dataclass(frozen=True)
+class GwasOptions:
+    """Settings of a run; the defaults are the documented defaults of ``cmlm gwas``.
+
+    The fields are the long options of ``cmlm gwas`` (``--pheno-name`` is
+    ``pheno_names``, ``--no-plots`` is ``plots=False``); ``model.json`` and
+    the saved fit record them as they are here.
+
+    Examples
+    --------
+    >>> options = GwasOptions(pheno_names=("EarHT",), pcs=3, groups="281,131,31")
+    >>> options.group_spec.counts
+    (281, 131, 31)
+    >>> options.variance_for("cmlm"), options.variance_for("glm")
+    ('null', 'refit')
+    """
+
+    pheno_names: tuple[str, ...] | None = None
+    covar: str | None = None
+    covar_names: tuple[str, ...] | None = None
+    pcs: int = 0
+    maf: float = 0.0
+    keep: str | None = None
+    extract: str | None = None
+    kinship: str = "vanraden"
+    kinship_precision: Precision = "auto"
+    scan_precision: Precision = "auto"
+    impute: Literal["mean", "middle"] = "mean"
+    cluster: Literal["average", "complete", "ward", "single", "mcquitty", "median", "centroid"] = (
+        "average"
+    )
+    group_kinship: Literal["mean", "max", "min", "median", "identity"] = "mean"
+    groups: str | None = None
+    model: Model = "cmlm"
+    method: Literal["reml", "ml"] = "reml"
+    solver: Literal["brent", "em", "newton"] = "brent"
+    snp_variance: Literal["auto", "null", "refit"] = "auto"
+    choose: Literal["best", "gapit"] = "best"
+    block_size: int = 2000
+    threads: int | None = None
+    missing_code: str = "-9"
+    gzip: bool = False
+    plots: bool = True
+    plot_format: Literal["png", "pdf"] = "png"
+    path: Literal["auto", "dense", "large"] = "auto"
+    max_groups: int = 2000
+    format: Literal["tsv", "ssf"] = "tsv"
+    genome_assembly: str | None = None
+    exact: bool = False
+
+    @functools.cached_property
+    def group_spec(self) -> GroupSpec:
+        """``groups`` parsed, once (a syntax error raises CmlmError)."""
+        return GroupSpec.parse(self.groups)
+
+    def variance_for(self, model: str) -> str:
+        """``auto``: P3D with the null vg for mixed models, OLS for the GLM."""
+        if self.exact:
+            # The variance components, and so the scale, are refitted per SNP.
+            return "refit"
+        if self.snp_variance != "auto":
+            return self.snp_variance
+        return "refit" if model == "glm" else "null"
+
+    @property
+    def snp_test(self) -> str:
+        """``exact`` (per-SNP refit), ``p3d`` (null-model variances) or ``ols`` (GLM)."""
+        return "exact" if self.exact else "p3d" if self.model != "glm" else "ols"
+
+
+def check_options(options: GwasOptions) -> None:
+    """Reject option values that no input could make right.
+
+    Raises
+    ------
+    CmlmError
+        Naming the option, the value and what it may be.
+    """
+    checks = [
+        (options.model, choices.MODELS, "--model"),
+        (options.method, choices.METHODS, "--method"),
+        (options.solver, choices.SOLVERS, "--solver"),
+        (options.impute, choices.IMPUTE_METHODS, "--impute"),
+        (options.cluster, choices.CLUSTER_METHODS, "--cluster"),
+        (options.group_kinship, choices.GROUP_KINSHIPS, "--group-kinship"),
+        (options.kinship_precision, choices.KINSHIP_PRECISIONS, "--kinship-precision"),
+        (options.scan_precision, choices.SCAN_PRECISIONS, "--scan-precision"),
+        (options.snp_variance, choices.SNP_VARIANCES, "--snp-variance"),
+        (options.choose, choices.CHOICE_RULES, "--choose"),
+        (options.path, choices.PATHS, "--path"),
+        (options.plot_format, choices.PLOT_FORMATS, "--plot-format"),
+    ]
+    for value, allowed, flag in checks:
+        if value not in allowed:
+            msg = f"{flag} {value!r} is not one of {', '.join(allowed)}"
+            raise CmlmError(msg)
+    if not 0 <= options.maf < 0.5:
+        msg = f"--maf {options.maf} must be at least 0 and below 0.5"
+        raise CmlmError(msg)
+    if options.block_size < 1:
+        msg = f"--block-size {options.block_size} must be a positive number of SNPs"
+        raise CmlmError(msg)
+    if options.groups is not None and options.model != "cmlm":
+        msg = f"--groups applies to --model cmlm; --model {options.model} has no compression"
+        raise CmlmError(msg)
+    if options.model == "cmlm":
+        # The syntax now; the counts once the samples are known (GroupSpec.check).
+        options.group_spec  # noqa: B018 - parsed for its error
+    if options.pcs < 0:
+        msg = f"--pcs {options.pcs} must be 0 or more"
+        raise CmlmError(msg)
+    if options.exact and options.snp_variance != "auto":
+        msg = (
+            f"--snp-variance {options.snp_variance} does not apply with --exact, which "
+            "re-estimates the variance components for every SNP; leave --snp-variance out"
+        )
+        raise CmlmError(msg)
+    if options.exact and options.model == "glm":
+        msg = (
+            "--exact re-estimates the variance components for every SNP, and --model glm "
+            "has none; use --model mlm or cmlm, or leave --exact out"
+        )
+        raise CmlmError(msg)
+    if options.max_groups < 1:
+        msg = f"--max-groups {options.max_groups} must be a positive number of groups"
+        raise CmlmError(msg)
+    ssf.check_format(options.format, options.genome_assembly)
+
+
+LARGE_N = 20_000
+"""``--path auto`` takes the large path above this many kept samples.
+
+The dense path holds the n x n kinship, a copy of it and the clustering's
+n(n-1)/2 distances, about 20 n^2 bytes at its peak: 8 GB at n = 20,000, a
+third of a 24 GB machine, and growing as n^2. The rule looks at n alone, so
+the same data gives the same groups on every machine.
+"""
+
+
+def choose_path(n: int, options: GwasOptions) -> tuple[str, str]:
+    """``dense`` or ``large`` for ``n`` kept samples, and the reason, for the log.
+
+    Raises
+    ------
+    CmlmError
+        The large path is taken but a setting needs the n x n kinship.
+    """
+    if options.path == "dense":
+        return "dense", "--path dense"
+    if options.path == "large":
+        why = "--path large"
+    elif n > LARGE_N:
+        why = (
+            f"{n} samples > {LARGE_N} (--path auto); the dense n x n kinship alone "
+            f"would take {8e-9 * n * n:.1f} GB"
+        )
+    else:
+        return "dense", f"{n} samples <= {LARGE_N} (--path auto)"
+    problem = None
+    if options.model == "mlm":
+        problem = "--model mlm (each individual its own group, Kc = K)"
+    elif options.model == "cmlm" and options.kinship != "vanraden":
+        problem = f"--kinship {options.kinship}"
+    elif options.model == "cmlm" and options.group_kinship not in ("mean", "identity"):
+        problem = f"--group-kinship {options.group_kinship}"
+    if problem:
+        msg = (
+            f"{problem} needs the n x n kinship, which the large path ({why}) never builds; "
+            "use --model cmlm with --kinship vanraden and --group-kinship mean or identity, "
+            "or --path dense if the n x n matrix fits in memory"
+        )
+        raise CmlmError(msg)
+    return "large", why

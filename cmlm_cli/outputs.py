@@ -1,0 +1,133 @@
+"""Each trait's files beside the summary statistics, and its summary in the log.
+
+``OUT.TRAIT.compression.tsv`` (one row per group count tried),
+``OUT.TRAIT.model.json`` (the chosen model, every setting, the version) and
+``OUT.TRAIT.groups.tsv`` (FID, IID and group of each analysed individual),
+so that anyone can re-derive the fit; with ``--format ssf`` also the
+GWAS-SSF file and its metadata. Every writer returns the paths it wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+import numpy as np
+
+from cmlm_cli import __version__, files, ssf
+from cmlm_cli.compression import TraitResult
+from cmlm_cli.inputs import Inputs, fixed_names
+from cmlm_cli.options import GwasOptions
+from cmlm_cli.sumstats import COMPRESSION_COLUMNS, sumstats_path
+
+log = logging.getLogger("cmlm")
+
+NEG2LOGL_CONVENTIONS = {
+    "reml": "GAPIT: r log(2 pi yPy/r) + r + log|H| + log|X'H^-1X| - log|X'X|",
+    "ml": "n log(2 pi yPy/n) + n + log|H|",
+}
+"""How ``neg2logL`` is defined, by method, as ``model.json`` states it."""
+
+
+def write_trait_files(
+    result: TraitResult, inputs: Inputs, out: str, options: GwasOptions
+) -> tuple[str, ...]:
+    """The compression profile, the chosen model and the groups of one trait.
+
+    Parameters
+    ----------
+    result : TraitResult
+        Scanned: its ``lambda_gc`` goes into ``model.json``.
+    inputs : Inputs
+    out : str
+        Output prefix.
+    options : GwasOptions
+
+    Returns
+    -------
+    tuple of str
+        ``OUT.TRAIT.compression.tsv``, ``.model.json``, ``.groups.tsv``.
+    """
+    name, model = result.name, result.model
+    profile = [
+        (
+            lvl.groups,
+            lvl.model.q,
+            lvl.model.neg2logL,
+            lvl.model.vg,
+            lvl.model.ve,
+            lvl.model.h2,
+            i == result.chosen,
+        )
+        for i, lvl in enumerate(result.levels)
+    ]
+    if options.model == "glm":
+        profile = [(0, 0, model.neg2logL, model.vg, model.ve, model.h2, True)]
+    profile_path = f"{out}.{name}.compression.tsv"
+    files.write_table(profile_path, COMPRESSION_COLUMNS, profile)
+
+    content = {
+        "trait": name,
+        "model": options.model,
+        "groups": result.levels[result.chosen].groups if result.levels else 0,
+        "groups_used": model.q,
+        "neg2logL": model.neg2logL,
+        "vg": model.vg,
+        "ve": model.ve,
+        "delta": model.delta,
+        "h2": model.h2,
+        "method": model.method,
+        "solver": model.solver,
+        "iterations": model.iterations,
+        "converged": model.converged,
+        "n": model.n,
+        "p": model.p,
+        "fixed_effects": dict(zip(fixed_names(inputs, options), model.beta.tolist(), strict=True)),
+        "snp_variance": options.variance_for(options.model),
+        "snp_test": options.snp_test,
+        "lambda_gc": result.lambda_gc,
+        "neg2logL_convention": NEG2LOGL_CONVENTIONS[model.method],
+        "options": asdict(options),
+        "version": __version__,
+    }
+    model_path = f"{out}.{name}.model.json"
+    files.write_json(model_path, content)
+
+    fid = inputs.bfile.fid[inputs.samples][result.analysed]
+    iid = inputs.bfile.iid[inputs.samples][result.analysed]
+    if result.levels:
+        group = result.levels[result.chosen].cluster_labels + 1
+    else:
+        group = np.zeros(result.analysed.size, dtype=np.int64)
+    groups_path = f"{out}.{name}.groups.tsv"
+    rows = list(zip(fid, iid, group.tolist(), strict=True))
+    files.write_table(groups_path, ("FID", "IID", "group"), rows)
+    return profile_path, model_path, groups_path
+
+
+def write_ssf(result: TraitResult, inputs: Inputs, out: str, options: GwasOptions) -> list[str]:
+    """``OUT.TRAIT.ssf.tsv.gz`` and its metadata, from the trait's summary statistics."""
+    return ssf.write_ssf(
+        sumstats_path(out, result.name, gzip=options.gzip),
+        f"{out}.{result.name}.ssf.tsv.gz",
+        trait=result.name,
+        sample_size=result.model.n,
+        genome_assembly=options.genome_assembly or "",
+        analysis=f"--model {options.model} --method {options.method}",
+        covariates=fixed_names(inputs, options)[1:],
+    )
+
+
+def log_summary(result: TraitResult) -> None:
+    """One log line with the trait's fit and its lambda_GC."""
+    log.info(
+        "%s: n %d, groups %d, -2logL %.6f, vg %.6g, ve %.6g, h2 %.4f, lambda_GC %.4f",
+        result.name,
+        result.model.n,
+        result.model.q,
+        result.model.neg2logL,
+        result.model.vg,
+        result.model.ve,
+        result.model.h2,
+        result.lambda_gc,
+    )
