@@ -101,6 +101,13 @@ def load(bfile: str, pheno: str, options: GwasOptions | None = None) -> Inputs:
     ------
     CmlmError
         An input or an option is not usable; the message says why.
+
+    Examples
+    --------
+    >>> options = GwasOptions(pheno_names=("EarHT", "dpoll"), groups="281,131,31")
+    >>> inputs = load("data/mdp", "data/mdp.pheno.tsv", options)
+    >>> inputs.samples.size, inputs.snps.size, inputs.trait_names
+    (281, 3093, ('EarHT', 'dpoll'))
     """
     options = options or GwasOptions()
     check_options(options)
@@ -123,6 +130,15 @@ def fit(inputs: Inputs, options: GwasOptions | None = None) -> list[TraitResult]
         :class:`~cmlm_cli.null_model.NullModel`), ``levels`` (every group
         count tried, the compression profile), ``chosen`` (its index) and
         ``analysed`` (n_a,), the rows of ``inputs.samples`` in the model.
+
+    Examples
+    --------
+    >>> options = GwasOptions(pheno_names=("EarHT", "dpoll"), groups="281,131,31")
+    >>> fits = fit(load("data/mdp", "data/mdp.pheno.tsv", options), options)
+    >>> [(f.name, f.analysed.size, [level.groups for level in f.levels]) for f in fits]
+    [('EarHT', 279, [281, 131, 31]), ('dpoll', 276, [281, 131, 31])]
+    >>> [f.levels[f.chosen].groups for f in fits]
+    [281, 281]
     """
     options = options or GwasOptions()
     check_options(options)
@@ -150,6 +166,16 @@ def scan(
     -------
     dict of str to TraitScan
         Keyed by trait name; each holds m = ``inputs.snps.size`` SNPs.
+
+    Examples
+    --------
+    >>> options = GwasOptions(pheno_names=("EarHT",), groups="281,131,31")
+    >>> inputs = load("data/mdp", "data/mdp.pheno.tsv", options)
+    >>> result = scan(fit(inputs, options), inputs, options)["EarHT"]
+    >>> result.p_value.shape, str(result.variant_id[0])
+    ((3093,), 'PZB00859.1')
+    >>> round(result.lambda_gc, 4)
+    1.0099
     """
     options = options or GwasOptions()
     check_options(options)

@@ -483,7 +483,7 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> Relationship:
     >>> options = GwasOptions(pheno_names=("EarHT",), pcs=2)
     >>> rel = build_relationship(load_inputs("data/mdp", "data/mdp.pheno.tsv", options), options)
     >>> rel.K.shape, rel.pcs.shape, rel.n_snps
-    ((281, 281), (281, 2), 3093)
+    ((281, 281), (281, 2), 2954)
     """
     bfile, samples = inputs.bfile, inputs.samples
 
