@@ -19,7 +19,7 @@ demo: $(STAMP)
 # The tests use small matrices: one BLAS thread each keeps them fast and
 # steady when the machine is shared (threads fighting over 2 cores cost 10x).
 test: $(STAMP)
-	$(BIN)/ruff check cmlm_cli tests
+	$(BIN)/ruff check cmlm_cli tests conftest.py
 	$(BIN)/mypy
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py --sizes $(SIZES)
 
 lint: $(STAMP)
-	$(BIN)/ruff check cmlm_cli tests
+	$(BIN)/ruff check cmlm_cli tests conftest.py
 	$(BIN)/mypy
 
 clean:

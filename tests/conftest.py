@@ -1,4 +1,4 @@
-"""Shared locations: the repository's example data and the shared reference folder."""
+"""Shared locations: the repository's example data and the tests' own data."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-# The reference outputs of GAPIT, GEMMA and PLINK2 live in a folder beside
-# the checkout; the commands that made them are in its README.
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The tests' own files: reference outputs of GAPIT, GEMMA and PLINK2
+# (reference/), GAPIT's original demo files (mdp_gapit/), the mouse panel
+# (mouse_hs1940/); each folder's README says where its files come from.
+TEST_DATA = Path(__file__).resolve().parent / "data"
 # The example panel of `make demo`.
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -34,10 +35,8 @@ def mdp(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def reference() -> Path:
-    path = SHARED / "reference"
-    if not path.is_dir():
-        pytest.skip("the shared reference folder is not beside this checkout")
-    return path
+    """The saved outputs of GAPIT, GEMMA and PLINK2 (``tests/data/reference``)."""
+    return TEST_DATA / "reference"
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +48,8 @@ def _no_plots_outside_plot_tests(request, monkeypatch):
     """
     if request.node.path.name == "test_plots.py" or request.node.get_closest_marker("plots"):
         return
-    from cmlm_cli import pipeline
+    from cmlm_cli import plots
 
-    monkeypatch.setattr(pipeline, "write_plots", lambda *args, **kwargs: None)
+    monkeypatch.setattr(
+        plots, "write_plots", lambda traits, *args, **kwargs: {trait: [] for trait in traits}
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import as_float, read_tsv
 
 import cmlm_cli
 from cmlm_cli import api, sumstats
@@ -30,12 +31,12 @@ def test_import_loads_no_numpy():
 
 
 def test_exports_are_the_pipeline_functions():
-    from cmlm_cli import kinship, null_model, pipeline, plink, scan
+    from cmlm_cli import compression, inputs, kinship, null_model, options, pipeline, plink, scan
 
     expected = {
-        "GwasOptions": pipeline.GwasOptions,
-        "Inputs": pipeline.Inputs,
-        "TraitResult": pipeline.TraitResult,
+        "GwasOptions": options.GwasOptions,
+        "Inputs": inputs.Inputs,
+        "TraitResult": compression.TraitResult,
         "run_gwas": pipeline.run_gwas,
         "TraitScan": api.TraitScan,
         "load": api.load,
@@ -80,22 +81,21 @@ def test_scan_has_the_numbers_of_the_files(files, in_memory):
     inputs, fits, scans = in_memory
     assert list(scans) == list(OPTIONS.pheno_names or ())
     for trait, result in scans.items():
-        lines = Path(f"{files}.{trait}.sumstats.tsv").read_text().splitlines()
-        header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
-        assert header == list(sumstats.SUMSTATS_COLUMNS)
-        assert len(rows) == inputs.snps.size
-        for k, (name, values) in enumerate(result.columns().items()):
-            column = [row[k] for row in rows]
-            assert values.shape == (len(rows),), name
+        table = read_tsv(f"{files}.{trait}.sumstats.tsv")
+        assert list(table) == list(sumstats.SUMSTATS_COLUMNS)
+        assert list(result.columns()) == list(table)
+        for name, values in result.columns().items():
+            column = table[name]
+            assert values.shape == column.shape == (inputs.snps.size,), name
             if values.dtype.kind == "f":
-                written = np.array([np.nan if v == "NA" else float(v) for v in column])
+                written = as_float(column)
                 # The file has 10 significant digits (6 for the frequency): half a
                 # unit in the last digit.
                 rtol = 5e-6 if name == "effect_allele_frequency" else 5e-10
                 np.testing.assert_allclose(values, written, rtol=rtol, atol=0, err_msg=name)
                 assert np.array_equal(np.isnan(values), np.isnan(written)), name
             else:
-                assert [str(v) for v in values.tolist()] == column, name
+                assert [str(v) for v in values.tolist()] == list(column), name
         model = json.loads(Path(f"{files}.{trait}.model.json").read_text())
         assert result.lambda_gc == model["lambda_gc"]
         (fitted,) = [f for f in fits if f.name == trait]

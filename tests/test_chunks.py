@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import copy_example
+from helpers import read_sumstats
 
-from cmlm_cli import model_io
-from cmlm_cli import pipeline as pipeline_module
-from cmlm_cli.chunks import chunk_snps, load_fit, parse_chunk, run_fit, run_merge, run_scan
+from cmlm_cli import model_io, sumstats
+from cmlm_cli.chunks import chunk_snps, parse_chunk, run_fit, run_merge, run_scan
 from cmlm_cli.cli import main
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.pipeline import GwasOptions, run_gwas
+from cmlm_cli.pipeline import GwasOptions, fit_inputs, prepare_inputs, run_gwas
 from cmlm_cli.progress import Progress, format_duration
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -204,7 +204,7 @@ def test_merge_refuses_parts_of_another_count(fitted):
 def test_interrupted_scan_leaves_no_part(fitted, monkeypatch):
     fit, out = fitted
     calls = []
-    real = pipeline_module.sumstats_lines
+    real = sumstats.sumstats_rows
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -212,11 +212,11 @@ def test_interrupted_scan_leaves_no_part(fitted, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "sumstats_lines", interrupted)
+    monkeypatch.setattr(sumstats, "sumstats_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_scan(fit, out, chunk="1/1")
     assert part_files(out) == []
-    monkeypatch.setattr(pipeline_module, "sumstats_lines", real)
+    monkeypatch.setattr(sumstats, "sumstats_rows", real)
     run_scan(fit, out, chunk="1/1")
     assert len(part_files(out)) == 3
 
@@ -312,13 +312,11 @@ def test_saved_fit_round_trip_is_exact(mdp, tmp_path):
     options = GwasOptions(
         pheno_names=("EarHT", "dpoll"), groups="281,131,31", pcs=1, plots=False, block_size=BLOCK
     )
-    lap = pipeline_module.Stopwatch()
-    inputs, results = pipeline_module.fit_models(
-        str(mdp), f"{mdp}.pheno.tsv", str(tmp_path / "a"), options, lap
-    )
+    inputs = prepare_inputs(str(mdp), f"{mdp}.pheno.tsv", str(tmp_path / "a"), options)
+    results = fit_inputs(inputs, options)
     path = str(tmp_path / "a.fit.npz")
     model_io.save_fit(path, inputs=inputs, results=results, options=options)
-    loaded = load_fit(path)
+    loaded = model_io.load_fit(path)
     assert loaded.options == options
 
     def same(a, b, where):
@@ -330,7 +328,7 @@ def test_saved_fit_round_trip_is_exact(mdp, tmp_path):
             assert a.dtype == b.dtype, where
             assert a.shape == b.shape, where
             assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
-        elif isinstance(a, list):
+        elif isinstance(a, (list, tuple)):
             assert len(a) == len(b), where
             for i, (x, y) in enumerate(zip(a, b, strict=True)):
                 same(x, y, f"{where}[{i}]")
@@ -446,6 +444,8 @@ def test_killed_scan_leaves_nothing_that_looks_finished(mdp, tmp_path):
         run_merge(fit, out, chunks=1)
     run_scan(fit, out, chunk="1/1")
     (result,) = [r for r in run_merge(fit, out, chunks=1) if r.name == "dpoll"]
-    lines = (tmp_path / "run.dpoll.sumstats.tsv").read_text().splitlines()
-    assert len(lines) == 1 + 3093
-    assert np.isfinite(result.lambda_gc)
+    t = read_sumstats(tmp_path / "run.dpoll.sumstats.tsv")["t_statistic"]
+    assert t.size == 3093
+    # lambda_GC of the merged file: the median of t^2 over the 1-df chi-square median.
+    t = t[~np.isnan(t)]
+    assert result.lambda_gc == pytest.approx(np.median(t**2) / 0.454936423119572, rel=1e-8)

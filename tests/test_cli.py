@@ -7,16 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from cmlm_cli.cli import main
+from helpers import as_float, expect_error, read_tsv, run
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, ["gwas", *args], catch_exceptions=False)
-
 
 
 def test_gwas_writes_every_file(mdp, tmp_path):
@@ -35,9 +28,20 @@ def test_gwas_writes_every_file(mdp, tmp_path):
         assert profile[0] == "groups\tgroups_used\tneg2logL\tvg\tve\th2\tchosen"
         assert [row.split("\t")[0] for row in profile[1:]] == ["281", "131"]
         assert sum(row.endswith("TRUE") for row in profile[1:]) == 1
+        # model.json is the level marked chosen, and that level has the largest
+        # likelihood: the smallest -2logL, where a tie goes to fewer groups (a
+        # later row), so every later row's -2logL is larger.
+        levels = read_tsv(tmp_path / "res" / f"run.{trait}.compression.tsv")
+        neg2 = as_float(levels["neg2logL"])
+        (chosen,) = np.flatnonzero(levels["chosen"] == "TRUE")
+        assert neg2[chosen] == neg2.min()
+        assert np.all(neg2[chosen + 1 :] > neg2[chosen])
         model = json.loads((tmp_path / "res" / f"run.{trait}.model.json").read_text())
-        assert model["groups"] in (281, 131)
-        assert model["vg"] + model["ve"] > 0
+        assert model["groups"] == int(levels["groups"][chosen])
+        assert model["groups_used"] == int(levels["groups_used"][chosen])
+        # The file keeps 10 significant digits.
+        for key in ("neg2logL", "vg", "ve", "h2"):
+            assert model[key] == pytest.approx(float(levels[key][chosen]), rel=1e-9), key
         assert model["h2"] == pytest.approx(model["vg"] / (model["vg"] + model["ve"]))
         groups = (tmp_path / "res" / f"run.{trait}.groups.tsv").read_text().splitlines()
         assert groups[0] == "FID\tIID\tgroup"
@@ -58,17 +62,6 @@ def test_gzip_output_is_the_same_table(mdp, tmp_path):
     assert run(*args, "--out", str(tmp_path / "gz"), "--gzip").exit_code == 0
     plain = (tmp_path / "plain.EarDia.sumstats.tsv").read_bytes()
     assert gzip.decompress((tmp_path / "gz.EarDia.sumstats.tsv.gz").read_bytes()) == plain
-
-
-def expect_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2
-    # Progress lines may come first; the error is one line, and the last.
-    lines = result.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("cmlm: error: ")]
-    assert errors == [lines[-1]], result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def outputs(directory: Path) -> list[str]:
@@ -143,7 +136,8 @@ def test_missing_code_is_configurable(mdp, tmp_path):
     # Without the code, -999 is a (very short) plant.
     run(*args, "--pheno", str(tmp_path / "coded.tsv"), "--out", str(tmp_path / "c"))
     assert json.loads((tmp_path / "c.EarHT.model.json").read_text())["n"] == 281
-    assert np.isfinite(json.loads((tmp_path / "a.EarHT.model.json").read_text())["ve"])
+    # With it, -999 is missing as NA is: the 279 lines with EarHT.
+    assert json.loads((tmp_path / "b.EarHT.model.json").read_text())["n"] == 279
 
 
 def test_groups_without_compression_is_refused(mdp, tmp_path):

@@ -10,6 +10,8 @@ from oracle import dense_neg2loglik, group_mean_kinship
 
 from cmlm_cli import compression, null_model, pipeline
 from cmlm_cli.grouping import cut_tree, linkage
+from cmlm_cli.inputs import load_inputs
+from cmlm_cli.options import GwasOptions
 
 
 def panel(seed: int = 3, n: int = 60, m: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +114,8 @@ def test_search_with_factored_levels_equals_the_full_search(monkeypatch):
     # every trait. Every level of the first search is decomposed in full (all
     # below FACTORED_MIN_Q); the second keeps them all factored.
     data = Path(__file__).resolve().parent.parent / "data"
-    options = pipeline.GwasOptions(groups="200,120,60,30,10", pcs=3)
-    inputs = pipeline.load_inputs(str(data / "mdp"), str(data / "mdp.pheno.tsv"), options)
+    options = GwasOptions(groups="200,120,60,30,10", pcs=3)
+    inputs = load_inputs(str(data / "mdp"), str(data / "mdp.pheno.tsv"), options)
     full = pipeline.fit_inputs(inputs, options)
     monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
     factored = pipeline.fit_inputs(inputs, options)

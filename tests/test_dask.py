@@ -269,13 +269,13 @@ def test_options_are_unchanged_by_the_executor():
 def test_worker_refuses_other_files_at_the_same_path(tmp_path):
     import shutil
 
-    from cmlm_cli import model_io, plink
+    from cmlm_cli import plink
     from cmlm_cli.distributed import _check_same_files
 
     copy = tmp_path / "mdp"
     for suffix in (".bed", ".bim", ".fam"):
         shutil.copy(f"{MDP}{suffix}", f"{copy}{suffix}")
-    expected = model_io.fingerprint(plink.open_bfile(MDP))
+    expected = plink.fingerprint(plink.open_bfile(MDP))
     _check_same_files(plink.open_bfile(copy), expected)  # same content elsewhere: fine
     fam = Path(f"{copy}.fam")
     fam.write_text(fam.read_text().replace(" -9\n", " 1\n", 1))

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import read_sumstats, read_tsv
 from oracle import (
     LOG_DELTA_MIN,
     dense_fit,
@@ -255,9 +256,7 @@ def test_twenty_individuals_end_to_end(tmp_path):
     assert model["n"] == 20
     assert model["neg2logL"] == pytest.approx(ref.neg2logL, abs=1e-6)
     assert model["h2"] == pytest.approx(ref.h2, rel=1e-5, abs=1e-9)
-    table = (tmp_path / "small.EarHT.sumstats.tsv").read_text().splitlines()
-    p = np.array([np.nan if r.split("\t")[7] == "NA" else float(r.split("\t")[7])
-                  for r in table[1:]])
+    p = read_sumstats(tmp_path / "small.EarHT.sumstats.tsv")["p_value"]
     H = h_matrix(ref.delta, labels, K) if np.isfinite(ref.delta) else np.eye(20)
     expected = dense_scan(y, X, H, G, sigma2=dense_profile(H, y, X, method="reml").sigma2).p
     # Two optimisers meet (1e-5 in h2), and the file keeps 10 digits.
@@ -283,9 +282,9 @@ def test_snp_equal_to_a_covariate_is_na(tmp_path, model):
     options = GwasOptions(pheno_names=("EarHT",), covar=str(covar), model=model,
                           extract=str(tmp_path / "snps.txt"), plots=False)
     run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / "o"), options)
-    rows = [r.split("\t") for r in (tmp_path / "o.EarHT.sumstats.tsv").read_text()
-            .splitlines()[1:41]]
-    p = {r[8]: r[7] for r in rows}
+    table = read_tsv(tmp_path / "o.EarHT.sumstats.tsv")
+    assert table["variant_id"].size == 40
+    p = dict(zip(table["variant_id"], table["p_value"], strict=True))
     assert p[bfile.snp[j]] == "NA"
     testable = [k for k in range(40) if k != j and np.nanstd(G[:, k]) > 0]
     assert all(p[bfile.snp[k]] != "NA" for k in testable)

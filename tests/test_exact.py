@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED
+from conftest import TEST_DATA
+from helpers import read_tsv
 from oracle import dense_fit, dense_scan, group_mean_kinship, h_matrix, impute
 from test_packed import edge_snps, packed_scan, write_bfile
 
@@ -26,8 +27,8 @@ from cmlm_cli.null_model import fit_null
 from cmlm_cli.pipeline import GwasOptions, run_gwas
 from cmlm_cli.scan import scan_snps
 
-GEMMA_DIR = Path(__file__).resolve().parent / "data" / "gemma_mouse"
-MOUSE = SHARED / "data" / "mouse_hs1940" / "mouse_hs1814"
+GEMMA_DIR = TEST_DATA / "gemma_mouse"
+MOUSE = TEST_DATA / "mouse_hs1940" / "mouse_hs1814"
 
 
 def _panel(seed: int = 1):
@@ -209,24 +210,14 @@ def test_exact_equals_gemma_wald_on_the_maize_panel(reference):
     n = int(analysed.sum())
     model = fit_null(y[analysed], np.ones((n, 1)), np.arange(n), K)
     fit = ExactScanner(model).fit(G[analysed][:, kept])
-    lines = (reference / "gemma" / "mdp_EarHT_lmm4.assoc.txt").read_text().splitlines()
-    header = lines[0].split("\t")
-    gemma = np.array([line.split("\t") for line in lines[1:]])
-    p_wald = gemma[:, header.index("p_wald")].astype(float)
-    assert gemma.shape[0] == kept.sum() == 2040
+    gemma = read_tsv(reference / "gemma" / "mdp_EarHT_lmm4.assoc.txt")
+    p_wald = gemma["p_wald"].astype(float)
+    assert p_wald.size == kept.sum() == 2040
     # The largest difference is 2.3e-6 in log10 p, 1.0e-5 in lambda (GEMMA's
     # own tolerance), with 6-7 printed digits and a kinship read from text.
     assert np.max(np.abs(np.log10(fit.result.p) - np.log10(p_wald))) < 1e-4
-    l_remle = gemma[:, header.index("l_remle")].astype(float)
+    l_remle = gemma["l_remle"].astype(float)
     np.testing.assert_allclose(1.0 / fit.delta, l_remle, rtol=5e-5)
-
-
-def _read_gemma() -> dict[str, np.ndarray]:
-    path = GEMMA_DIR / "MCH_lmm1_chr14.assoc.txt"
-    lines = path.read_text().splitlines()
-    header = lines[0].split("\t")
-    rows = [line.split("\t") for line in lines[1:]]
-    return {name: np.array([r[k] for r in rows]) for k, name in enumerate(header)}
 
 
 def _write_gemma_kinship(prefix) -> None:
@@ -254,9 +245,7 @@ def _write_gemma_kinship(prefix) -> None:
 def test_exact_mlm_equals_gemma_lmm1_on_the_mouse_panel(tmp_path):
     # GEMMA 0.98.5 -lmm 1 (tests/data/gemma_mouse/README.md): the same model
     # (K from -gk 1, intercept only, 1,523 mice with MCH), REML per SNP.
-    if not MOUSE.with_suffix(".bed").is_file():
-        pytest.skip("the shared mouse panel is not beside this checkout")
-    gemma = _read_gemma()
+    gemma = read_tsv(GEMMA_DIR / "MCH_lmm1_chr14.assoc.txt")
     _write_gemma_kinship(tmp_path / "gk1")
     (tmp_path / "snps.txt").write_text("\n".join(gemma["rs"]) + "\n")
     options = GwasOptions(
@@ -276,11 +265,7 @@ def test_exact_mlm_equals_gemma_lmm1_on_the_mouse_panel(tmp_path):
     content = json.loads((tmp_path / "mouse.MCH.model.json").read_text())
     assert content["snp_test"] == "exact"
 
-    lines = (tmp_path / "mouse.MCH.sumstats.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    ours = {
-        name: np.array([line.split("\t")[k] for line in lines[1:]]) for k, name in enumerate(header)
-    }
+    ours = read_tsv(tmp_path / "mouse.MCH.sumstats.tsv")
     assert np.array_equal(ours["variant_id"], gemma["rs"])
     p_ours = ours["p_value"].astype(float)
     p_gemma = gemma["p_wald"].astype(float)

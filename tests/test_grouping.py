@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.cluster.hierarchy
 import scipy.spatial.distance
+from helpers import read_tsv
 
 from cmlm_cli import tables
 from cmlm_cli.grouping import CLUSTER_METHODS, cut_tree, group_kinship, linkage, row_distances
@@ -19,14 +20,13 @@ def test_memberships_equal_gapit_at_every_count(reference):
     # GAPIT 4.1: hclust(dist(K), "average") + cutree on its own VanRaden
     # kinship, saved for counts 281, 271, ..., 1.
     _, taxa, K = tables.read_kinship(reference / "gapit" / "kinship_VanRaden.tsv")
-    lines = (reference / "gapit" / "compression_group_membership.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    rows = [line.split("\t") for line in lines[1:]]
-    assert [r[0] for r in rows] == list(taxa)
+    memberships = read_tsv(reference / "gapit" / "compression_group_membership.tsv")
+    assert list(memberships.pop("taxa")) == list(taxa)
+    assert len(memberships) == 29  # g281, g271, ..., g1
     tree = linkage(K, method="average")
-    for j, name in enumerate(header[1:], start=1):
+    for name, column in memberships.items():
         count = int(name[1:])
-        gapit = np.array([int(r[j]) for r in rows])
+        gapit = column.astype(int)
         ours = cut_tree(tree, count)
         assert partition(ours) == partition(gapit), name
         # cutree numbers groups by first appearance, and so do we.

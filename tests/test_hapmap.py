@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED
+from conftest import TEST_DATA
 
 from cmlm_cli.cli import main
 from cmlm_cli.errors import CmlmError
@@ -19,7 +19,7 @@ from cmlm_cli.hapmap import GD_ALLELES, genotype_source, hapmap_to_bed, numeric_
 from cmlm_cli.plink import open_bfile, read_dosages
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-GAPIT_HAPMAP = SHARED / "data" / "mdp" / "gapit_original" / "mdp_genotype_test.hmp.txt"
+GAPIT_HAPMAP = TEST_DATA / "mdp_gapit" / "mdp_genotype_test.hmp.txt"
 HEADER = "\t".join(
     "rs# alleles chrom pos strand assembly# center protLSID assayLSID panelLSID QCcode".split()
 )
@@ -27,8 +27,7 @@ HEADER = "\t".join(
 
 @pytest.fixture(scope="module")
 def gapit_hapmap() -> Path:
-    if not GAPIT_HAPMAP.is_file():
-        pytest.skip("GAPIT's demo HapMap is not in the shared data folder")
+    """GAPIT's own demo HapMap, which data/mdp was converted from."""
     return GAPIT_HAPMAP
 
 

@@ -26,19 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import as_float, expect_error, read_tsv, run
 
-from cmlm_cli import sumstats
-from cmlm_cli.cli import main
+from cmlm_cli import files
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 N = 281  # samples of the maize panel
 M = 300  # SNPs of the small copy
 BYTES_PER_SNP = -(-N // 4)
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, ["gwas", *args], catch_exceptions=False)
 
 
 def write_panel(folder: Path, *, repeat: int = 1) -> Path:
@@ -73,32 +68,9 @@ def gwas(prefix: Path, out: Path, *extra: str, pheno: Path | None = None):
                *extra)
 
 
-def expect_error(result, *fragments: str) -> str:
-    """Exit 2, the last line is the only error line, no traceback; returns the line."""
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    errors = [line for line in lines if line.startswith("cmlm: error: ")]
-    assert errors == [lines[-1]], result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
-
-
 def nothing_written(folder: Path) -> None:
     """No output, finished or temporary, in the output folder."""
     assert not folder.exists() or sorted(p.name for p in folder.iterdir()) == []
-
-
-def sumstats_table(path: Path) -> dict[str, list[str]]:
-    lines = path.read_text().splitlines()
-    header = lines[0].split("\t")
-    rows = [line.split("\t") for line in lines[1:]]
-    return {name: [row[k] for row in rows] for k, name in enumerate(header)}
-
-
-def floats(column: list[str]) -> np.ndarray:
-    return np.array([np.nan if v == "NA" else float(v) for v in column])
 
 
 # --------------------------------------------------------------------------
@@ -157,9 +129,9 @@ def test_repeated_snp_ids_warn_and_keep_both_rows(panel, tmp_path):
     assert len(warning) == 1
     for fragment in ("p.bim", f"'{first[1]}'", "lines 5 and 21", "--set-all-var-ids"):
         assert fragment in warning[0]
-    ids = sumstats_table(tmp_path / "out" / "r.EarHT.sumstats.tsv")["variant_id"]
+    ids = read_tsv(tmp_path / "out" / "r.EarHT.sumstats.tsv")["variant_id"]
     assert len(ids) == M
-    assert ids.count(first[1]) == 2
+    assert list(ids).count(first[1]) == 2
 
 
 def test_all_missing_snp_is_na_and_changes_nothing_else(panel, tmp_path):
@@ -172,13 +144,13 @@ def test_all_missing_snp_is_na_and_changes_nothing_else(panel, tmp_path):
     bed.write_bytes(bed.read_bytes() + b"\x55" * BYTES_PER_SNP)
     bim.write_text(bim.read_text() + "10\tnocall\t0\t999\tA\tG\n")
     assert gwas(panel, tmp_path / "b" / "r", *args).exit_code == 0
-    a = sumstats_table(tmp_path / "a" / "r.EarHT.sumstats.tsv")
-    b = sumstats_table(tmp_path / "b" / "r.EarHT.sumstats.tsv")
+    a = read_tsv(tmp_path / "a" / "r.EarHT.sumstats.tsv")
+    b = read_tsv(tmp_path / "b" / "r.EarHT.sumstats.tsv")
     assert b["variant_id"][-1] == "nocall"
     assert [b[c][-1] for c in ("p_value", "beta", "n")] == ["NA", "NA", "0"]
     assert b["effect_allele_frequency"][-1] == "NA"
     for column in ("beta", "standard_error", "p_value"):
-        np.testing.assert_allclose(floats(b[column][:-1]), floats(a[column]), rtol=1e-9)
+        np.testing.assert_allclose(as_float(b[column][:-1]), as_float(a[column]), rtol=1e-9)
 
 
 # --------------------------------------------------------------------------
@@ -233,8 +205,8 @@ def test_phenotype_matching_some_samples_reports_counts(panel, tmp_path):
     assert "only 100 of its 281 rows match" in result.output
     assert "281 rows, 100 match kept samples (the other 181 are ignored)" in result.output
     have_trait = sum(line.split("\t")[2] != "NA" for line in lines[1:101])
-    n = sumstats_table(tmp_path / "out" / "r.EarHT.sumstats.tsv")["n"]
-    missing = sumstats_table(tmp_path / "out" / "r.EarHT.sumstats.tsv")["n_missing_calls"]
+    table = read_tsv(tmp_path / "out" / "r.EarHT.sumstats.tsv")
+    n, missing = table["n"], table["n_missing_calls"]
     assert {int(a) + int(b) for a, b in zip(n, missing, strict=True)} == {have_trait}
 
 
@@ -421,7 +393,7 @@ def test_full_disk_is_one_line_naming_the_file(panel, tmp_path, monkeypatch):
         os.close(fd)
         return real_open("/dev/full", os.O_WRONLY)
 
-    monkeypatch.setattr(sumstats.os, "open", open_on_full_disk)
+    monkeypatch.setattr(files.os, "open", open_on_full_disk)
     message = expect_error(gwas(panel, tmp_path / "out" / "r", "--model", "glm",
                                 "--pheno-name", "EarHT,dpoll"),
                            "No space left on device", "free space")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bed_reader import open_bed, to_bed
+from helpers import read_sumstats
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,11 +63,9 @@ def run(prefix: Path, out: Path, block_size: int):
     options = GwasOptions(pheno_names=("EarHT",), covar=f"{prefix}.covar.tsv", pcs=2,
                           groups="281,120,40", block_size=block_size)
     (result,) = run_gwas(str(prefix), f"{prefix}.pheno.tsv", str(out), options)
-    table = (out.parent / f"{out.name}.EarHT.sumstats.tsv").read_text().splitlines()
-    by_snp = {}
-    for line in table[1:]:
-        f = line.split("\t")
-        by_snp[f[8]] = np.array([np.nan if v == "NA" else float(v) for v in (f[4], f[5], f[7])])
+    table = read_sumstats(out.parent / f"{out.name}.EarHT.sumstats.tsv")
+    numbers = np.column_stack([table[c] for c in ("beta", "standard_error", "p_value")])
+    by_snp = dict(zip(table["variant_id"], numbers, strict=True))
     groups = {}
     for line in (out.parent / f"{out.name}.EarHT.groups.tsv").read_text().splitlines()[1:]:
         _, iid, g = line.split("\t")
@@ -116,9 +115,8 @@ def test_thread_count_changes_nothing(tmp_path):
              "-q"],
             check=True,
         )
-        lines = (tmp_path / f"t{threads}.EarHT.sumstats.tsv").read_text().splitlines()[1:]
-        tables[threads] = np.array(
-            [[np.nan if v == "NA" else float(v) for v in np.array(line.split("\t"))[[4, 5, 7]]]
-             for line in lines]
+        table = read_sumstats(tmp_path / f"t{threads}.EarHT.sumstats.tsv")
+        tables[threads] = np.column_stack(
+            [table[c] for c in ("beta", "standard_error", "p_value")]
         )
     np.testing.assert_allclose(tables[1], tables[2], rtol=1e-9)

@@ -16,22 +16,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bed_reader import open_bed
+from conftest import TEST_DATA
+from helpers import read_sumstats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_plink import encode_bed
 
-from cmlm_cli import packed
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.kinship import (
     KINSHIP_METHODS,
     Relationship,
-    randomized_components,
     relationship,
     relationship_packed,
 )
+from cmlm_cli.large import randomized_components
+from cmlm_cli.plink import read_rows
 
 DATA = Path(__file__).parent.parent / "data"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 IMPUTE_METHODS = ("mean", "middle")
 # Two formulas that are algebraically equal, evaluated in a different order on
 # entries of order 1: rounding stays far below this.
@@ -318,9 +319,12 @@ def test_bad_sizes():
 
 def test_result_is_frozen():
     rel = relationship([random_panel(1)])
-    with pytest.raises(AttributeError):
-        rel.n_snps = 0  # type: ignore[misc]
     assert isinstance(rel, Relationship)
+    n_snps = rel.n_snps
+    for name in ("K", "pcs", "n_snps"):
+        with pytest.raises(AttributeError):
+            setattr(rel, name, 0)
+    assert rel.n_snps == n_snps
 
 
 # --- against GAPIT on the maize panel -------------------------------------------------------
@@ -335,16 +339,13 @@ def test_vanraden_matches_gapit_on_mdp():
     so GAPIT's column can only be rebuilt from the HapMap row (from the bed
     alone, missing -> 1, the gap shrinks to about 8e-4). With it the two
     kinships agree to rounding; without it they differ by about 1.8e-3
-    (shared/reference/README.md). A SNP's contribution to VanRaden does not
+    (tests/data/reference/README.md). A SNP's contribution to VanRaden does not
     change when its alleles swap, so GAPIT's major-allele column can be put
     in as it is.
     """
     bed_path = DATA / "mdp.bed"
-    reference = SHARED / "reference" / "gapit" / "kinship_VanRaden.tsv"
-    hapmap = SHARED / "data" / "mdp" / "gapit_original" / "mdp_genotype_test.hmp.txt"
-    for path in (bed_path, reference, hapmap):
-        if not path.exists():
-            pytest.skip(f"{path.name} is not available")
+    reference = TEST_DATA / "reference" / "gapit" / "kinship_VanRaden.tsv"
+    hapmap = TEST_DATA / "mdp_gapit" / "mdp_genotype_test.hmp.txt"
 
     with open_bed(bed_path, count_A1=True) as bed:
         G = bed.read(dtype="float64")
@@ -412,10 +413,7 @@ def test_float32_block_products_move_kinship_and_p_values_by_little(tmp_path):
                 pheno_names=("EarHT",), model="mlm", kinship_precision=precision, plots=False
             ),
         )
-        lines = (tmp_path / f"{precision}.EarHT.sumstats.tsv").read_text().splitlines()
-        column = lines[0].split("\t").index("p_value")
-        p = [row.split("\t")[column] for row in lines[1:]]
-        return -np.log10(np.array([np.nan if v == "NA" else float(v) for v in p]))
+        return -np.log10(read_sumstats(tmp_path / f"{precision}.EarHT.sumstats.tsv")["p_value"])
 
     a, b = log10_p("float64"), log10_p("float32")
     tested = np.isfinite(a)
@@ -456,7 +454,7 @@ def test_auto_precision_is_float64_up_to_the_threshold_and_float32_above(
     assert "float32 block products; --kinship-precision auto" in caplog.text
     assert large == run("f32", kinship_precision="float32")
     assert large != small
-    # The kinship pass reads blocks of kinship.BLOCK SNPs whatever
+    # The kinship pass reads blocks of plink.PASS_BLOCK SNPs whatever
     # --block-size: float32 products, summed per block, stay the same.
     assert large == run("f32-blocks", block_size=97)
 
@@ -526,7 +524,7 @@ def test_packed_path_on_the_maize_panel(impute):
         G = bed.read(dtype="float64")
     n, m = G.shape
     with open(DATA / "mdp.bed", "rb") as fh:
-        rows = packed.read_rows(fh, np.arange(m), n_fam=n)
+        rows = read_rows(fh, np.arange(m), n_fam=n)
     blocks = [rows[k : k + 500] for k in range(0, m, 500)]
     expected = relationship(stream(G, 500), impute=impute, n_pcs=3)
     got = relationship_packed(iter(blocks), np.arange(n), impute=impute, n_pcs=3)

@@ -19,11 +19,14 @@ import pytest
 import scipy.linalg
 from bed_reader import open_bed, to_bed
 from click.testing import CliRunner
+from helpers import read_sumstats
 
-from cmlm_cli import compression, dosage, grouping, kinship, pipeline, plink
+from cmlm_cli import compression, dosage, grouping, kinship, large, pipeline, plink
 from cmlm_cli.cli import main
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.grouping import CLUSTER_METHODS, cut_tree, group_kinship
+from cmlm_cli.inputs import load_inputs, trait_data
+from cmlm_cli.options import LARGE_N, choose_path
 from cmlm_cli.pipeline import GwasOptions
 from cmlm_cli.scan import Scanner
 
@@ -34,7 +37,7 @@ def mdp():
     data = Path(__file__).resolve().parent.parent / "data"
     bfile = plink.open_bfile(str(data / "mdp"))
     G = plink.read_dosages(bfile, slice(None))
-    keys = kinship.snp_keys(bfile.chrom, bfile.pos, bfile.snp, bfile.a1, bfile.a2)
+    keys = large.snp_keys(bfile.chrom, bfile.pos, bfile.snp, bfile.a1, bfile.a2)
     return data, bfile, G, keys
 
 
@@ -44,13 +47,6 @@ def blocks_of(G: np.ndarray, size: int):
 
 def passes_of(G: np.ndarray, keys: np.ndarray, size: int):
     return lambda: ((keys[a : a + size], G[:, a : a + size]) for a in range(0, G.shape[1], size))
-
-
-def p_values(lines: list[str]) -> np.ndarray:
-    """The p_value column of summary-statistics lines."""
-    return np.array(
-        [np.nan if f == "NA" else float(f) for f in (ln.split("\t")[7] for ln in lines)]
-    )
 
 
 def partition(labels: np.ndarray) -> list[tuple[int, ...]]:
@@ -69,9 +65,9 @@ def test_group_sums_give_the_dense_mean_kinship_at_every_level(mdp, impute, bloc
     micro = grouping.by_first_appearance(np.r_[np.arange(70), rng.integers(0, 70, n - 70)])
     Zt = grouping.incidence(micro, 70)
     sums = (Zt @ dosage.impute(block, impute) for block in blocks_of(G, block_size))
-    gram = kinship.group_gram(sums, np.bincount(micro))
+    gram = large.group_gram(sums, np.bincount(micro))
     tree = grouping.weighted_linkage(rng.normal(size=(70, 3)), np.bincount(micro))
-    grouped = compression.GroupedKinship(micro, tree, gram)
+    grouped = large.GroupedKinship(micro, tree, gram)
     counts = [70, 69, 41, 17, 5, 1]
     parts = list(compression.iter_grouped_partitions(grouped, counts, how="mean"))
     scale = np.abs(K).max()
@@ -114,7 +110,7 @@ def test_randomized_components_find_the_top_eigenvectors_behind_a_gap():
     G = rng.binomial(2, freq[np.repeat(np.arange(3), [70, 70, 60])]).astype(np.float64)
     keys = np.arange(m, dtype=np.uint64)
     dense = kinship.relationship([G], method="vanraden", n_pcs=2)
-    comps = kinship.randomized_components(passes_of(G, keys, 300), 20)
+    comps = large.randomized_components(passes_of(G, keys, 300), 20)
     values, vectors = top_eigenpairs(dense.K * comps.scale, 2)
     assert angle_error(vectors, comps.vectors[:, :2]) < 1e-7
     np.testing.assert_allclose(comps.values[:2], values, rtol=1e-7)
@@ -130,7 +126,7 @@ def test_randomized_components_converge_to_the_dense_ones(mdp):
     dense = kinship.relationship(blocks_of(G, 1000), method="vanraden", n_pcs=k)
     errors = []
     for n_iter in (0, 1, 2, 4, 8):
-        comps = kinship.randomized_components(passes_of(G, keys, 700), 20, n_iter=n_iter)
+        comps = large.randomized_components(passes_of(G, keys, 700), 20, n_iter=n_iter)
         values, vectors = top_eigenpairs(dense.K * comps.scale, k)
         errors.append(angle_error(vectors, comps.vectors[:, :k]))
     assert all(b < a / 5 for a, b in zip(errors, errors[1:], strict=False)), errors
@@ -141,15 +137,15 @@ def test_randomized_components_converge_to_the_dense_ones(mdp):
     freq = np.nanmean(G, axis=0) / 2
     assert comps.scale == pytest.approx(2 * np.sum(freq * (1 - freq)), rel=1e-12)
     with pytest.raises(CmlmError, match="ask for at most"):
-        kinship.randomized_components(passes_of(G[:, :3], keys[:3], 700), 5).scores(5)
+        large.randomized_components(passes_of(G[:, :3], keys[:3], 700), 5).scores(5)
 
 
 def test_randomized_components_ignore_block_size_and_snp_order(mdp):
     _, _, G, keys = mdp
     rng = np.random.default_rng(2)
     rows, cols = rng.permutation(G.shape[0]), rng.permutation(G.shape[1])
-    base = kinship.randomized_components(passes_of(G, keys, 3093), 8)
-    other = kinship.randomized_components(passes_of(G[rows][:, cols], keys[cols], 97), 8)
+    base = large.randomized_components(passes_of(G, keys, 3093), 8)
+    other = large.randomized_components(passes_of(G[rows][:, cols], keys[cols], 97), 8)
     # The random test vectors follow the SNPs (keys), the rows follow the
     # individuals: only the order of floating-point sums differs.
     np.testing.assert_allclose(other.values, base.values, rtol=1e-10)
@@ -229,11 +225,11 @@ def test_large_path_equals_dense_path_with_the_same_partition(mdp, tmp_path, mon
         )
     assert [lvl.groups for lvl in result.levels] == [60, 31, 9]
     # The same partitions again, and the dense path's fit on each of them.
-    inputs = pipeline.load_inputs(str(data / "mdp"), str(data / "mdp.pheno.tsv"), options)
-    rel, grouped = pipeline.build_grouped(inputs, options, lambda step: None)
+    inputs = load_inputs(str(data / "mdp"), str(data / "mdp.pheno.tsv"), options)
+    rel, grouped = large.build_grouped(inputs, options, lambda step: None)
     assert grouped is not None
     K = kinship.relationship(blocks_of(G, 1000), method="vanraden").K
-    trait = pipeline.trait_data("EarHT", inputs.traits[:, 0], rel, inputs, options)
+    trait = trait_data("EarHT", inputs.traits[:, 0], rel.pcs, inputs, options)
     parts = compression.iter_grouped_partitions(grouped, [60, 31, 9], how="mean")
     for level, part in zip(result.levels, parts, strict=True):
         dense = compression.Partition(part.groups, part.labels, group_kinship(K, part.labels))
@@ -253,7 +249,7 @@ def test_large_path_equals_dense_path_with_the_same_partition(mdp, tmp_path, mon
         trait.y, trait.X, dense, trait.analysed, method="reml", solver="brent"
     )
     scan = Scanner(fit.model).scan(G[trait.analysed])
-    p = p_values((tmp_path / "o.EarHT.sumstats.tsv").read_text().splitlines()[1:])
+    p = read_sumstats(tmp_path / "o.EarHT.sumstats.tsv")["p_value"]
     np.testing.assert_allclose(p, scan.p, rtol=1e-9)
     assert np.array_equal(np.isnan(p), np.isnan(scan.p))
 
@@ -283,8 +279,8 @@ def test_large_path_ignores_sample_order_and_block_size(mdp, tmp_path):
         for line in (tmp_path / f"{name}.EarHT.groups.tsv").read_text().splitlines()[1:]:
             _, iid, g = line.split("\t")
             groups.setdefault(g, set()).add(iid)
-        lines = (tmp_path / f"{name}.EarHT.sumstats.tsv").read_text().splitlines()[1:]
-        runs[name] = (sorted(map(sorted, groups.values())), result.levels, p_values(lines))
+        p = read_sumstats(tmp_path / f"{name}.EarHT.sumstats.tsv")["p_value"]
+        runs[name] = (sorted(map(sorted, groups.values())), result.levels, p)
     assert runs["perm"][0] == runs["base"][0]
     for a, b in zip(runs["perm"][1], runs["base"][1], strict=True):
         assert a.groups == b.groups
@@ -293,20 +289,20 @@ def test_large_path_ignores_sample_order_and_block_size(mdp, tmp_path):
 
 
 def test_auto_path_rule_and_refusals():
-    n = pipeline.LARGE_N
-    assert pipeline.choose_path(n, GwasOptions())[0] == "dense"
-    assert pipeline.choose_path(n + 1, GwasOptions())[0] == "large"
-    assert pipeline.choose_path(n + 1, GwasOptions(path="dense"))[0] == "dense"
-    assert pipeline.choose_path(10, GwasOptions(path="large"))[0] == "large"
-    assert pipeline.choose_path(n + 1, GwasOptions(group_kinship="identity"))[0] == "large"
-    assert pipeline.choose_path(n + 1, GwasOptions(model="glm", kinship="zhang"))[0] == "large"
+    n = LARGE_N
+    assert choose_path(n, GwasOptions())[0] == "dense"
+    assert choose_path(n + 1, GwasOptions())[0] == "large"
+    assert choose_path(n + 1, GwasOptions(path="dense"))[0] == "dense"
+    assert choose_path(10, GwasOptions(path="large"))[0] == "large"
+    assert choose_path(n + 1, GwasOptions(group_kinship="identity"))[0] == "large"
+    assert choose_path(n + 1, GwasOptions(model="glm", kinship="zhang"))[0] == "large"
     for bad, flag in (
         ({"model": "mlm"}, "--model mlm"),
         ({"kinship": "zhang"}, "--kinship zhang"),
         ({"group_kinship": "max"}, "--group-kinship max"),
     ):
         with pytest.raises(CmlmError, match=flag + ".*--path dense"):
-            pipeline.choose_path(n + 1, GwasOptions(**bad))
+            choose_path(n + 1, GwasOptions(**bad))
 
 
 def test_cli_refuses_what_the_large_path_cannot_do(mdp, tmp_path):

@@ -27,7 +27,7 @@ from test_plink import encode_bed
 
 from cmlm_cli import dosage, packed, sumstats
 from cmlm_cli.null_model import fit_glm, fit_null
-from cmlm_cli.plink import open_bfile, read_dosages
+from cmlm_cli.plink import open_bfile, read_dosages, read_rows
 from cmlm_cli.scan import Scanner, ScanResult, scan_snps
 
 N_EXTRA = 13  # .fam samples that no model uses
@@ -103,11 +103,16 @@ def select(result, keep: np.ndarray | slice) -> SimpleNamespace:
     return SimpleNamespace(**{f.name: getattr(result, f.name)[keep] for f in fields(ScanResult)})
 
 
+def bed_bytes(bfile) -> np.ndarray:
+    """The .bed genotype bytes, shape (m, ceil(n / 4)), read by numpy alone."""
+    return np.fromfile(f"{bfile.prefix}.bed", dtype=np.uint8, offset=3).reshape(bfile.n_snps, -1)
+
+
 def packed_scan(scanner: Scanner, bfile, fam_rows):
     plan = scanner.layout(fam_rows, n_fam=bfile.n_samples)
     with open(f"{bfile.prefix}.bed", "rb") as bed:
-        rows = packed.read_rows(bed, np.arange(bfile.n_snps), n_fam=bfile.n_samples)
-    np.testing.assert_array_equal(rows, packed.open_packed(bfile))
+        rows = read_rows(bed, np.arange(bfile.n_snps), n_fam=bfile.n_samples)
+    np.testing.assert_array_equal(rows, bed_bytes(bfile))
     return scanner.scan_packed(rows, plan)
 
 
@@ -119,7 +124,7 @@ def test_kernel_subtracts_each_snps_mean_from_its_group_sums(panels, case, middl
     # groups (q = n) take a path of their own in the kernel.
     pn, model, _, G, bfile, fam_rows = panels[case]
     columns = np.column_stack([pn.y, pn.X])
-    rows = packed.open_packed(bfile)
+    rows = bed_bytes(bfile)
     plain, less = (
         packed.statistics(
             np.asarray(rows),
@@ -183,7 +188,7 @@ def test_statistics_match_their_definition(panels):
     pn, _, _, G, bfile, fam_rows = panels["mean"]
     rng = np.random.default_rng(3)
     columns = rng.normal(size=(G.shape[0], 3))
-    raw = np.asarray(packed.open_packed(bfile))
+    raw = bed_bytes(bfile)
     called = ~np.isnan(G)
     with np.errstate(invalid="ignore"):
         af = np.where(called, G, 0).sum(0) / (2 * called.sum(0))  # NaN: all missing
@@ -221,7 +226,7 @@ def test_codes_agree_with_bed_reader():
     assert np.isnan(G).any()
     plan = packed.layout(fam_rows, np.arange(200), np.zeros((200, 0)), n_fam=bfile.n_samples)
     with open(f"{bfile.prefix}.bed", "rb") as bed:
-        raw = packed.read_rows(bed, snps, n_fam=bfile.n_samples)
+        raw = read_rows(bed, snps, n_fam=bfile.n_samples)
     stats = packed.statistics(raw, plan, middle=True)
     np.testing.assert_array_equal(stats.group_sums, np.where(np.isnan(G), 1.0, G))
     np.testing.assert_array_equal(stats.n_miss, np.isnan(G).sum(0))

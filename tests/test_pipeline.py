@@ -38,10 +38,10 @@ import scipy.spatial.distance
 import scipy.stats
 from bed_reader import open_bed, to_bed
 from click.testing import CliRunner
+from helpers import read_sumstats
 
 from cmlm_cli.cli import main
-from cmlm_cli.compression import Level, choose, parse_groups
-from cmlm_cli.errors import CmlmError
+from cmlm_cli.compression import Level, choose
 from cmlm_cli.null_model import fit_null
 from cmlm_cli.pipeline import GwasOptions, run_gwas
 
@@ -91,21 +91,6 @@ def write_pheno(path: Path, panel, samples: np.ndarray) -> Path:
     rows = panel.pheno_lines[1:]
     path.write_text("\n".join([panel.pheno_lines[0], *(rows[i] for i in samples)]) + "\n")
     return path
-
-
-def read_sumstats(path: Path) -> dict[str, np.ndarray]:
-    """Columns of a sumstats file; numbers as float64 (NA -> NaN), the rest as str."""
-    lines = path.read_text().splitlines()
-    header = lines[0].split("\t")
-    fields = np.array([line.split("\t") for line in lines[1:]], dtype=str).T
-    columns = {}
-    text = ("chromosome", "effect_allele", "other_allele", "variant_id")
-    for name, values in zip(header, fields, strict=True):
-        if name in text:
-            columns[name] = values
-        else:
-            columns[name] = np.where(values == "NA", "nan", values).astype(np.float64)
-    return columns
 
 
 def run(tmp_path: Path, name: str, options: GwasOptions, bfile: Path | None = None,
@@ -687,39 +672,3 @@ def test_choose_gapit_end_to_end(tmp_path):
     assert [r[6] for r in rows] == ["TRUE" if i == want else "FALSE" for i in range(3)]
     assert model["groups"] == [281, 156, 31][want]
     assert result.model.neg2logL == pytest.approx(neg2[want], rel=1e-9)
-
-
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("281", [281]),
-    ("281,231,81", [281, 231, 81]),
-    ("81,281,231,81", [281, 231, 81]),
-    ("281:31:50", [281, 231, 181, 131, 81, 31]),
-    ("31:281:50", [281, 231, 181, 131, 81, 31]),
-    ("281:40:50", [281, 231, 181, 131, 81]),
-    ("1", [1]),
-    (None, [281, 231, 181, 131, 81, 31]),
-])
-def test_parse_groups(spec, expected):
-    assert parse_groups(spec, 281, 1) == expected
-
-
-def test_default_groups_are_gapit_grid_up_to_20_levels_then_geometric():
-    assert parse_groups(None, 1000, 1) == list(range(1000, 1, -50))
-    assert parse_groups("gapit", 5000, 4) == list(range(5000, 4, -50))
-    counts = parse_groups(None, 5000, 4)
-    # 20 counts from n down to 30, each about 0.76 times the one before.
-    assert len(counts) == 20
-    assert counts[0] == 5000
-    assert counts[-1] == 30
-    ratios = np.array(counts[1:]) / np.array(counts[:-1])
-    np.testing.assert_allclose(ratios, (30 / 5000) ** (1 / 19), rtol=0.02)
-    # The cost, sum of q^3, stays near 2 n^3 (GAPIT's grid: ~n^4/200).
-    assert sum(c**3 for c in counts) < 2.5 * 5000**3
-
-
-@pytest.mark.parametrize("spec", [
-    "", "abc", "281;81", "281,,81", "0", "282", "-5", "281,0", "281:31", "281:31:0",
-    "281:31:50:1", "1.5", "300:200:50"])
-def test_parse_groups_rejects_bad_specs(spec):
-    with pytest.raises(CmlmError, match="--groups"):
-        parse_groups(spec, 281, 1)

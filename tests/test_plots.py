@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from cmlm_cli import plots, sumstats
+from cmlm_cli import files, plots, sumstats
 from cmlm_cli.cli import main
 from cmlm_cli.errors import CmlmError
 
@@ -197,7 +197,7 @@ def write_sumstats(path: Path, chrom, pos, p, *, compress: bool = False) -> None
         effect_allele=np.array(["A"] * m), other_allele=np.array(["G"] * m),
         variant_id=np.array([f"s{i}" for i in range(m)]), n=np.full(m, 10),
         df=np.full(m, 8), n_missing_calls=np.zeros(m, dtype=int))
-    with sumstats.atomic_open(path, compress=compress) as handle:
+    with files.atomic_open(path, compress=compress) as handle:
         handle.write("\t".join(sumstats.SUMSTATS_COLUMNS) + "\n")
         handle.writelines(sumstats.sumstats_rows(columns))
 
@@ -211,7 +211,7 @@ def small_run(tmp_path) -> tuple[Path, Path]:
     p[5] = np.nan
     write_sumstats(tmp_path / "t.sumstats.tsv.gz", chrom, rng.integers(1, 10**6, m), p,
                    compress=True)
-    sumstats.write_table(tmp_path / "t.compression.tsv", sumstats.COMPRESSION_COLUMNS,
+    files.write_table(tmp_path / "t.compression.tsv", sumstats.COMPRESSION_COLUMNS,
                          [(100, 100, 50.0, 1.0, 1.0, 0.5, False),
                           (50, 50, 49.0, 1.0, 2.0, 0.33, True)])
     return tmp_path / "t.sumstats.tsv.gz", tmp_path / "t.compression.tsv"

@@ -1,7 +1,7 @@
 """cmlm against GAPIT 4.1 and PLINK2 on the maize demo panel.
 
-The saved outputs and the exact commands that made them are in the shared
-reference folder (``reference/README.md``). GAPIT was run on its own HapMap
+The saved outputs are in ``tests/data/reference/``, and the exact commands that
+made them in its ``README.md``. GAPIT was run on its own HapMap
 files with VanRaden kinship, average clustering, "Mean" group kinship, no
 PCs, ``SNP.impute = "Middle"`` and P3D; PLINK2 with ``--glm allow-no-covars``.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import as_float, read_tsv
 
 from cmlm_cli import tables
 from cmlm_cli.grouping import cut_tree, group_kinship, linkage
@@ -23,17 +24,6 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 # GAPIT codes every homozygote of this 4-allele SNP as 0 (see the data README);
 # no coding of the bed reproduces that, so its p-value is not compared.
 GAPIT_FOUR_ALLELE_SNP = "PZB00063.1"
-
-
-def read_tsv(path) -> dict[str, np.ndarray]:
-    lines = path.read_text().splitlines()
-    header = lines[0].lstrip("#").split("\t")
-    rows = [line.split("\t") for line in lines[1:]]
-    return {name: np.array([r[j] for r in rows]) for j, name in enumerate(header)}
-
-
-def as_float(values: np.ndarray) -> np.ndarray:
-    return np.array([np.nan if v in ("NA", ".") else float(v) for v in values])
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,14 +25,6 @@ from cmlm_cli.tables import (
 )
 
 DATA = Path(__file__).parent.parent / "data"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-def shared_file(relative: str) -> Path:
-    path = SHARED / relative
-    if not path.is_file():
-        pytest.skip(f"shared file {relative} not present")
-    return path
 
 
 def write(path: Path, text: str) -> Path:
@@ -68,7 +61,7 @@ def test_mdp_phenotypes():
 
 
 def test_gapit_layout_matches_the_plink_table():
-    gapit = read_table(shared_file("data/mdp/gapit_original/mdp_traits.txt"))
+    gapit = read_table(TEST_DATA / "mdp_gapit" / "mdp_traits.txt")
     assert gapit.values.shape == (301, 3)
     np.testing.assert_array_equal(gapit.fid, gapit.iid)
     plink = read_table(DATA / "mdp.pheno.tsv")
@@ -360,7 +353,7 @@ def test_gcta_errors(tmp_path):
 
 
 def test_gapit_text_kinship():
-    path = shared_file("reference/gapit/kinship_VanRaden.tsv")
+    path = TEST_DATA / "reference" / "gapit" / "kinship_VanRaden.tsv"
     fid, iid, K = read_kinship(path)
     assert K.shape == (281, 281)
     np.testing.assert_array_equal(fid, iid)

@@ -1,0 +1,77 @@
+"""Helpers that several test modules share: the command line and the table readers.
+
+The test modules import them as ``from helpers import ...`` (``tests/`` is on
+``sys.path``, as for ``conftest`` and ``oracle``).
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from cmlm_cli.cli import main
+
+# --- the command line -------------------------------------------------------------------
+
+
+def run(*args: str):
+    """``cmlm gwas ARGS`` in this process; an exception is raised, not caught."""
+    return CliRunner().invoke(main, ["gwas", *args], catch_exceptions=False)
+
+
+def expect_error(result, *fragments: str) -> str:
+    """Exit 2, the last line is the only error line, no traceback; returns the line.
+
+    Progress lines may come first; each fragment must be in the error line.
+    """
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("cmlm: error: ")]
+    assert errors == [lines[-1]], result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+# --- tables -----------------------------------------------------------------------------
+
+# The columns of a summary-statistics file that are not numbers.
+TEXT_COLUMNS = ("chromosome", "effect_allele", "other_allele", "variant_id")
+
+
+def read_tsv(path: str | Path) -> dict[str, np.ndarray]:
+    """The columns of a tab-separated table with one header line, as arrays of str.
+
+    For cmlm's summary statistics and the saved outputs of GAPIT, GEMMA and
+    PLINK2: a leading ``#`` of the header (PLINK2's ``#CHROM``) is dropped, a
+    name ending in ``.gz`` is read through gzip, and every row must have as
+    many fields as the header.
+    """
+    path = Path(path)
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    lines = text.splitlines()
+    header = lines[0].lstrip("#").split("\t")
+    rows = [line.split("\t") for line in lines[1:]]
+    for number, row in enumerate(rows, start=2):
+        assert len(row) == len(header), f"{path}, line {number}: {len(row)} fields"
+    fields = np.array(rows, dtype=str).reshape(len(rows), len(header)).T
+    return dict(zip(header, fields, strict=True))
+
+
+def as_float(values: Iterable[str]) -> np.ndarray:
+    """Numbers as written in a table to float64, ``NA`` to NaN."""
+    return np.array([np.nan if v == "NA" else float(v) for v in values], dtype=np.float64)
+
+
+def read_sumstats(path: str | Path) -> dict[str, np.ndarray]:
+    """The columns of a cmlm summary-statistics file: numbers as float64 (NA is
+    NaN), the text columns (:data:`TEXT_COLUMNS`) as str."""
+    return {
+        name: values if name in TEXT_COLUMNS else as_float(values)
+        for name, values in read_tsv(path).items()
+    }
