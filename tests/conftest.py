@@ -1,26 +1,11 @@
-"""Shared locations: the repository's example data and the tests' own data."""
+"""The tests' fixtures: the example panel, the saved references, no plots by default."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-
-# The tests' own files: reference outputs of GAPIT, GEMMA and PLINK2
-# (reference/), GAPIT's original demo files (mdp_gapit/), the mouse panel
-# (mouse_hs1940/); each folder's README says where its files come from.
-TEST_DATA = Path(__file__).resolve().parent / "data"
-# The example panel of `make demo`.
-DATA = Path(__file__).resolve().parent.parent / "data"
-
-
-def copy_example(folder: Path) -> Path:
-    """A writable copy of the example panel (.bed/.bim/.fam, .pheno.tsv); its prefix."""
-    for suffix in (".bed", ".bim", ".fam", ".pheno.tsv"):
-        shutil.copy(DATA / f"mdp{suffix}", folder / f"mdp{suffix}")
-        (folder / f"mdp{suffix}").chmod(0o644)
-    return folder / "mdp"
+from helpers import TEST_DATA, copy_example
 
 
 @pytest.fixture

@@ -1,12 +1,14 @@
-"""Helpers that several test modules share: the command line and the table readers.
+"""Helpers that several test modules share: the data's locations, the command line, the readers.
 
 The test modules import them as ``from helpers import ...`` (``tests/`` is on
-``sys.path``, as for ``conftest`` and ``oracle``).
+``sys.path``, as for ``oracle``); nothing imports ``conftest``, whose name the
+repository's root ``conftest.py`` shares.
 """
 
 from __future__ import annotations
 
 import gzip
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,6 +16,22 @@ import numpy as np
 from click.testing import CliRunner
 
 from cmlm_cli.cli import main
+
+# The tests' own files: reference outputs of GAPIT, GEMMA and PLINK2
+# (reference/), GAPIT's original demo files (mdp_gapit/), the mouse panel
+# (mouse_hs1940/); each folder's README says where its files come from.
+TEST_DATA = Path(__file__).resolve().parent / "data"
+# The example panel of `make demo`.
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def copy_example(folder: Path) -> Path:
+    """A writable copy of the example panel (.bed/.bim/.fam, .pheno.tsv); its prefix."""
+    for suffix in (".bed", ".bim", ".fam", ".pheno.tsv"):
+        shutil.copy(DATA / f"mdp{suffix}", folder / f"mdp{suffix}")
+        (folder / f"mdp{suffix}").chmod(0o644)
+    return folder / "mdp"
+
 
 # --- the command line -------------------------------------------------------------------
 

@@ -13,8 +13,7 @@ import pytest
 from helpers import as_float, read_tsv
 
 import cmlm_cli
-from cmlm_cli import api, sumstats
-from cmlm_cli.pipeline import GwasOptions, run_gwas
+from cmlm_cli import GwasOptions, api, run_gwas, sumstats
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import copy_example
-from helpers import read_sumstats
+from helpers import copy_example, read_sumstats
 
 from cmlm_cli import model_io, sumstats
 from cmlm_cli.chunks import chunk_snps, parse_chunk, run_fit, run_merge, run_scan
 from cmlm_cli.cli import main
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.pipeline import GwasOptions, fit_inputs, prepare_inputs, run_gwas
+from cmlm_cli.options import GwasOptions
+from cmlm_cli.pipeline import fit_inputs, prepare_inputs, run_gwas
 from cmlm_cli.progress import Progress, format_duration
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cmlm_cli import GwasOptions, run_gwas
 from cmlm_cli.chunks import run_fit, run_merge, run_scan
 from cmlm_cli.cli import main
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.pipeline import GwasOptions, run_gwas
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 MDP = str(DATA / "mdp")

@@ -44,8 +44,8 @@ from oracle import (
     ols_scan,
 )
 
+from cmlm_cli import GwasOptions, run_gwas
 from cmlm_cli.null_model import fit_glm, fit_null
-from cmlm_cli.pipeline import GwasOptions, run_gwas
 from cmlm_cli.plink import open_bfile, read_dosages
 from cmlm_cli.scan import Scanner
 

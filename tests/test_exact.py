@@ -15,16 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TEST_DATA
-from helpers import read_tsv
+from helpers import TEST_DATA, read_tsv
 from oracle import dense_fit, dense_scan, group_mean_kinship, h_matrix, impute
 from test_packed import edge_snps, packed_scan, write_bfile
 
-from cmlm_cli import tables
+from cmlm_cli import GwasOptions, run_gwas, tables
 from cmlm_cli.cli import main
 from cmlm_cli.exact import ExactScanner
 from cmlm_cli.null_model import fit_null
-from cmlm_cli.pipeline import GwasOptions, run_gwas
 from cmlm_cli.scan import scan_snps
 
 GEMMA_DIR = TEST_DATA / "gemma_mouse"

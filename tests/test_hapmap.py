@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TEST_DATA
+from helpers import TEST_DATA
 
 from cmlm_cli.cli import main
 from cmlm_cli.errors import CmlmError

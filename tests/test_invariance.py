@@ -17,7 +17,7 @@ from helpers import read_sumstats
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cmlm_cli.pipeline import GwasOptions, run_gwas
+from cmlm_cli import GwasOptions, run_gwas
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 N_SNPS = 400

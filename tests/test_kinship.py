@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bed_reader import open_bed
-from conftest import TEST_DATA
-from helpers import read_sumstats
+from helpers import TEST_DATA, read_sumstats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_plink import encode_bed
@@ -393,7 +392,7 @@ def test_float32_block_products_move_kinship_and_p_values_by_little(tmp_path):
     # missing calls, so the centred values are not small integers) the
     # entries move by 1.4e-7 of the diagonal, and EarHT's MLM p-values by
     # 8e-7 in log10 p at most: far below any threshold a GWAS reads.
-    from cmlm_cli.pipeline import GwasOptions, run_gwas
+    from cmlm_cli import GwasOptions, run_gwas
 
     with open_bed(DATA / "mdp.bed", count_A1=True) as bed:
         G = bed.read(dtype="float64")
@@ -427,8 +426,7 @@ def test_auto_precision_is_float64_up_to_the_threshold_and_float32_above(
     # --kinship-precision auto (the default) keeps float64 where the products
     # are cheap; above FLOAT32_ABOVE samples the whole run is that of float32,
     # and the log says which ran. The threshold is lowered to the maize panel.
-    from cmlm_cli import choices
-    from cmlm_cli.pipeline import GwasOptions, run_gwas
+    from cmlm_cli import GwasOptions, choices, run_gwas
 
     assert choices.block_precision("auto", choices.FLOAT32_ABOVE) == "float64"
     assert choices.block_precision("auto", choices.FLOAT32_ABOVE + 1) == "float32"
@@ -539,7 +537,9 @@ def test_packed_path_on_the_maize_panel(impute):
 def test_pipeline_builds_the_kinship_of_the_kept_samples_from_the_bytes(tmp_path):
     """build_relationship (packed path) against the float path of the kept
     samples' dosages, block size 4."""
-    from cmlm_cli.pipeline import GwasOptions, Inputs, build_relationship
+    from cmlm_cli.inputs import Inputs
+    from cmlm_cli.kinship import build_relationship
+    from cmlm_cli.options import GwasOptions
     from cmlm_cli.plink import open_bfile
 
     rng = np.random.default_rng(7)

@@ -26,8 +26,7 @@ from cmlm_cli.cli import main
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.grouping import CLUSTER_METHODS, cut_tree, group_kinship
 from cmlm_cli.inputs import load_inputs, trait_data
-from cmlm_cli.options import LARGE_N, choose_path
-from cmlm_cli.pipeline import GwasOptions
+from cmlm_cli.options import LARGE_N, GwasOptions, choose_path
 from cmlm_cli.scan import Scanner
 
 

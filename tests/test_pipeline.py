@@ -40,10 +40,10 @@ from bed_reader import open_bed, to_bed
 from click.testing import CliRunner
 from helpers import read_sumstats
 
+from cmlm_cli import GwasOptions, run_gwas
 from cmlm_cli.cli import main
 from cmlm_cli.compression import Level, choose
 from cmlm_cli.null_model import fit_null
-from cmlm_cli.pipeline import GwasOptions, run_gwas
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 N_SAMPLES = 281

@@ -85,7 +85,7 @@ def test_no_tested_snp_draws_an_empty_picture():
 
 
 def test_unknown_plot_format_is_refused_before_any_work(tmp_path):
-    from cmlm_cli.pipeline import GwasOptions, run_gwas
+    from cmlm_cli import GwasOptions, run_gwas
 
     with pytest.raises(CmlmError, match="--plot-format 'svg' is not one of png, pdf"):
         run_gwas("no-such-bfile", "no-such-pheno", str(tmp_path / "o"),

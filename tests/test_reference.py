@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from helpers import as_float, read_tsv
 
-from cmlm_cli import tables
+from cmlm_cli import GwasOptions, run_gwas, tables
 from cmlm_cli.grouping import cut_tree, group_kinship, linkage
 from cmlm_cli.null_model import compressed_neg2loglik, fit_null
-from cmlm_cli.pipeline import GwasOptions, run_gwas
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from scipy import special, stats
 
+from cmlm_cli import GwasOptions, run_gwas
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.pipeline import GwasOptions, run_gwas
 from cmlm_cli.ssf import check_variants, log10_t_pvalue, ssf_chromosome, write_ssf
 from cmlm_cli.sumstats import SUMSTATS_COLUMNS
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEST_DATA
+from helpers import TEST_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
