@@ -62,22 +62,17 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     if options.keep:
         wanted = set(tables.read_sample_list(options.keep))
         keep = np.array([(f, i) in wanted for f, i in zip(bfile.fid, bfile.iid, strict=True)])
-        if not keep.any():
-            msg = f"{options.keep}: none of its FID IID pairs is in {bfile_prefix}.fam"
-            raise CmlmError(msg)
-        _log_dropped("samples", "not in --keep", bfile.iid[~keep])
-        samples = samples[keep]
-        log.info("--keep: %d of %d samples remain", samples.size, bfile.n_samples)
+        samples = _restrict(
+            samples, keep, flag="--keep", path=options.keep, listed="FID IID pairs",
+            source=f"{bfile_prefix}.fam", unit="samples", ids=bfile.iid,
+        )  # fmt: skip
     snps = np.arange(bfile.n_snps)
     if options.extract:
-        wanted_snps = set(tables.read_snp_list(options.extract))
-        extract = np.isin(bfile.snp, list(wanted_snps))
-        if not extract.any():
-            msg = f"{options.extract}: none of its SNP ids is in {bfile_prefix}.bim"
-            raise CmlmError(msg)
-        _log_dropped("SNPs", "not in --extract", bfile.snp[~extract])
-        snps = snps[extract]
-        log.info("--extract: %d of %d SNPs remain", snps.size, bfile.n_snps)
+        extract = np.isin(bfile.snp, list(set(tables.read_snp_list(options.extract))))
+        snps = _restrict(
+            snps, extract, flag="--extract", path=options.extract, listed="SNP ids",
+            source=f"{bfile_prefix}.bim", unit="SNPs", ids=bfile.snp,
+        )  # fmt: skip
 
     missing = tuple(dict.fromkeys(("NA", "NaN", "nan", "", options.missing_code)))
     fid, iid = bfile.fid[samples], bfile.iid[samples]
@@ -184,6 +179,26 @@ def _filter_maf(
     )
     log.info("--maf %g: %d of %d SNPs remain", options.maf, passing.sum(), snps.size)
     return snps[passing]
+
+
+def _restrict(
+    index: np.ndarray,
+    kept: np.ndarray,
+    *,
+    flag: str,
+    path: str,
+    listed: str,
+    source: str,
+    unit: str,
+    ids: np.ndarray,
+) -> np.ndarray:
+    """``index[kept]`` for a ``--keep``/``--extract`` list, logged; none kept is an error."""
+    if not kept.any():
+        msg = f"{path}: none of its {listed} is in {source}"
+        raise CmlmError(msg)
+    _log_dropped(unit, f"not in {flag}", ids[~kept])
+    log.info("%s: %d of %d %s remain", flag, int(kept.sum()), kept.size, unit)
+    return index[kept]
 
 
 def _log_dropped(what: str, reason: str, ids: np.ndarray) -> None:
