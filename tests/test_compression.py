@@ -137,3 +137,17 @@ def test_search_with_factored_levels_equals_the_full_search(monkeypatch):
         np.testing.assert_allclose(np.sort(b.model.s), dense, rtol=0, atol=1e-12 * top)
         np.testing.assert_allclose(b.model.s, a.model.s, rtol=0, atol=1e-12 * top)
         assert np.allclose(b.model.beta, a.model.beta, rtol=1e-10, atol=0)
+
+
+def test_counts_above_the_micro_clusters_formed_are_fitted_at_that_count(caplog):
+    # --groups passed its check against --max-groups before k-means ran; when
+    # k-means finds fewer distinct micro-clusters, the search says so and
+    # fits them all rather than failing after the passes over the genotypes.
+    options = GwasOptions(groups="50,40,10")
+    caplog.set_level("WARNING", logger="cmlm")
+    assert compression.level_counts(options, 45, 2, micro=True) == [45, 40, 10]
+    assert "k-means found only 45 distinct micro-clusters" in caplog.text
+    caplog.clear()
+    assert compression.level_counts(options, 60, 2, micro=True) == [50, 40, 10]
+    assert compression.level_counts(GwasOptions(), 60, 2, micro=True) == [60, 10]
+    assert caplog.text == ""
