@@ -10,7 +10,6 @@ needs nothing else; the steps themselves are the pipeline's.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -142,9 +141,8 @@ def run_scan(
     log.info("chunk %d/%d: %d of the %d kept SNPs", k, n, snps.size, inputs.snps.size)
     texts = [model_io.part_text(out, k, n, name) for name in names]
     lap = Stopwatch()
-    with contextlib.ExitStack() as stack:
-        # The parts have no header: the merge writes it once.
-        handles = [stack.enter_context(files.atomic_open(p)) for p in texts]
+    # The parts have no header: the merge writes it once.
+    with files.atomic_open_all(texts) as handles:
         t2 = sumstats.write_lines(
             scan_traits(results, inputs, options, snps=snps, executor=executor),
             inputs.bfile,

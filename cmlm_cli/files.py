@@ -90,6 +90,19 @@ def atomic_open(path: str | Path, *, compress: bool = False) -> Iterator[IO[str]
 
 
 @contextlib.contextmanager
+def atomic_open_all(
+    paths: Sequence[str | Path], *, compress: bool = False
+) -> Iterator[list[IO[str]]]:
+    """:func:`atomic_open` of several files at once: all of them appear, or none.
+
+    The stack hands an exception to each file, so one failure removes every
+    temporary file.
+    """
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_open(p, compress=compress)) for p in paths]
+
+
+@contextlib.contextmanager
 def atomic_open_binary(path: str | Path) -> Iterator[IO[bytes]]:
     """:func:`atomic_open` for bytes (saved models, arrays): the same guarantees."""
     with atomic_open(path) as text:

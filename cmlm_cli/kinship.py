@@ -479,11 +479,18 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> Relationship:
 
     Examples
     --------
+    The pass over the packed bytes gives the kinship of the float dosages
+    that bed-reader decodes (:func:`relationship`):
+
     >>> from cmlm_cli.inputs import load_inputs
     >>> options = GwasOptions(pheno_names=("EarHT",), pcs=2)
-    >>> rel = build_relationship(load_inputs("data/mdp", "data/mdp.pheno.tsv", options), options)
-    >>> rel.K.shape, rel.pcs.shape, rel.n_snps
-    ((281, 281), (281, 2), 2954)
+    >>> inputs = load_inputs("data/mdp", "data/mdp.pheno.tsv", options)
+    >>> rel = build_relationship(inputs, options)
+    >>> rel.K.shape, rel.pcs.shape
+    ((281, 281), (281, 2))
+    >>> floats = relationship(G for _, G in plink.iter_blocks(inputs.bfile, block_size=1000))
+    >>> bool(np.allclose(rel.K, floats.K, rtol=0, atol=1e-12)), rel.n_snps == floats.n_snps
+    (True, True)
     """
     bfile, samples = inputs.bfile, inputs.samples
 

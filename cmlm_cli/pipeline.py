@@ -72,12 +72,20 @@ def run_gwas(
 
     Examples
     --------
+    GAPIT 4.1's CMLM of EarHT on the maize panel, with its kinship
+    (``tests/data/reference/``), missing calls set to 1 and its default grid
+    281, 231, ..., 31: GAPIT keeps 281 groups, -2logL 2388.834905 (its
+    compressed levels differ: GAPIT misaligns their rows, see the README).
+
     >>> import tempfile
-    >>> options = GwasOptions(pheno_names=("EarHT",), groups="281,131,31", plots=False)
+    >>> gapit = GwasOptions(pheno_names=("EarHT",), impute="middle", plots=False,
+    ...                     kinship="tests/data/reference/gapit/kinship_VanRaden.tsv")
     >>> with tempfile.TemporaryDirectory() as folder:
-    ...     (fit,) = run_gwas("data/mdp", "data/mdp.pheno.tsv", f"{folder}/mdp", options)
-    >>> fit.name, fit.levels[fit.chosen].groups, round(fit.model.neg2logL, 3)
-    ('EarHT', 281, 2387.134)
+    ...     (fit,) = run_gwas("data/mdp", "data/mdp.pheno.tsv", f"{folder}/mdp", gapit)
+    >>> [level.groups for level in fit.levels]
+    [281, 231, 181, 131, 81, 31]
+    >>> fit.levels[fit.chosen].groups, f"{fit.model.neg2logL:.6f}"
+    (281, '2388.834905')
     >>> [name.rsplit("/", 1)[1] for name in fit.files]  # doctest: +NORMALIZE_WHITESPACE
     ['mdp.EarHT.sumstats.tsv', 'mdp.EarHT.compression.tsv', 'mdp.EarHT.model.json',
      'mdp.EarHT.groups.tsv']

@@ -11,7 +11,6 @@ atomically (:mod:`cmlm_cli.files`).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     # Types only: reading a sumstats file (cmlm plot) needs neither module.
     from cmlm_cli import plink
     from cmlm_cli.scan import ScanResult
-
-log = logging.getLogger("cmlm")
 
 SUMSTATS_COLUMNS = (
     "chromosome",
@@ -198,12 +195,10 @@ def open_sumstats(paths: Sequence[str], *, gzip: bool) -> Iterator[list[IO[str]]
     Yields
     ------
     list of text files
-        The files appear, all of them, only if the block completes; every
-        file is atomic and the stack hands an exception to each of them, so
-        one failure removes all the temporary files.
+        The files appear, all of them, only if the block completes
+        (:func:`cmlm_cli.files.atomic_open_all`).
     """
-    with contextlib.ExitStack() as stack:
-        handles = [stack.enter_context(files.atomic_open(p, compress=gzip)) for p in paths]
+    with files.atomic_open_all(paths, compress=gzip) as handles:
         for handle in handles:
             handle.write("\t".join(SUMSTATS_COLUMNS) + "\n")
         yield handles

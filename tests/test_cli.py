@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bed_reader import open_bed
 from helpers import as_float, expect_error, read_tsv, run
+from oracle import dense_neg2loglik, impute
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -17,6 +19,13 @@ def test_gwas_writes_every_file(mdp, tmp_path):
     result = run("--bfile", str(mdp), "--pheno", f"{mdp}.pheno.tsv", "--pheno-name",
                  "EarHT,dpoll", "--groups", "281,131", "--out", str(out), "-q")
     assert result.exit_code == 0, result.output
+    with open_bed(f"{mdp}.bed", count_A1=True) as bed:
+        G, iids = impute(bed.read(dtype="float64")), bed.iid
+    freq = G.mean(axis=0) / 2
+    W = G - 2 * freq
+    K = W @ W.T / (2 * np.sum(freq * (1 - freq)))
+    pheno = read_tsv(f"{mdp}.pheno.tsv")
+    assert np.array_equal(pheno["IID"], iids)  # the table is in .fam order
     for trait in ("EarHT", "dpoll"):
         header = (tmp_path / "res" / f"run.{trait}.sumstats.tsv").read_text().split("\n")[0]
         assert header.split("\t")[:10] == [
@@ -46,6 +55,18 @@ def test_gwas_writes_every_file(mdp, tmp_path):
         groups = (tmp_path / "res" / f"run.{trait}.groups.tsv").read_text().splitlines()
         assert groups[0] == "FID\tIID\tgroup"
         assert len(groups) - 1 == model["n"]
+        # The 281-group level is the MLM (singletons, Kc = K): its -2logL at
+        # the written vg and ve is the dense oracle's with a VanRaden K that
+        # numpy builds from bed-reader's dosages, over the lines with the trait.
+        y = as_float(pheno[trait])
+        kept = np.flatnonzero(~np.isnan(y))
+        assert model["n"] == kept.size
+        row = int(np.flatnonzero(levels["groups"] == "281")[0])
+        delta = float(levels["ve"][row]) / float(levels["vg"][row])
+        expected = dense_neg2loglik(
+            delta, y[kept], np.ones((kept.size, 1)), np.arange(kept.size), K[np.ix_(kept, kept)]
+        )
+        assert float(levels["neg2logL"][row]) == pytest.approx(expected, rel=1e-9)
     log = (tmp_path / "res" / "run.log").read_text()
     assert "dropped 2 samples" in log
     assert "CML61" in log
