@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/cmlm gwas --bfile data/mdp --pheno data/mdp.pheno.tsv --pheno-name EarHT --pcs 3 --out results/mdp
-	@echo "Results are in results/ (results/mdp.EarHT.sumstats.tsv, .compression.tsv, .model.json, .groups.tsv, .manhattan.png, .qq.png, .compression.png, results/mdp.log)"
+	@echo "Results are in results/ (results/mdp.EarHT.sumstats.tsv, .compression.tsv, .model.json, .groups.tsv, .blup.tsv, .manhattan.png, .qq.png, .compression.png, results/mdp.log)"
 
 # The tests use small matrices: one BLAS thread each keeps them fast and
 # steady when the machine is shared (threads fighting over 2 cores cost 10x).

@@ -20,6 +20,7 @@ from cmlm_cli.association import BlockExecutor, scan_traits
 from cmlm_cli.compression import TraitResult
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.options import GwasOptions
+from cmlm_cli.outputs import write_blup
 from cmlm_cli.pipeline import fit_inputs, prepare_inputs, record_scan, write_outputs
 from cmlm_cli.progress import Stopwatch
 
@@ -32,7 +33,7 @@ def fit_file(out: str) -> str:
 
 
 def run_fit(bfile: str, pheno: str, out: str, options: GwasOptions | None = None) -> str:
-    """Fit every trait's null model, as :func:`run_gwas` does, and save them.
+    """Fit every trait's null model, as :func:`run_gwas` does, save them, write the BLUPs.
 
     Parameters
     ----------
@@ -52,8 +53,11 @@ def run_fit(bfile: str, pheno: str, out: str, options: GwasOptions | None = None
     results = fit_inputs(inputs, options, lap)
     path = fit_file(out)
     model_io.save_fit(path, inputs=inputs, results=results, options=options)
-    lap("writing")
     log.info("wrote %s", path)
+    for result in results:
+        if result.targets is not None:
+            log.info("wrote %s", write_blup(result, inputs, out))
+    lap("writing")
     return path
 
 

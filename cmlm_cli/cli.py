@@ -358,6 +358,11 @@ analysis_options = _together(
         "--no-plots", is_flag=True, help="Draw no Manhattan, QQ or compression-profile pictures."
     ),
     click.option(
+        "--no-blup",
+        is_flag=True,
+        help="Write no OUT.TRAIT.blup.tsv (each kept sample's BLUP, PEV and prediction).",
+    ),
+    click.option(
         "--plot-format",
         type=click.Choice(choices.PLOT_FORMATS),
         default="png",
@@ -407,6 +412,7 @@ def _gwas_options(settings: dict[str, Any]) -> GwasOptions:
     values["pheno_names"] = _comma_list(values["pheno_names"])
     values["covar_names"] = _comma_list(values["covar_names"])
     values["plots"] = not values.pop("no_plots")
+    values["blup"] = not values.pop("no_blup")
     return GwasOptions(**values)
 
 
@@ -694,6 +700,80 @@ def merge(null, chunks, out, bfile, quiet, verbose) -> None:
         results = run_merge(null, out, chunks=chunks, bfile=bfile)
         for result in results:
             log.info("wrote %s", ", ".join(result.files))
+
+
+@main.command()
+@null_option
+@click.option("--out", required=True, metavar="PREFIX", help="Writes PREFIX.TRAIT.blup.tsv.")
+@click.option("--keep", metavar="FILE", help="Write only these samples' rows (FID IID lines).")
+@fitted_bfile_option
+@log_options
+def predict(null, out, keep, bfile, quiet, verbose) -> None:
+    """Each kept sample's BLUP, PEV and prediction from a saved fit, with no genotype pass.
+
+    Writes OUT.TRAIT.blup.tsv for every trait of the fit: the same table as
+    cmlm gwas and cmlm fit write, for phenotyped lines and for genotyped
+    lines without the trait.
+    """
+    with _session(f"{out}.predict.log", quiet=quiet, verbose=verbose, threads=None) as log:
+        from cmlm_cli.genomic_prediction import run_predict
+
+        log.info("wrote %s", ", ".join(run_predict(null, out, keep=keep, bfile=bfile)))
+
+
+@main.command()
+@genotype_options
+@analysis_options
+@click.option(
+    "--folds", type=int, default=5, show_default=True, help="K of K-fold cross-validation."
+)
+@click.option(
+    "--repeats",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Random partitions into folds, each cross-validated.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Seed of the folds (they depend on it and the sample IDs only).",
+)
+@click.option(
+    "--cv-by-level",
+    is_flag=True,
+    help="Also predict every fold at each group count of --groups, fixed, and plot the "
+    "accuracy against the count (--model cmlm).",
+)
+@log_options
+def cv(
+    bfile, hapmap, gd, gm, pheno, out, folds, repeats, seed, cv_by_level, quiet, verbose, **settings
+) -> None:
+    """Cross-validated accuracy of genomic prediction, per trait.
+
+    Takes the model options of cmlm gwas. Each fold of each trait's
+    phenotyped individuals is masked in turn; the null model (the whole
+    compression search for cmlm) is refitted on the others and the masked
+    ones are predicted. The kinship, the PCs and the tree come from every
+    genotyped individual, once. Writes OUT.TRAIT.cv_predictions.tsv and
+    OUT.TRAIT.cv.tsv (with --cv-by-level also OUT.TRAIT.cv_levels.tsv and a
+    picture); no SNP is tested.
+    """
+    with _session(
+        f"{out}.cv.log", quiet=quiet, verbose=verbose, threads=settings["threads"], seed=seed
+    ) as log:
+        from cmlm_cli import hapmap as hapmap_io
+        from cmlm_cli.genomic_prediction import CvSettings, run_cv
+
+        options = _gwas_options(settings)
+        cv_settings = CvSettings(folds=folds, repeats=repeats, seed=seed, by_level=cv_by_level)
+        with hapmap_io.genotype_source(
+            bfile=bfile, hapmap=hapmap, gd=gd, gm=gm, workdir=os.path.dirname(out) or "."
+        ) as genotypes:
+            run_cv(genotypes, pheno, out, options, cv_settings)
+        log.debug("cross-validation done")
 
 
 def _library_versions() -> str:

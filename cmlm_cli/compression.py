@@ -39,6 +39,7 @@ from cmlm_cli.null_model import (
     fit_null_basis,
 )
 from cmlm_cli.options import GwasOptions
+from cmlm_cli.prediction import Targets
 
 log = logging.getLogger("cmlm")
 
@@ -300,6 +301,10 @@ class TraitResult:
         Genomic control of the scan; NaN before it.
     files : tuple of str
         Files written for the trait, in the order written.
+    targets : Targets or None
+        What predicting every kept sample from ``model`` needs
+        (:func:`cmlm_cli.prediction.predict`); None for the GLM and with
+        ``--no-blup``.
     """
 
     name: str
@@ -309,6 +314,7 @@ class TraitResult:
     model: NullModel
     lambda_gc: float = float("nan")
     files: tuple[str, ...] = ()
+    targets: Targets | None = None
 
 
 def _release_kinships(levels: list[Level]) -> None:
@@ -407,7 +413,8 @@ def fit_traits(
             K = rel.K[np.ix_(t.analysed, t.analysed)]
             model = fit_null(t.y, t.X, labels, K, method=options.method, solver=options.solver)
             level = Level(t.analysed.size, model, labels, labels)
-            results.append(TraitResult(t.name, t.analysed, (level,), 0, model))
+            targets = _sample_targets(t, rel.K) if options.blup else None
+            results.append(TraitResult(t.name, t.analysed, (level,), 0, model, targets=targets))
         return results
     assert tree is not None
     p = traits[0].X.shape[1]
@@ -445,10 +452,87 @@ def fit_traits(
         # drop them before the next level is built.
         del partition
     results = []
+    # The chosen cut of each count, again, for the groups without an
+    # analysed member; traits (and cross-validation folds) share them.
+    cuts: dict[int, Partition] = {}
     for t, trait_levels in zip(traits, levels, strict=True):
         chosen = choose(trait_levels, rule=options.choose)
-        assert trait_levels[chosen].model.Kc.size or trait_levels[chosen].model.q == 0
+        level = trait_levels[chosen]
+        assert level.model.Kc.size or level.model.q == 0
+        targets = None
+        if options.blup:
+            cut = None
+            if t.analysed.size < t.fixed.shape[0]:
+                if level.groups not in cuts:
+                    cuts[level.groups] = partition_at(level.groups, rel, tree, options)
+                cut = cuts[level.groups]
+            targets = _group_targets(t, level, cut)
         results.append(
-            TraitResult(t.name, t.analysed, tuple(trait_levels), chosen, trait_levels[chosen].model)
+            TraitResult(
+                t.name, t.analysed, tuple(trait_levels), chosen, level.model, targets=targets
+            )
         )
     return results
+
+
+def partition_at(
+    count: int, rel: Relationship, tree: np.ndarray | GroupedKinship, options: GwasOptions
+) -> Partition:
+    """The cut of ``tree`` into ``count`` groups, with its group kinship, on either path."""
+    if isinstance(tree, GroupedKinship):
+        return next(iter_grouped_partitions(tree, [count], how=options.group_kinship))
+    return next(iter_partitions(rel.K, tree, [count], how=options.group_kinship))
+
+
+def _sample_targets(t: TraitData, K: np.ndarray) -> Targets:
+    """The MLM's: each analysed sample its own group, every other one projected."""
+    n = t.fixed.shape[0]
+    others = np.setdiff1d(np.arange(n), t.analysed)
+    group = np.empty(n, dtype=np.int64)
+    group[t.analysed] = np.arange(t.analysed.size)
+    group[others] = t.analysed.size + np.arange(others.size)
+    return Targets(
+        group=group,
+        cluster=group,
+        cross=K[np.ix_(others, t.analysed)],
+        self_kinship=np.diag(K)[others].copy(),
+        fixed=t.fixed,
+        nongenetic=t.nongenetic,
+    )
+
+
+def _group_targets(t: TraitData, level: Level, partition: Partition | None) -> Targets:
+    """The compressed model's: samples outside the fit take their group's effect.
+
+    Parameters
+    ----------
+    t : TraitData
+    level : Level
+        The chosen one.
+    partition : Partition or None
+        Its whole cut, needed only when some kept samples are not analysed
+        (their groups may have no analysed member); the groups of the fit
+        keep the fitted ``Kc``.
+    """
+    if partition is None:
+        return Targets(
+            group=level.labels,
+            cluster=level.cluster_labels,
+            cross=np.zeros((0, level.model.q)),
+            self_kinship=np.zeros(0),
+            fixed=t.fixed,
+            nongenetic=t.nongenetic,
+        )
+    used = np.unique(level.cluster_labels)
+    others = np.setdiff1d(np.arange(partition.groups), used)
+    numbering = np.empty(partition.groups, dtype=np.int64)
+    numbering[used] = np.arange(used.size)
+    numbering[others] = used.size + np.arange(others.size)
+    return Targets(
+        group=numbering[partition.labels],
+        cluster=partition.labels,
+        cross=partition.Kc[np.ix_(others, used)],
+        self_kinship=np.diag(partition.Kc)[others].copy(),
+        fixed=t.fixed,
+        nongenetic=t.nongenetic,
+    )

@@ -296,12 +296,19 @@ class TraitData:
     y : ndarray, shape (n_a,)
     X : ndarray, shape (n_a, p)
         Intercept, covariates, principal components.
+    fixed : ndarray, shape (n, p)
+        The same columns for every kept sample, NaN where a covariate is
+        missing: prediction needs the samples outside the fit too.
+    nongenetic : int
+        The leading columns that are the intercept and the covariates.
     """
 
     name: str
     analysed: np.ndarray
     y: np.ndarray
     X: np.ndarray
+    fixed: np.ndarray
+    nongenetic: int
 
 
 def trait_data(
@@ -343,4 +350,4 @@ def trait_data(
         y_all.size,
     )
     check_trait(name, y, X, fixed_names(inputs, options), several=inputs.traits.shape[1] > 1)
-    return TraitData(name, analysed, y, X)
+    return TraitData(name, analysed, y, X, fixed, 1 + inputs.covariates.shape[1])

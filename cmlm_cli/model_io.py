@@ -7,7 +7,10 @@ SNP ranges in N independent tasks (``cmlm scan --chunk K/N``) and joins them
 - the fit, ``OUT.fit.npz``: a NumPy archive (read with
   ``allow_pickle=False``; no pickle anywhere) holding every array and scalar
   of each trait's null models, its analysed rows, the compression levels and
-  the chosen one, the kept samples and SNPs, the traits and covariates, and
+  the chosen one, what predicting every kept sample needs (the groups of
+  all of them, the kinships of groups outside the fit, the fixed effects:
+  :class:`cmlm_cli.prediction.Targets`), the kept samples and SNPs, the
+  traits and covariates, and
   ``meta.json``: the options, the names and the fingerprint of the PLINK
   files (sizes and SHA-256 of the .fam, the .bim and the head of the .bed),
   so that a scan against other files is refused;
@@ -46,6 +49,7 @@ from cmlm_cli.errors import CmlmError
 from cmlm_cli.inputs import Inputs
 from cmlm_cli.null_model import NullModel
 from cmlm_cli.options import GwasOptions
+from cmlm_cli.prediction import Targets
 
 log = logging.getLogger("cmlm")
 
@@ -181,12 +185,15 @@ def save_fit(
         shared = bool(result.levels) and result.model is result.levels[result.chosen].model
         if not shared:
             _put(entries, f"trait{k}.model.", result.model)
+        if result.targets is not None:
+            _put(entries, f"trait{k}.targets.", result.targets)
         traits.append(
             {
                 "name": result.name,
                 "levels": len(result.levels),
                 "chosen": result.chosen,
                 "model_is_chosen_level": shared,
+                "targets": result.targets is not None,
             }
         )
     meta = {
@@ -250,9 +257,17 @@ def load_fit(path: str, *, bfile: str | None = None, threads: int | None = None)
             model = levels[trait["chosen"]].model
         else:
             model = _get(archive, f"trait{k}.model.", NullModel, path, {})
+        targets = None
+        if trait.get("targets"):
+            targets = _get(archive, f"trait{k}.targets.", Targets, path, {})
         results.append(
             TraitResult(
-                trait["name"], archive[f"trait{k}.analysed"], levels, trait["chosen"], model
+                trait["name"],
+                archive[f"trait{k}.analysed"],
+                levels,
+                trait["chosen"],
+                model,
+                targets=targets,
             )
         )
     inputs = Inputs(

@@ -168,7 +168,7 @@ class CompressedBasis:
     W: np.ndarray
     s: np.ndarray
     Kc: np.ndarray
-    factors: _Tridiagonal | None = field(default=None, repr=False, compare=False)
+    factors: _Tridiagonal | _Dense | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, labels: np.ndarray, Kc: np.ndarray, *, vectors: bool = True) -> CompressedBasis:
@@ -236,11 +236,29 @@ class CompressedBasis:
         s = np.where(s > EIGEN_RTOL * top, s, 0.0)
         return cls(labels, counts, W, s, Kc, factors)
 
+    @classmethod
+    def in_groups(cls, labels: np.ndarray, Kc: np.ndarray) -> CompressedBasis:
+        """The basis of group coordinates, ``N^-1/2 Z'a``, with no decomposition at all.
+
+        The group part of ``H`` less ``d I`` is then ``B = N^1/2 Kc N^1/2``
+        itself and each ``d`` costs a Cholesky factorisation (q^3 / 3 flops)
+        instead of a solve in the eigenbasis: the cheaper basis for a
+        quantity wanted at one ``d`` (:func:`random_effects`), where the
+        eigenvectors or the tridiagonal reduction would cost 4 to 10 times
+        more. ``s`` is then unknown (empty); the solvers need another basis.
+        """
+        labels = np.asarray(labels, dtype=np.int64)
+        counts = np.bincount(labels, minlength=Kc.shape[0]).astype(np.float64)
+        root = np.sqrt(counts)
+        B = Kc * root[:, None]
+        B *= root[None, :]
+        return cls(labels, counts, np.zeros((0, 0)), np.zeros(0), Kc, _Dense(B))
+
     @property
     def q(self) -> int:
         return self.counts.shape[0]
 
-    def operator(self) -> _Diagonal | _Tridiagonal:
+    def operator(self) -> _Diagonal | _Tridiagonal | _Dense:
         """The group part of ``H`` less ``d I`` in the basis of :meth:`rotate`."""
         if self.factors is None:
             self._check_vectors()
@@ -417,6 +435,62 @@ class _TridiagonalSolve:
         return x
 
 
+class _Dense:
+    """The group part of ``H`` less ``d I`` in group coordinates: ``B = N^1/2 Kc N^1/2``.
+
+    The identity basis (:meth:`CompressedBasis.in_groups`): ``apply_q`` does
+    nothing and each shift is a Cholesky factorisation.
+    """
+
+    def __init__(self, B: np.ndarray):
+        self.B = B
+
+    def times(self, a: np.ndarray) -> np.ndarray:
+        return self.B @ a
+
+    def apply_q(self, A: np.ndarray, *, transpose: bool) -> np.ndarray:
+        return A
+
+    def shifted(self, d: float) -> _DenseSolve:
+        """The Cholesky factor of ``B + d I``.
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            Where ``d`` is below the rounding of ``B``'s zero eigenvalues.
+        """
+        shifted = self.B.copy()
+        shifted.flat[:: shifted.shape[0] + 1] += d
+        L, info = scipy.linalg.lapack.dpotrf(shifted, lower=1, clean=1, overwrite_a=1)
+        if info != 0:
+            msg = f"B + {d:g} I (dpotrf info {info})"
+            raise NotPositiveDefiniteError(msg)
+        return _DenseSolve(L)
+
+
+class _DenseSolve:
+    """``(B + d I)^-1`` from its Cholesky factor ``L`` (lower)."""
+
+    def __init__(self, L: np.ndarray):
+        self.L = L
+
+    def solve(self, a: np.ndarray) -> np.ndarray:
+        return scipy.linalg.cho_solve((self.L, True), a)
+
+    def logdet(self) -> float:
+        """``log|B + d I|``."""
+        return 2.0 * float(np.sum(np.log(np.diag(self.L))))
+
+    @functools.cached_property
+    def inverse_diagonal(self) -> np.ndarray:
+        """``diag((B + d I)^-1)``: the squared column norms of ``L^-1``."""
+        inverse, info = scipy.linalg.lapack.dtrtri(self.L, lower=1)
+        if info != 0:
+            msg = f"dtrtri failed (info {info})"
+            raise np.linalg.LinAlgError(msg)
+        return np.einsum("ij,ij->j", inverse, inverse)
+
+
 class CompressedLikelihood:
     """Sufficient statistics of one trait for likelihoods at any ``d``.
 
@@ -445,7 +519,9 @@ class CompressedLikelihood:
         self.basis = basis
         self.q = 0 if basis is None else basis.q
         self.s = np.zeros(0) if basis is None else basis.s
-        self.op: _Diagonal | _Tridiagonal = _Diagonal(self.s) if basis is None else basis.operator()
+        self.op: _Diagonal | _Tridiagonal | _Dense = (
+            _Diagonal(self.s) if basis is None else basis.operator()
+        )
         self.Uy = np.zeros(0) if basis is None else basis.rotate(self.y)
         self.UX = np.zeros((0, self.p)) if basis is None else basis.rotate(self.X)
         self.Xw = self.X if basis is None else basis.within(self.X)
@@ -461,10 +537,12 @@ class CompressedLikelihood:
     def dof(self, method: str) -> int:
         return self.n - self.p if method == "reml" else self.n
 
-    def _shifted(self, d: float) -> _DiagonalSolve | _TridiagonalSolve:
+    def _shifted(self, d: float) -> _DiagonalSolve | _TridiagonalSolve | _DenseSolve:
         try:
             return self.op.shifted(d)
         except NotPositiveDefiniteError:
+            if isinstance(self.op, _Dense):
+                raise
             # d below the rounding of T's zero eigenvalues (h2 -> 1 in EM or
             # Newton): the eigenvalues clipped at 0 define the model there,
             # as with eigenvectors, so this likelihood takes them from now on.
@@ -485,9 +563,9 @@ class CompressedLikelihood:
         """
         if np.isinf(d):
             s = np.zeros_like(self.s)
-            op: _Diagonal | _Tridiagonal = _Diagonal(s)
+            op: _Diagonal | _Tridiagonal | _Dense = _Diagonal(s)
             d = 1.0
-            solver: _DiagonalSolve | _TridiagonalSolve = op.shifted(d)
+            solver: _DiagonalSolve | _TridiagonalSolve | _DenseSolve = op.shifted(d)
         else:
             solver = self._shifted(d)
             s, op = self.s, self.op
@@ -501,7 +579,11 @@ class CompressedLikelihood:
         Ur = self.Uy - self.UX @ beta
         v = solver.solve(Ur)
         yPy = float(Ur @ v) + self.within_rss(beta) / d
-        logdet_H = float(np.sum(np.log(s + d))) + (self.n - self.q) * np.log(d)
+        if isinstance(solver, _DenseSolve):
+            group_logdet = solver.logdet()
+        else:
+            group_logdet = float(np.sum(np.log(s + d)))
+        logdet_H = group_logdet + (self.n - self.q) * np.log(d)
         logdet_A = 2.0 * float(np.sum(np.log(np.diag(chol[0]))))
         return _Profile(d, s, op, solver, YX, v, chol, XHy, beta, yPy, logdet_H, logdet_A)
 
@@ -518,7 +600,7 @@ class CompressedLikelihood:
         same traces and quadratic forms as EM uses; times ``d`` for ``log d``.
         """
         pr = self.profile(d)
-        _, _, q2, t2 = self.moments(pr, method)
+        q2, t2 = self.residual_moments(pr, method)
         return d * (t2 - self.dof(method) * q2 / pr.yPy)
 
     def within_rss(self, beta: np.ndarray) -> float:
@@ -532,25 +614,79 @@ class CompressedLikelihood:
             value += pr.logdet_A - self.logdet_XtX
         return float(value)
 
+    def e_step(self, pr: _Profile, method: str) -> EStep:
+        """The group effects given ``y`` at the profile's ``d``: EM's E-step.
+
+        Parameters
+        ----------
+        pr : _Profile
+            :meth:`profile` at ``d``.
+        method : {"reml", "ml"}
+            REML's conditional covariance accounts for the estimated ``b``
+            (Henderson's C22); ML's takes ``b`` as known.
+        """
+        s, d, v = pr.s, pr.d, pr.v
+        mean = pr.op.times(v)
+        if isinstance(pr.solver, _DenseSolve):
+            trace = self.q - d * float(np.sum(pr.solver.inverse_diagonal))
+        else:
+            trace = float(np.sum(s * (1.0 / (s + d))))
+        if method == "reml":
+            M1 = pr.YX.T @ pr.op.times(pr.YX)
+            trace -= float(np.trace(scipy.linalg.cho_solve(pr.chol, M1)))
+        return EStep(v, mean, float(v @ mean), trace)
+
     def moments(self, pr: _Profile, method: str) -> tuple[float, float, float, float]:
         """Quadratic forms and traces that EM and AI-REML need, in H units.
 
         Returns ``(q1, t1, q2, t2)``: ``y'P ZKZ' P y``, ``tr(P ZKZ')``,
         ``y'P P y`` and ``tr P`` for ``P`` built from ``H`` (REML) or ``H^-1``
-        (ML, where ``P y`` is still ``H^-1`` times the GLS residual).
+        (ML, where ``P y`` is still ``H^-1`` times the GLS residual). The
+        first two are the E-step's (:meth:`e_step`).
         """
-        s, d, v = pr.s, pr.d, pr.v
-        inv = 1.0 / (s + d)
-        q1 = float(v @ pr.op.times(v))
+        effects = self.e_step(pr, method)
+        return (effects.quadratic, effects.trace, *self.residual_moments(pr, method))
+
+    def residual_moments(self, pr: _Profile, method: str) -> tuple[float, float]:
+        """``(y'P P y, tr P)`` of :meth:`moments`: what the update of ``ve`` needs."""
+        d, v = pr.d, pr.v
         q2 = float(v @ v) + self.within_rss(pr.beta) / d**2
-        t1 = float(np.sum(s * inv))
-        t2 = float(np.sum(inv)) + (self.n - self.q) / d
+        if isinstance(pr.solver, _DenseSolve):
+            group_trace = float(np.sum(pr.solver.inverse_diagonal))
+        else:
+            group_trace = float(np.sum(1.0 / (pr.s + d)))
+        t2 = group_trace + (self.n - self.q) / d
         if method == "reml":
-            M1 = pr.YX.T @ pr.op.times(pr.YX)
             M2 = pr.YX.T @ pr.YX + self.XtXw / d**2
-            t1 -= float(np.trace(scipy.linalg.cho_solve(pr.chol, M1)))
             t2 -= float(np.trace(scipy.linalg.cho_solve(pr.chol, M2)))
-        return q1, t1, q2, t2
+        return q2, t2
+
+
+@dataclass(frozen=True)
+class EStep:
+    """The conditional mean of the group effects and EM's moments of their covariance.
+
+    In H units, at one ``d``, in the basis of :meth:`CompressedBasis.rotate`
+    (``B = W`` with eigenvectors, ``Q`` when factored; ``Op`` is ``diag(s)``
+    or ``T``).
+
+    Attributes
+    ----------
+    v : ndarray, shape (q,)
+        ``(Op + d I)^-1 B' N^-1/2 Z'r`` for the GLS residual ``r``:
+        ``Z'H^-1 r = N^1/2 B v``.
+    mean : ndarray, shape (q,)
+        ``Op v``: ``E(u | y) = vg Kc Z'V^-1 r = N^-1/2 B mean`` (the BLUP).
+    quadratic : float
+        ``r'H^-1 Z Kc Z' H^-1 r = E(u)' Kc^+ E(u)``.
+    trace : float
+        ``tr(P Z Kc Z')``: ``tr(Kc^+ Cov(u | y)) = vg (rank(Kc) - trace)``.
+    """
+
+    v: np.ndarray
+    mean: np.ndarray
+    quadratic: float
+    trace: float
 
 
 @dataclass(frozen=True)
@@ -558,8 +694,8 @@ class _Profile:
     d: float
     s: np.ndarray
     # The group part of H less d I, and the solve with it plus d I.
-    op: _Diagonal | _Tridiagonal
-    solver: _DiagonalSolve | _TridiagonalSolve
+    op: _Diagonal | _Tridiagonal | _Dense
+    solver: _DiagonalSolve | _TridiagonalSolve | _DenseSolve
     # (H^-1 group part) UX and (H^-1 group part) times the GLS residual's Ur.
     YX: np.ndarray
     v: np.ndarray
@@ -745,6 +881,161 @@ def fit_glm(y: np.ndarray, X: np.ndarray, *, method: str = "reml") -> NullModel:
     return _package(lik, 1.0, method, "ols", 1, True)
 
 
+def null_model_at(
+    y: np.ndarray,
+    X: np.ndarray,
+    labels: np.ndarray,
+    Kc: np.ndarray,
+    delta: float,
+    *,
+    method: str = "reml",
+) -> NullModel:
+    """The model at a given ``d = ve / vg``, with ``vg`` and ``b`` profiled: no search.
+
+    For variance components known from elsewhere (another tool's fit, a
+    published heritability): ``vg = yPy / r`` at that ``d``, ``ve = d vg``.
+
+    Parameters
+    ----------
+    y, X, labels, Kc, method
+        As in :func:`fit_null`.
+    delta : float
+        ``ve / vg``, positive (``inf``: no genetic variance).
+    """
+    if not delta > 0:
+        msg = f"delta = ve / vg must be positive, not {delta}"
+        raise ValueError(msg)
+    lik = CompressedLikelihood(y, X, CompressedBasis.build(labels, Kc, vectors=False))
+    return _package(lik, float(delta), method, "given", 0, True)
+
+
+@dataclass(frozen=True)
+class RandomEffects:
+    """BLUPs and prediction error variances of the fitted groups and of others.
+
+    Entries ``0..q-1`` are the model's groups, ``q..q+m-1`` the groups (or
+    individuals) predicted from their kinship to them.
+
+    Attributes
+    ----------
+    blup : ndarray, shape (q + m,)
+        ``vg Kc Z'V^-1 (y - Xb)`` for the model's groups, ``vg k' Z'V^-1 (y - Xb)``
+        (the conditional mean) for one with kinships ``k`` to them.
+    pev : ndarray, shape (q + m,)
+        Prediction error variance: ``vg Kc[g,g] - vg^2 (Kc Z'PZ Kc)[g,g]``
+        (Henderson's C22, which includes the error of the estimated ``b``),
+        ``vg kappa - vg^2 k' Z'PZ k`` for the others; ``P`` is the REML
+        projection whichever method estimated ``vg`` and ``ve``.
+    kinship : ndarray, shape (q + m,)
+        ``Kc[g,g]``, or the other's own kinship ``kappa``:
+        ``reliability = 1 - pev / (vg kinship)``.
+    """
+
+    blup: np.ndarray
+    pev: np.ndarray
+    kinship: np.ndarray
+
+
+def random_effects(
+    model: NullModel,
+    cross: np.ndarray | None = None,
+    self_kinship: np.ndarray | None = None,
+) -> RandomEffects:
+    """The BLUP and PEV of every group of ``model``, and of others predicted from them.
+
+    In group coordinates (:meth:`CompressedBasis.in_groups`), never with an
+    n x n matrix: with ``B = N^1/2 Kc N^1/2``, one Cholesky factor of
+    ``B + d I`` and its triangular inverse (2 q^3 / 3 flops; the
+    eigendecomposition would cost ~10 times more at q = 5,000), then
+    O(q^2 (p + m)). With the E-step's ``v = (B + d I)^-1 N^-1/2 Z'r`` and mean
+    ``B v`` (:meth:`CompressedLikelihood.e_step`, the one EM iterates on):
+
+        blup_g = (B v)_g / sqrt(n_g)                         (= vg Kc Z'V^-1 r)
+        pev_g  = vg / n_g [d (1 - d ((B + d I)^-1)_gg)       (vg Kc - vg^2 Kc Z'H^-1 Z Kc)
+                           + f_g' A^-1 f_g]                  f = B YX (b's error)
+
+    and for another with kinships ``k`` (q,) and ``kappa``, ``w = N^1/2 k``:
+
+        blup = w'v,   pev = vg [kappa - w'(B + d I)^-1 w + (YX'w)' A^-1 (YX'w)]
+
+    where ``YX = (B + d I)^-1 N^-1/2 Z'X`` and ``A = X'H^-1X``. Where
+    ``B + d I`` is not positive definite in floating point (h2 = 1 to
+    rounding) the same formulas run in the eigenbasis.
+
+    Parameters
+    ----------
+    model : NullModel
+        A mixed model (q > 0).
+    cross : ndarray, shape (m, q), optional
+        Kinship of each other group or individual to the model's groups.
+    self_kinship : ndarray, shape (m,), optional
+        Their own kinship (``Kc[a,a]``, ``K[a,a]``).
+
+    Returns
+    -------
+    RandomEffects
+        PEVs below zero by rounding are set to 0. With ``h2 = 0`` every
+        BLUP and PEV is 0.
+    """
+    if model.q == 0:
+        msg = "a model without a random effect (the GLM) has no BLUPs"
+        raise ValueError(msg)
+    cross = np.zeros((0, model.q)) if cross is None else np.asarray(cross, dtype=np.float64)
+    own = np.zeros(0) if self_kinship is None else np.asarray(self_kinship, dtype=np.float64)
+    if cross.shape != (own.size, model.q):
+        msg = f"cross has shape {cross.shape}; expected ({own.size}, {model.q})"
+        raise ValueError(msg)
+    kinship = np.concatenate([np.diag(model.Kc), own])
+    if not np.isfinite(model.delta):
+        zeros = np.zeros(kinship.size)
+        return RandomEffects(zeros, zeros.copy(), kinship)
+    try:
+        # Group coordinates: one Cholesky factor of N^1/2 Kc N^1/2 + d I.
+        basis = CompressedBasis.in_groups(model.labels, model.Kc)
+        lik = CompressedLikelihood(model.y, model.X, basis)
+        pr = lik.profile(model.delta)
+        inverse_diagonal = pr.solver.inverse_diagonal  # type: ignore[union-attr]
+
+        def to_groups(a: np.ndarray) -> np.ndarray:
+            return a
+
+        from_groups = to_groups
+    except NotPositiveDefiniteError:
+        # d below the rounding of Kc's zero eigenvalues (h2 = 1 to rounding):
+        # the eigenbasis, whose clipped eigenvalues define the model there.
+        basis = CompressedBasis.build(model.labels, model.Kc, vectors=True)
+        lik = CompressedLikelihood(model.y, model.X, basis)
+        pr = lik.profile(model.delta)
+        W = basis.W
+        inverse_diagonal = (W * W) @ (1.0 / (pr.s + pr.d))
+
+        def to_groups(a: np.ndarray) -> np.ndarray:
+            return W @ a
+
+        def from_groups(a: np.ndarray) -> np.ndarray:
+            return W.T @ a
+
+    effects = lik.e_step(pr, "reml")
+    d, counts = pr.d, basis.counts
+    root = np.sqrt(counts)
+
+    def correction(F: np.ndarray) -> np.ndarray:
+        """``diag(F' A^-1 F)``: the error of the estimated ``b``."""
+        return np.sum(F * scipy.linalg.cho_solve(pr.chol, F), axis=0)
+
+    # The model's groups: N^1/2 E(u | y) and N^1/2 Kc Z'H^-1 X in group
+    # coordinates; d B (B + d I)^-1 = d (I - d (B + d I)^-1).
+    blup = to_groups(effects.mean) / root
+    F = to_groups(pr.op.times(pr.YX))
+    pev = (d * (1.0 - d * inverse_diagonal) + correction(F.T)) / counts
+    # The others, from their kinships to the model's groups.
+    w = from_groups(root[:, None] * cross.T)
+    blup_others = w.T @ effects.v
+    pev_others = own - np.sum(w * pr.solver.solve(w), axis=0) + correction(pr.YX.T @ w)
+    pev = model.vg * np.concatenate([pev, pev_others])
+    return RandomEffects(np.concatenate([blup, blup_others]), np.maximum(pev, 0.0), kinship)
+
+
 def _package(
     lik: CompressedLikelihood, d: float, method: str, solver: str, iterations: int, converged: bool
 ) -> NullModel:
@@ -872,8 +1163,12 @@ def _solve_em(lik: CompressedLikelihood, method: str) -> tuple[float, int, bool]
             if near and lik.slope(d, method) < 0:
                 return np.inf, iteration, True
         pr = lik.profile(ve / vg)
-        q1, t1, q2, t2 = lik.moments(pr, method)
-        vg_new = vg + (q1 - vg * t1) / rank
+        # E-step: the BLUP of the group effects and its conditional covariance,
+        # the same code as the BLUP table's (random_effects); M-step:
+        # vg <- (E(u)'Kc^+E(u) + tr(Kc^+ Cov(u | y))) / rank(Kc).
+        effects = lik.e_step(pr, method)
+        q2, t2 = lik.residual_moments(pr, method)
+        vg_new = vg + (effects.quadratic - vg * effects.trace) / rank
         ve_new = ve + (ve / vg) ** 2 * (q2 - vg * t2) / lik.n
         vg_new, ve_new = max(vg_new, vg * 1e-6), max(ve_new, ve * 1e-6)
         moved = max(abs(np.log(vg_new / vg)), abs(np.log(ve_new / ve)))

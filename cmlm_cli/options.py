@@ -148,8 +148,9 @@ class GwasOptions:
     """Settings of a run; the defaults are the documented defaults of ``cmlm gwas``.
 
     The fields are the long options of ``cmlm gwas`` (``--pheno-name`` is
-    ``pheno_names``, ``--no-plots`` is ``plots=False``); ``model.json`` and
-    the saved fit record them as they are here.
+    ``pheno_names``, ``--no-plots`` is ``plots=False``, ``--no-blup`` is
+    ``blup=False``); ``model.json`` and the saved fit record them as they are
+    here.
 
     Examples
     --------
@@ -192,6 +193,7 @@ class GwasOptions:
     format: Literal["tsv", "ssf"] = "tsv"
     genome_assembly: str | None = None
     exact: bool = False
+    blup: bool = True
 
     @functools.cached_property
     def group_spec(self) -> GroupSpec:

@@ -3,8 +3,10 @@
 ``OUT.TRAIT.compression.tsv`` (one row per group count tried),
 ``OUT.TRAIT.model.json`` (the chosen model, every setting, the version) and
 ``OUT.TRAIT.groups.tsv`` (FID, IID and group of each analysed individual),
-so that anyone can re-derive the fit; with ``--format ssf`` also the
-GWAS-SSF file and its metadata. Every writer returns the paths it wrote.
+so that anyone can re-derive the fit; ``OUT.TRAIT.blup.tsv`` (every kept
+sample's BLUP, PEV and prediction, :mod:`cmlm_cli.prediction`); with
+``--format ssf`` also the GWAS-SSF file and its metadata. Every writer
+returns the paths it wrote.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from cmlm_cli import __version__, files, ssf
 from cmlm_cli.compression import TraitResult
 from cmlm_cli.inputs import Inputs, fixed_names
 from cmlm_cli.options import GwasOptions
-from cmlm_cli.sumstats import COMPRESSION_COLUMNS, sumstats_path
+from cmlm_cli.prediction import BLUP_COLUMNS, Predictions, predict
+from cmlm_cli.sumstats import COMPRESSION_COLUMNS, format_float, sumstats_path
 
 log = logging.getLogger("cmlm")
 
@@ -103,6 +106,63 @@ def write_trait_files(
     rows = list(zip(fid, iid, group.tolist(), strict=True))
     files.write_table(groups_path, ("FID", "IID", "group"), rows)
     return profile_path, model_path, groups_path
+
+
+def blup_path(out: str, trait: str) -> str:
+    """Where a trait's BLUP table goes."""
+    return f"{out}.{trait}.blup.tsv"
+
+
+def trait_predictions(result: TraitResult, y: np.ndarray) -> Predictions:
+    """Every kept sample's BLUP, PEV and prediction from a trait's fit.
+
+    Parameters
+    ----------
+    result : TraitResult
+        With its ``targets`` (not the GLM, not ``--no-blup``).
+    y : ndarray, shape (n,)
+        The trait over the kept samples, NaN where missing.
+    """
+    if result.targets is None:
+        msg = f"trait {result.name} has no prediction targets (the GLM, or --no-blup)"
+        raise ValueError(msg)
+    return predict(result.model, result.targets, y, result.analysed)
+
+
+def write_blup(
+    result: TraitResult, inputs: Inputs, out: str, *, rows: np.ndarray | None = None
+) -> str:
+    """``OUT.TRAIT.blup.tsv``: every kept sample's BLUP, PEV and prediction, in .fam order.
+
+    Parameters
+    ----------
+    result : TraitResult
+        With its ``targets``.
+    inputs : Inputs
+    out : str
+    rows : ndarray of int, optional
+        Write only these kept samples (``cmlm predict --keep``).
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    table = trait_predictions(result, inputs.traits[:, inputs.trait_names.index(result.name)])
+    selected = np.arange(inputs.samples.size) if rows is None else rows
+    fid, iid = inputs.bfile.fid[inputs.samples], inputs.bfile.iid[inputs.samples]
+    numbers = [format_float(getattr(table, column)[selected]) for column in BLUP_COLUMNS[4:]]
+    lines = zip(
+        fid[selected],
+        iid[selected],
+        table.group[selected].tolist(),
+        table.status[selected].tolist(),
+        *numbers,
+        strict=True,
+    )
+    path = blup_path(out, result.name)
+    files.write_table(path, BLUP_COLUMNS, list(lines))
+    return path
 
 
 def write_ssf(result: TraitResult, inputs: Inputs, out: str, options: GwasOptions) -> list[str]:

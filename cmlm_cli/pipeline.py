@@ -27,11 +27,11 @@ import numpy as np
 from cmlm_cli import files, grouping, plots, ssf, sumstats
 from cmlm_cli.association import BlockExecutor, scan_traits
 from cmlm_cli.compression import TraitResult, fit_traits
-from cmlm_cli.inputs import Inputs, load_inputs, trait_data
-from cmlm_cli.kinship import build_relationship
+from cmlm_cli.inputs import Inputs, TraitData, load_inputs, trait_data
+from cmlm_cli.kinship import Relationship, build_relationship
 from cmlm_cli.large import RANDOM_SEED, GroupedKinship, build_grouped
 from cmlm_cli.options import GwasOptions, check_options, choose_path
-from cmlm_cli.outputs import log_summary, write_ssf, write_trait_files
+from cmlm_cli.outputs import log_summary, write_blup, write_ssf, write_trait_files
 from cmlm_cli.progress import Stopwatch
 
 log = logging.getLogger("cmlm")
@@ -88,7 +88,7 @@ def run_gwas(
     (281, '2388.834905')
     >>> [name.rsplit("/", 1)[1] for name in fit.files]  # doctest: +NORMALIZE_WHITESPACE
     ['mdp.EarHT.sumstats.tsv', 'mdp.EarHT.compression.tsv', 'mdp.EarHT.model.json',
-     'mdp.EarHT.groups.tsv']
+     'mdp.EarHT.groups.tsv', 'mdp.EarHT.blup.tsv']
     """
     options = options or GwasOptions()
     lap = Stopwatch()
@@ -159,27 +159,53 @@ def fit_inputs(
         One per trait, in the phenotype table's order.
     """
     lap = lap or Stopwatch()
+    rel, tree = relatedness(inputs, options, lap)
+    fits = fit_traits(trait_designs(inputs, rel, options), rel, tree, options)
+    lap("null models")
+    return fits
+
+
+def relatedness(
+    inputs: Inputs, options: GwasOptions, lap: Stopwatch | None = None
+) -> tuple[Relationship, np.ndarray | GroupedKinship | None]:
+    """The kinship, the principal components and the clustering tree of the kept samples.
+
+    Parameters
+    ----------
+    inputs : Inputs
+    options : GwasOptions
+    lap : Stopwatch, optional
+
+    Returns
+    -------
+    rel : Relationship
+        ``K`` (n, n) and the PCs (n, pcs); on the large path no ``K``.
+    tree : ndarray, shape (n - 1, 4), or GroupedKinship, or None
+        The tree (dense path), the micro-clusters and their Gram (large
+        path), or None unless ``--model cmlm``.
+    """
+    lap = lap or Stopwatch()
     path, why = choose_path(inputs.samples.size, options)
     log.info("%s path: %s", path, why)
-    tree: np.ndarray | GroupedKinship | None
     if path == "large":
         log.info(
             "random number seed: %d (randomised principal components, k-means++ seeding)",
             RANDOM_SEED,
         )
-        rel, tree = build_grouped(inputs, options, lap)
-    else:
-        rel = build_relationship(inputs, options)
-        lap("kinship")
-        tree = grouping.linkage(rel.K, method=options.cluster) if options.model == "cmlm" else None
-        lap("clustering")
-    traits = [
+        return build_grouped(inputs, options, lap)
+    rel = build_relationship(inputs, options)
+    lap("kinship")
+    tree = grouping.linkage(rel.K, method=options.cluster) if options.model == "cmlm" else None
+    lap("clustering")
+    return rel, tree
+
+
+def trait_designs(inputs: Inputs, rel: Relationship, options: GwasOptions) -> list[TraitData]:
+    """Each trait's analysed individuals, response and fixed effects (PCs included)."""
+    return [
         trait_data(name, inputs.traits[:, k], rel.pcs, inputs, options)
         for k, name in enumerate(inputs.trait_names)
     ]
-    fits = fit_traits(traits, rel, tree, options)
-    lap("null models")
-    return fits
 
 
 def record_scan(
@@ -241,6 +267,8 @@ def write_outputs(
     written = []
     for result in results:
         paths = list(write_trait_files(result, inputs, out, options))
+        if result.targets is not None:
+            paths.append(write_blup(result, inputs, out))
         log_summary(result)
         if options.format == "ssf":
             paths += write_ssf(result, inputs, out, options)

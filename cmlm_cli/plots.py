@@ -577,6 +577,65 @@ def compression_profile(
     return ax
 
 
+def cv_accuracy(
+    groups: np.ndarray,
+    accuracy: np.ndarray,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Cross-validated accuracy against the number of groups (``cmlm cv --cv-by-level``).
+
+    Parameters
+    ----------
+    groups : ndarray, shape (r,), int
+        The group count of each fold's prediction.
+    accuracy : ndarray, shape (r,)
+        Its accuracy (Pearson r in the fold); NaN ones are left out.
+    ax : Axes, optional
+        A new 6.5 x 4 inch figure if omitted.
+    title : str, optional
+
+    Returns
+    -------
+    Axes
+        Every fold as a dot, each count's mean as a line with +- 1 standard
+        error.
+    """
+    groups = np.asarray(groups)
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    if ax is None:
+        ax = _new_axes((6.5, 4))
+    counts = np.unique(groups)
+    means, errors = [], []
+    for count in counts:
+        values = accuracy[(groups == count) & np.isfinite(accuracy)]
+        means.append(values.mean() if values.size else np.nan)
+        errors.append(values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0)
+    ax.plot(groups, accuracy, ".", color="#bbbbbb", markersize=4, label="fold")
+    ax.errorbar(counts, means, yerr=errors, fmt="o-", color=_COLOURS[0], markersize=4,
+                capsize=3, label="mean ± s.e.")  # fmt: skip
+    ax.set_xlabel("number of groups")
+    ax.set_ylabel("accuracy (r of predicted and observed)")
+    ax.legend(loc="lower right", frameon=False, fontsize=8)
+    if title:
+        ax.set_title(title, loc="left")
+    return ax
+
+
+def write_cv_levels(
+    path: str, groups: np.ndarray, accuracy: np.ndarray, *, title: str | None = None
+) -> str:
+    """:func:`cv_accuracy` saved to ``path`` (its suffix is the format); returns ``path``."""
+    require_matplotlib()
+    fmt = path.rsplit(".", 1)[-1]
+    if fmt not in FORMATS:
+        msg = f"plot format {fmt!r} is not one of {', '.join(FORMATS)}"
+        raise CmlmError(msg)
+    _save(cv_accuracy(groups, accuracy, title=title), path, fmt)
+    return path
+
+
 def read_sumstats(
     path: str, *, chunk_lines: int = 200_000
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

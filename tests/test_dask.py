@@ -69,7 +69,7 @@ def serial(tmp_path_factory) -> dict[str, bytes]:
     assert sorted(files) == sorted(
         f"{t}.{kind}"
         for t in ("EarHT", "dpoll")
-        for kind in ("sumstats.tsv.gz", "compression.tsv", "model.json", "groups.tsv")
+        for kind in ("sumstats.tsv.gz", "compression.tsv", "model.json", "groups.tsv", "blup.tsv")
     )
     return files
 

@@ -209,7 +209,7 @@ def test_two_runs_write_the_same_bytes(tmp_path):
         assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert written == sorted(p.name for p in (tmp_path / "two").iterdir())
-    suffixes = (".sumstats.tsv.gz", ".compression.tsv", ".model.json", ".groups.tsv",
+    suffixes = (".sumstats.tsv.gz", ".compression.tsv", ".model.json", ".groups.tsv", ".blup.tsv",
                 ".manhattan.pdf", ".qq.pdf", ".compression.pdf")  # fmt: skip
     assert sorted(f"run.EarHT{s}" for s in suffixes) == sorted(set(written) - {"run.log"})
     for name in written:
