@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean validate bench
+.PHONY: demo test lint clean validate bench bench-shared bench-threads
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(STAMP)
 # The tests use small matrices: one BLAS thread each keeps them fast and
 # steady when the machine is shared (threads fighting over 2 cores cost 10x).
 test: $(STAMP)
-	$(BIN)/ruff check cmlm_cli tests conftest.py
+	$(BIN)/ruff check cmlm_cli tests conftest.py bench validate
 	$(BIN)/mypy
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
@@ -32,11 +32,23 @@ validate: $(STAMP)
 # panels S, M, L (hours on a laptop; SIZES=S for a few minutes); the table
 # goes to bench/results.md. Not part of `make test`.
 SIZES ?= S,M,L
-bench: $(STAMP)
+bench: $(STAMP) bench-shared
 	$(BIN)/python bench/run.py --sizes $(SIZES)
 
+# The maize job against a bare `import numpy, scipy.linalg, numba`, and the
+# maize job, S and M alone and beside a 2-thread BLAS job (a few minutes);
+# the table goes to bench/shared.md.
+SHARED_SIZES ?= S,M
+bench-shared: $(STAMP)
+	$(BIN)/python bench/shared.py --sizes $(SHARED_SIZES)
+
+# Where threads stop paying: BLAS and numba, 1 thread against all, quiet and
+# beside a BLAS job (the thresholds in cmlm_cli/resources.py).
+bench-threads: $(STAMP)
+	$(BIN)/python bench/threads.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check cmlm_cli tests conftest.py
+	$(BIN)/ruff check cmlm_cli tests conftest.py bench validate
 	$(BIN)/mypy
 
 clean:

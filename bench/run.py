@@ -51,8 +51,8 @@ from pathlib import Path
 import numpy as np
 
 from cmlm_cli import __version__
+from cmlm_cli.files import atomic_open
 from cmlm_cli.simulate import simulate
-from cmlm_cli.sumstats import atomic_open
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

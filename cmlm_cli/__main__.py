@@ -1,5 +1,5 @@
 """``python -m cmlm_cli`` runs the command line."""
 
-from cmlm_cli.cli import main
+from cmlm_cli.cli import run
 
-main()
+run()

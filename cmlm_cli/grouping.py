@@ -16,9 +16,7 @@ are squared). ``mcquitty`` is scipy's ``weighted``.
 from __future__ import annotations
 
 import numpy as np
-import scipy.cluster.hierarchy
 import scipy.sparse
-import scipy.spatial.distance
 
 from cmlm_cli.choices import CLUSTER_METHODS, GROUP_KINSHIPS
 
@@ -47,6 +45,10 @@ def linkage(K: np.ndarray, *, method: str = "average") -> np.ndarray:
     dist = row_distances(K)
     if method in _ON_SQRT_DISTANCE:
         dist = np.sqrt(dist)
+    # Imported here: scipy.cluster (with scipy.spatial) costs 0.3 s of start-up,
+    # which a run that does not cluster (MLM, GLM, a --groups file) never pays.
+    import scipy.cluster.hierarchy
+
     return scipy.cluster.hierarchy.linkage(dist, method=_SCIPY_METHOD.get(method, method))
 
 
@@ -311,6 +313,8 @@ def weighted_linkage(
     if method not in CLUSTER_METHODS:
         msg = f"unknown clustering {method!r}; expected one of {', '.join(CLUSTER_METHODS)}"
         raise ValueError(msg)
+    import scipy.spatial.distance  # only when clustering, as in linkage()
+
     r = points.shape[0]
     D = scipy.spatial.distance.squareform(scipy.spatial.distance.pdist(points))
     np.fill_diagonal(D, np.inf)

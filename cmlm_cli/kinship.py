@@ -24,7 +24,7 @@ import numba
 import numpy as np
 import scipy.linalg
 
-from cmlm_cli import choices, dosage, packed, plink, tables
+from cmlm_cli import choices, dosage, packed, plink, resources, tables
 from cmlm_cli.choices import KINSHIP_METHODS, KINSHIP_PRECISIONS
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.inputs import Inputs
@@ -361,6 +361,21 @@ def _accumulate(
 ) -> Relationship:
     """Fold centred blocks ``(Xc, mean)`` into the sums, then finish K and the PCs."""
     check_sizes(n, n_pcs)
+    # The rank-B updates are n x n: one BLAS thread for a small panel, the
+    # idle cores for a large one (resources.blas_threads).
+    with resources.blas_threads_for(n):
+        return _fold(centred, n, method=method, impute=impute, n_pcs=n_pcs, precision=precision)
+
+
+def _fold(
+    centred: Iterable[tuple[np.ndarray, np.ndarray]],
+    n: int,
+    *,
+    method: str,
+    impute: str,
+    n_pcs: int,
+    precision: str,
+) -> Relationship:
     sums = _Sums(n, method, precision)
     for Xc, mean in centred:
         sums.add(Xc, mean)

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 import scipy.sparse
 
+from cmlm_cli import resources
 from cmlm_cli.choices import METHODS, SOLVERS
 from cmlm_cli.grouping import incidence
 
@@ -204,11 +205,12 @@ class CompressedBasis:
         # B is symmetric: its transpose is the Fortran-order array that
         # LAPACK overwrites without a copy.
         factors = None
-        if vectors or q < FACTORED_MIN_Q:
-            s, W = scipy.linalg.eigh(B.T, driver="evd", overwrite_a=True)
-        else:
-            s, factors = _Tridiagonal.decompose(B.T)
-            W = np.zeros((0, 0))
+        with resources.blas_threads_for(q):
+            if vectors or q < FACTORED_MIN_Q:
+                s, W = scipy.linalg.eigh(B.T, driver="evd", overwrite_a=True)
+            else:
+                s, factors = _Tridiagonal.decompose(B.T)
+                W = np.zeros((0, 0))
         top = max(s.max(), 0.0)
         if s.min() < -1e-8 * top:
             # Not round-off: this Kc is no covariance matrix (max/min/median
@@ -825,6 +827,15 @@ def fit_null_basis(
     if method not in METHODS:
         msg = f"unknown method {method!r}; expected one of {', '.join(METHODS)}"
         raise ValueError(msg)
+    # The solvers' products and solves are of order q (and p): small ones
+    # run on one BLAS thread, large ones on the idle cores (resources).
+    with resources.blas_threads_for(basis.counts.size):
+        return _fit_null_basis(y, X, basis, method=method, solver=solver)
+
+
+def _fit_null_basis(
+    y: np.ndarray, X: np.ndarray, basis: CompressedBasis, *, method: str, solver: str
+) -> NullModel:
     lik = CompressedLikelihood(y, X, basis)
     if solver == "brent":
         d, iterations, converged = _solve_brent(lik, method)
@@ -977,6 +988,17 @@ def random_effects(
         PEVs below zero by rounding are set to 0. With ``h2 = 0`` every
         BLUP and PEV is 0.
     """
+    # Its products and solves are of order q: one BLAS thread for small q
+    # (resources.blas_threads).
+    with resources.blas_threads_for(model.q):
+        return _random_effects(model, cross, self_kinship)
+
+
+def _random_effects(
+    model: NullModel,
+    cross: np.ndarray | None = None,
+    self_kinship: np.ndarray | None = None,
+) -> RandomEffects:
     if model.q == 0:
         msg = "a model without a random effect (the GLM) has no BLUPs"
         raise ValueError(msg)
@@ -1105,9 +1127,13 @@ def _solve_brent(lik: CompressedLikelihood, method: str) -> tuple[float, int, bo
             continue
         a, b = grid[i - 1], grid[i + 1]
         if slope(a) < 0 < slope(b):
-            x, result = scipy.optimize.brentq(slope, a, b, xtol=1e-13, full_output=True)
-            evaluations += 2 + result.function_calls
+            x, calls = brent_root(slope, a, b, xtol=1e-13)
+            evaluations += 2 + calls
         else:
+            # Rare (a kink or a flat stretch): scipy.optimize costs 0.2 s to
+            # import, which the usual bracketed root does not pay.
+            import scipy.optimize
+
             found = scipy.optimize.minimize_scalar(
                 lambda x: lik.neg2loglik(np.exp(x), method),
                 bounds=(a, b),
@@ -1120,6 +1146,107 @@ def _solve_brent(lik: CompressedLikelihood, method: str) -> tuple[float, int, bo
         if value < best_v:
             best_x, best_v = float(x), value
     return float(np.exp(best_x)), evaluations, True
+
+
+def brent_root(
+    f: Callable[[float], float],
+    a: float,
+    b: float,
+    *,
+    xtol: float,
+    rtol: float = 4 * np.finfo(float).eps,
+    maxiter: int = 200,
+) -> tuple[float, int]:
+    """Root of ``f`` in ``[a, b]`` by Brent's method (Brent 1973, ch. 4).
+
+    Inverse quadratic interpolation or the secant step where it stays well
+    inside the bracket, bisection otherwise, so the bracket always shrinks
+    and at least halves every few steps. Written here rather than taken from
+    scipy.optimize, whose import alone costs 0.2 s of every run's start-up.
+
+    Parameters
+    ----------
+    f : callable
+        Continuous on ``[a, b]`` with ``f(a)`` and ``f(b)`` of opposite signs
+        (or one of them 0).
+    a, b : float
+        The bracket.
+    xtol, rtol : float
+        The root is returned once it is known within ``xtol / 2 + 2 rtol |x|``
+        (``rtol`` defaults to scipy's ``brentq``'s).
+    maxiter : int
+        Evaluations of ``f`` after the two ends before giving up.
+
+    Returns
+    -------
+    x : float
+        The root.
+    calls : int
+        Evaluations of ``f``, the two ends included.
+
+    Raises
+    ------
+    ValueError
+        ``f(a)`` and ``f(b)`` have the same sign.
+    RuntimeError
+        No convergence within ``maxiter`` evaluations.
+
+    Examples
+    --------
+    >>> x, calls = brent_root(lambda x: x * x - 2.0, 0.0, 2.0, xtol=1e-15)
+    >>> abs(x - 2.0 ** 0.5) < 1e-15
+    True
+    """
+    fa, fb = f(a), f(b)
+    calls = 2
+    if fa == 0:
+        return a, calls
+    if fb == 0:
+        return b, calls
+    if (fa > 0) == (fb > 0):
+        msg = f"f({a}) = {fa} and f({b}) = {fb} do not bracket a root"
+        raise ValueError(msg)
+    # b is the best estimate, c the other end of the bracket [b, c] (or [c, b]),
+    # a the previous b; d the last step, e the one before it.
+    c, fc = a, fa
+    d = e = b - a
+    while calls < maxiter + 2:
+        if (fb > 0) == (fc > 0):
+            c, fc = a, fa
+            d = e = b - a
+        if abs(fc) < abs(fb):
+            a, fa = b, fb
+            b, fb = c, fc
+            c, fc = a, fa
+        tol = 2.0 * rtol * abs(b) + 0.5 * xtol
+        half = 0.5 * (c - b)
+        if abs(half) <= tol or fb == 0:
+            return b, calls
+        if abs(e) >= tol and abs(fa) > abs(fb):
+            s = fb / fa
+            if a == c:  # two points: the secant
+                p, q = 2.0 * half * s, 1.0 - s
+            else:  # three: inverse quadratic interpolation
+                r, t = fa / fc, fb / fc
+                p = s * (2.0 * half * r * (r - t) - (b - a) * (t - 1.0))
+                q = (r - 1.0) * (t - 1.0) * (s - 1.0)
+            if p > 0:
+                q = -q
+            p = abs(p)
+            # Accept the step only if it lands inside the bracket and shrinks
+            # faster than the step before last; else bisect.
+            if 2.0 * p < min(3.0 * half * q - abs(tol * q), abs(e * q)):
+                e, d = d, p / q
+            else:
+                d = e = half
+        else:
+            d = e = half
+        a, fa = b, fb
+        b += d if abs(d) > tol else (tol if half > 0 else -tol)
+        fb = f(b)
+        calls += 1
+    msg = f"Brent's method did not converge in {maxiter} evaluations on [{a}, {b}]"
+    raise RuntimeError(msg)
 
 
 def _start(lik: CompressedLikelihood, method: str) -> tuple[float, float]:

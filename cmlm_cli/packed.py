@@ -40,12 +40,19 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from cmlm_cli import resources
+
 # SNPs handed to one parallel task: enough to amortise the work buffers.
 _CHUNK = 16
 # numba's fallback threading layer (workqueue) must not be entered by two
 # Python threads at once (Dask workers run scans in threads): the parallel
 # kernel is entered by one thread at a time.
 _KERNEL_LOCK = threading.Lock()
+# A block of fewer genotype calls (individuals x SNPs) than this runs on the
+# calling thread alone: it takes about a millisecond, what waking
+# numba's pool costs when the other cores are busy (bench/threads.py). Each
+# SNP is computed by one thread either way, so the numbers are the same.
+SMALL_BLOCK = resources.SMALL_BLOCK
 
 
 @dataclass(frozen=True)
@@ -172,8 +179,9 @@ def statistics(
         Impute missing calls with 1 (GAPIT's "Middle") rather than the SNP
         mean over the model's called genotypes.
     parallel : bool
-        Spread the SNPs over numba's threads (see :func:`threads`); False
-        for a caller that runs several blocks at once in its own threads.
+        Spread the SNPs over numba's threads (see :func:`threads`) when the
+        block has at least :data:`SMALL_BLOCK` calls; False for a caller
+        that runs several blocks at once in its own threads.
     sums : ndarray, shape (B, g), float64, C order, optional
         Where to write the group sums (``Statistics.group_sums`` is then its
         transpose): a caller's buffer reused across blocks.
@@ -218,7 +226,7 @@ def statistics(
         out.af,
         out.n_miss,
     )
-    if parallel:
+    if parallel and plan.position.size * B >= SMALL_BLOCK:
         with _KERNEL_LOCK:
             _block_parallel(*arguments)
     else:
@@ -228,10 +236,11 @@ def statistics(
 
 @contextlib.contextmanager
 def threads(num_threads: int | None) -> Iterator[None]:
-    """Run the kernel on ``num_threads`` threads inside the block (all cores if ``None``)."""
-    if num_threads is None:
-        yield
-        return
+    """Run the kernel on ``num_threads`` threads inside the block.
+
+    ``None``: the run's allocation (:func:`cmlm_cli.resources.thread_count`).
+    """
+    num_threads = resources.thread_count(num_threads)
     previous = numba.get_num_threads()
     # numba refuses more threads than its pool (NUMBA_NUM_THREADS, all cores).
     most = int(getattr(numba.config, "NUMBA_NUM_THREADS"))  # noqa: B009 - invisible to mypy
@@ -467,13 +476,16 @@ def centred(
         raise ValueError(msg)
     Xc = out[:, :B]
     mean = np.empty(B)
-    with _KERNEL_LOCK:
-        # Xc.T is C-ordered (B, n): each SNP's column is one contiguous row.
-        _centre(packed, fam_rows.astype(np.uint64), middle, Xc.T, mean)
+    # Xc.T is C-ordered (B, n): each SNP's column is one contiguous row.
+    arguments = (packed, fam_rows.astype(np.uint64), middle, Xc.T, mean)
+    if n * B >= SMALL_BLOCK:
+        with _KERNEL_LOCK:
+            _centre_parallel(*arguments)
+    else:
+        _centre_serial(*arguments)
     return Xc, mean
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
 def _centre(packed, position, middle, out, mean):  # pragma: no cover - compiled
     B, width = packed.shape
     n = position.size
@@ -505,3 +517,7 @@ def _centre(packed, position, middle, out, mean):  # pragma: no cover - compiled
             for i in range(n):
                 row[i] = table[decoded[position[i]] + 1]
             mean[j] = centre
+
+
+_centre_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_centre)
+_centre_serial = numba.njit(cache=True, nogil=True)(_centre)

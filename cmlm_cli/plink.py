@@ -27,6 +27,7 @@ from typing import IO, Any
 import numpy as np
 from bed_reader import open_bed
 
+from cmlm_cli import resources
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.tables import numbered_lines
 
@@ -290,6 +291,8 @@ def read_dosages(
         Counts of the .bim A1 allele (0, 1, 2), ``NaN`` where missing.
     """
     rows = slice(None) if samples is None else _as_index(samples)
+    # bed-reader's default is every core of the machine, not the allocation.
+    threads = resources.thread_count(num_threads)
     bed = open_bed(
         f"{bfile.prefix}.bed",
         iid_count=bfile.n_samples,
@@ -305,9 +308,9 @@ def read_dosages(
             "allele_2": bfile.a2,
         },
         count_A1=True,
-        num_threads=num_threads,
+        num_threads=threads,
     )
-    return bed.read(index=np.s_[rows, _as_index(snps)], dtype=dtype, num_threads=num_threads)
+    return bed.read(index=np.s_[rows, _as_index(snps)], dtype=dtype, num_threads=threads)
 
 
 def iter_blocks(

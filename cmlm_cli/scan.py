@@ -56,7 +56,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import ctypes
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ import scipy.linalg
 import scipy.special
 import threadpoolctl
 
-from cmlm_cli import choices, packed, plink
+from cmlm_cli import choices, packed, plink, resources
 from cmlm_cli.choices import IMPUTE_METHODS
 from cmlm_cli.dosage import allele_frequency, impute
 from cmlm_cli.null_model import CompressedBasis, NullModel
@@ -208,7 +207,8 @@ class Scanner:
         root = np.sqrt(model.counts)
         if np.isinf(model.delta):
             return np.asfortranarray(np.diag(1.0 / root)), True
-        R = precision_factor(model.Kc, model.counts, self.d)
+        with resources.blas_threads_for(root.size):
+            R = precision_factor(model.Kc, model.counts, self.d)
         if R is not None:
             return R, True
         # N^1/2 Kc N^1/2 + d I is singular in floating point (d below the
@@ -616,7 +616,7 @@ def scan_snps(
     # over while tested); many cores and large q (the MLM: q = n) must not
     # multiply that past SCAN_MEMORY.
     per_block = 16 * block_size * sum(p.starts.size + p.columns.shape[0] + 8 for p in plans)
-    workers = max(1, min(num_threads or os.cpu_count() or 1, SCAN_MEMORY // per_block - 1))
+    workers = max(1, min(resources.thread_count(num_threads), SCAN_MEMORY // per_block - 1))
     pending: collections.deque[tuple[np.ndarray, concurrent.futures.Future]] = collections.deque()
     with (
         threadpoolctl.threadpool_limits(limits=1, user_api="blas"),

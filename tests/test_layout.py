@@ -8,9 +8,12 @@ the other.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "cmlm_cli"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "cmlm_cli"
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
@@ -80,3 +83,18 @@ def test_no_import_cycle_between_the_package_modules():
     graph = import_graph()
     assert {"pipeline", "inputs", "options", "scan", "association", "model_io"} <= set(graph)
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_benchmark_and_validation_scripts_import():
+    """bench/ and validate/ are scripts outside the package: renames must not break them."""
+    code = (
+        "import runpy, sys\n"
+        "sys.path[:0] = ['bench', 'validate']\n"
+        "for path in ['bench/run.py', 'bench/shared.py', 'bench/load.py', 'bench/threads.py',"
+        " 'validate/run.py']:\n"
+        "    runpy.run_path(path, run_name='imported')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

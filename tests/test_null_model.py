@@ -144,3 +144,42 @@ def test_small_levels_always_form_eigenvectors():
     basis = CompressedBasis.build(labels, Kc, vectors=False)
     assert basis.factors is None
     assert basis.W.shape == Kc.shape
+
+
+# --- Brent's root finder (null_model.brent_root) ----------------------------
+
+
+@pytest.mark.parametrize("shape", ["odd power", "tanh", "exp", "atan cubed", "step-like"])
+def test_brent_root_agrees_with_scipy(shape):
+    """The REML slope's root finder against scipy.optimize.brentq on bracketed roots.
+
+    Both stop once the root is known within xtol / 2 + 2 rtol |x|, so they
+    may stop at different points of that interval, never farther apart.
+    """
+    import scipy.optimize
+
+    rng = np.random.default_rng(len(shape))
+    for _ in range(200):
+        r = rng.uniform(-5, 5)
+        f = {
+            "odd power": lambda x, r=r: (x - r) ** 3,
+            "tanh": lambda x, r=r: np.tanh(3 * (x - r)) + 0.1 * (x - r) ** 3,
+            "exp": lambda x, r=r: np.expm1(x - r),
+            "atan cubed": lambda x, r=r: np.arctan(x - r) ** 3,
+            "step-like": lambda x, r=r: np.tanh(50 * (x - r)),
+        }[shape]
+        a, b = r - rng.uniform(0.01, 10), r + rng.uniform(0.01, 10)
+        x, calls = null_model.brent_root(f, a, b, xtol=1e-13)
+        y = scipy.optimize.brentq(f, a, b, xtol=1e-13, maxiter=1000)
+        # x^3 is flat at its root: both stop on the bracket's width, 1e-12 apart.
+        tol = 1e-13 + 8 * np.finfo(float).eps * abs(r) + 1e-12 * (shape == "odd power")
+        assert abs(x - r) <= tol
+        assert abs(x - y) <= tol
+        assert 2 <= calls <= 202
+
+
+def test_brent_root_refuses_an_unbracketed_interval_and_takes_exact_ends():
+    with pytest.raises(ValueError, match="do not bracket"):
+        null_model.brent_root(lambda x: x * x + 1, -1.0, 1.0, xtol=1e-12)
+    assert null_model.brent_root(lambda x: x - 1.0, 1.0, 3.0, xtol=1e-12) == (1.0, 2)
+    assert null_model.brent_root(lambda x: x - 3.0, 1.0, 3.0, xtol=1e-12) == (3.0, 2)

@@ -335,3 +335,28 @@ def test_centred_refuses_rows_beyond_the_bytes():
         packed.centred(raw, np.array([0, 12]), middle=False)
     with pytest.raises(ValueError, match=r"out must be a Fortran-ordered \(2, >= 2\) array"):
         packed.centred(raw, np.array([0, 1]), middle=False, out=np.empty((2, 2)))
+
+
+@pytest.mark.parametrize("middle", [False, True])
+@pytest.mark.parametrize("case", ["singleton", "mean"])
+def test_parallel_and_serial_kernels_give_the_same_bytes(panels, case, middle, monkeypatch):
+    # Blocks below packed.SMALL_BLOCK calls run the serial compile of each
+    # kernel, larger ones the parallel one; every SNP is one thread's work in
+    # a fixed order, so the two must agree to the bit. SMALL_BLOCK = 0 sends
+    # these small blocks to the parallel kernels (the test's panels are small).
+    pn, model, _, G, bfile, fam_rows = panels[case]
+    rows = np.asarray(bed_bytes(bfile))
+    plan = packed.layout(fam_rows, pn.labels, np.column_stack([pn.y, pn.X]), n_fam=bfile.n_samples)
+
+    def both():
+        stats = packed.statistics(rows, plan, middle=middle)
+        Xc, mean = packed.centred(rows, fam_rows, middle=middle)
+        return [*(getattr(stats, f.name) for f in fields(stats)), Xc, mean]
+
+    assert rows.shape[0] * fam_rows.size < packed.SMALL_BLOCK
+    serial = both()
+    monkeypatch.setattr(packed, "SMALL_BLOCK", 0)
+    with packed.threads(2):
+        parallel = both()
+    for a, b in zip(serial, parallel, strict=True):
+        assert a.tobytes() == b.tobytes()
