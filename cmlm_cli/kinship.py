@@ -364,34 +364,22 @@ def _accumulate(
     # The rank-B updates are n x n: one BLAS thread for a small panel, the
     # idle cores for a large one (resources.blas_threads).
     with resources.blas_threads_for(n):
-        return _fold(centred, n, method=method, impute=impute, n_pcs=n_pcs, precision=precision)
+        sums = _Sums(n, method, precision)
+        for Xc, mean in centred:
+            sums.add(Xc, mean)
+        if sums.n_polymorphic == 0:
+            msg = (
+                f"none of the {sums.n_snps} SNPs is polymorphic among the {n} individuals "
+                f"after {impute!r} imputation; the {method} kinship needs at least one SNP "
+                "with allele frequency strictly between 0 and 1"
+            )
+            raise CmlmError(msg)
+        sums.finish_gram()
 
-
-def _fold(
-    centred: Iterable[tuple[np.ndarray, np.ndarray]],
-    n: int,
-    *,
-    method: str,
-    impute: str,
-    n_pcs: int,
-    precision: str,
-) -> Relationship:
-    sums = _Sums(n, method, precision)
-    for Xc, mean in centred:
-        sums.add(Xc, mean)
-    if sums.n_polymorphic == 0:
-        msg = (
-            f"none of the {sums.n_snps} SNPs is polymorphic among the {n} individuals "
-            f"after {impute!r} imputation; the {method} kinship needs at least one SNP "
-            "with allele frequency strictly between 0 and 1"
-        )
-        raise CmlmError(msg)
-    sums.finish_gram()
-
-    pcs = _principal_components(sums.gram, n_pcs)
-    K = _FINISH[method](sums)
-    n_snps = sums.n_snps if method == "ibs" else sums.n_polymorphic
-    return Relationship(K=K, pcs=pcs, n_snps=n_snps)
+        pcs = _principal_components(sums.gram, n_pcs)
+        K = _FINISH[method](sums)
+        n_snps = sums.n_snps if method == "ibs" else sums.n_polymorphic
+        return Relationship(K=K, pcs=pcs, n_snps=n_snps)
 
 
 def check_sizes(n: int, n_pcs: int) -> None:
