@@ -189,6 +189,12 @@ def bfile_option(*, required: bool = False, help: str) -> Callable[[Any], Any]:
 
 # GAPIT's genotype formats (cmlm gwas converts them first; cmlm convert writes the .bed).
 gapit_genotype_options = _together(
+    click.option(
+        "--pfile", metavar="PREFIX", help="PLINK 2 fileset PREFIX.pgen/.pvar/.psam (hard calls)."
+    ),
+    click.option(
+        "--vcf", metavar="FILE", help="VCF, plain or bgzipped: GT hard calls of biallelic SNPs."
+    ),
     click.option("--hapmap", metavar="FILE", help="GAPIT/TASSEL HapMap genotypes."),
     click.option("--gd", metavar="FILE", help="GAPIT numeric genotypes (taxa x SNPs, 0/1/2)."),
     click.option(
@@ -200,7 +206,8 @@ gapit_genotype_options = _together(
 # which its later scans read).
 genotype_options = _together(
     bfile_option(
-        help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam (or --hapmap, or --gd with --gm)."
+        help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam (or --pfile, --vcf, --hapmap, or "
+        "--gd with --gm)."
     ),
     gapit_genotype_options,
 )
@@ -233,12 +240,17 @@ analysis_options = _together(
         "--pheno",
         required=True,
         metavar="FILE",
-        help="Phenotype table: FID IID trait... (or GAPIT's Taxa trait...).",
+        help="Phenotype table: FID IID trait... (or IID, or GAPIT's Taxa; tab, comma or space).",
     ),
     click.option("--pheno-name", metavar="A,B", help="Traits to analyse (default: every column)."),
     click.option("--out", required=True, metavar="PREFIX", help="Output prefix."),
     click.option("--covar", metavar="FILE", help="Covariate table: FID IID covariate..."),
     click.option("--covar-name", metavar="A,B", help="Covariates to use (default: every column)."),
+    click.option(
+        "--covar-factor",
+        metavar="A,B",
+        help="Covariates that are factors (text levels): one indicator per level but the first.",
+    ),
     click.option(
         "--pcs",
         type=int,
@@ -440,12 +452,14 @@ def _gwas_options(settings: dict[str, Any]) -> GwasOptions:
     renamed = {
         "pheno_name": "pheno_names",
         "covar_name": "covar_names",
+        "covar_factor": "covar_factors",
         "gzip_": "gzip",
         "fmt": "format",
     }
     values = {renamed.get(key, key): value for key, value in settings.items()}
     values["pheno_names"] = _comma_list(values["pheno_names"])
     values["covar_names"] = _comma_list(values["covar_names"])
+    values["covar_factors"] = _comma_list(values["covar_factors"]) or ()
     values["plots"] = not values.pop("no_plots")
     values["blup"] = not values.pop("no_blup")
     return GwasOptions(**values)
@@ -625,6 +639,8 @@ def _progress_bar(quiet: bool) -> bool:
 @log_options
 def gwas(
     bfile,
+    pfile,
+    vcf,
     hapmap,
     gd,
     gm,
@@ -645,7 +661,8 @@ def gwas(
         options = _gwas_options(settings)
         with (
             hapmap_io.genotype_source(
-                bfile=bfile, hapmap=hapmap, gd=gd, gm=gm, workdir=os.path.dirname(out) or "."
+                bfile=bfile, pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm,
+                workdir=os.path.dirname(out) or ".",
             ) as genotypes,
             _executor(dask_scheduler, dask_scheduler_file, dask_local) as executor,
         ):
@@ -797,7 +814,8 @@ def predict(null, out, keep, bfile, quiet, verbose) -> None:
 )
 @log_options
 def cv(
-    bfile, hapmap, gd, gm, pheno, out, folds, repeats, seed, cv_by_level, quiet, verbose, **settings
+    bfile, pfile, vcf, hapmap, gd, gm, pheno, out, folds, repeats, seed, cv_by_level, quiet,
+    verbose, **settings,
 ) -> None:
     """Cross-validated accuracy of genomic prediction, per trait.
 
@@ -818,7 +836,8 @@ def cv(
         options = _gwas_options(settings)
         cv_settings = CvSettings(folds=folds, repeats=repeats, seed=seed, by_level=cv_by_level)
         with hapmap_io.genotype_source(
-            bfile=bfile, hapmap=hapmap, gd=gd, gm=gm, workdir=os.path.dirname(out) or "."
+            bfile=bfile, pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm,
+                workdir=os.path.dirname(out) or ".",
         ) as genotypes:
             run_cv(genotypes, pheno, out, options, cv_settings)
         log.debug("cross-validation done")
@@ -974,24 +993,16 @@ def plot(sumstats_path, compression, out, fmt, title, quiet, verbose) -> None:
     "--out", required=True, metavar="PREFIX", help="Writes PREFIX.bed/.bim/.fam and PREFIX.log."
 )
 @log_options
-def convert(hapmap, gd, gm, out, quiet, verbose) -> None:
-    """Convert HapMap or GAPIT GD/GM genotypes to a PLINK 1 fileset."""
+def convert(pfile, vcf, hapmap, gd, gm, out, quiet, verbose) -> None:
+    """Convert PLINK 2, VCF, HapMap or GAPIT GD/GM genotypes to a PLINK 1 fileset."""
     with _session(f"{out}.log", quiet=quiet, verbose=verbose, threads=None) as log:
         from cmlm_cli import files
         from cmlm_cli import hapmap as hapmap_io
 
-        if not (hapmap or gd or gm):
-            msg = "give --hapmap FILE, or --gd FILE --gm FILE"
-            raise CmlmError(msg)
-        if hapmap and (gd or gm) or bool(gd) != bool(gm):
-            msg = "give either --hapmap FILE or --gd FILE --gm FILE (the two go together)"
-            raise CmlmError(msg)
+        hapmap_io.check_one_source(
+            pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm, allow_bfile=False
+        )
         files.check_out(out)
         files.make_out_folder(out)
-        if hapmap:
-            done = hapmap_io.hapmap_to_bed(hapmap, out)
-            source = f"HapMap {hapmap}"
-        else:
-            done = hapmap_io.numeric_to_bed(gd, gm, out)
-            source = f"GD {gd} / GM {gm}"
+        done, source = hapmap_io.to_bed(out, pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm)
         log.info("%s", done.describe(source))

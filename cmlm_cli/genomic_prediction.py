@@ -81,13 +81,13 @@ def keep_rows(keep: str | None, inputs: Inputs) -> np.ndarray | None:
     """Rows of the kept samples listed in ``--keep`` (None: all of them)."""
     if keep is None:
         return None
-    wanted = set(tables.read_sample_list(keep))
+    wanted = tables.read_sample_list(keep)
     fid, iid = inputs.bfile.fid[inputs.samples], inputs.bfile.iid[inputs.samples]
-    rows = np.flatnonzero([(f, i) in wanted for f, i in zip(fid, iid, strict=True)])
+    rows = np.flatnonzero(wanted.contains(fid, iid))
     if rows.size == 0:
         msg = (
             f"--keep {keep}: none of its {len(wanted)} samples is among the {fid.size} samples "
-            "of the fit; list FID IID pairs of the fitted .fam"
+            "of the fit; list FID IID pairs (or IIDs) of the fitted .fam"
         )
         raise CmlmError(msg)
     if rows.size < len(wanted):

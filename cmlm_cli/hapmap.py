@@ -6,6 +6,8 @@ file (SNP-major text, one row per SNP) in one pass, and :func:`numeric_to_bed`
 reads GAPIT's individual-major GD table in column blocks. Both write the
 .bed block by block, so memory stays at one block of SNPs, and write all three
 files to temporary names that appear only when the conversion succeeds.
+:func:`to_bed` converts whichever source is given (PLINK 2 input through
+:mod:`cmlm_cli.pgen`, VCF through :mod:`cmlm_cli.vcf`), and
 :func:`genotype_source` gives ``cmlm gwas`` a PLINK prefix whatever the
 source, converting into a temporary folder that is removed after the run.
 
@@ -36,13 +38,11 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
-from cmlm_cli import files, tables
+from cmlm_cli import plink, tables
 from cmlm_cli.errors import CmlmError
 
 log = logging.getLogger("cmlm")
@@ -64,8 +64,6 @@ _READ_COLUMNS = ["alleles", "chrom", "pos"]
 _NUCLEOTIDES = "ACGT"
 _IUPAC = {"R": "AG", "Y": "CT", "S": "CG", "W": "AT", "K": "GT", "M": "AC"}
 _MISSING_SYMBOLS = "N-+0X/"
-# PLINK 1 .bed 2-bit codes, indexed by A1 count + 1 (index 0: missing call).
-_BED_CODE = np.array([0b01, 0b11, 0b10, 0b00], dtype=np.uint8)
 _GD_MISSING = ("NA", "NaN", "nan", "N", "")
 _GD_VALUE = {"0": 0, "1": 1, "2": 2, "0.0": 0, "1.0": 1, "2.0": 2} | dict.fromkeys(_GD_MISSING, -1)
 # Alleles written for GAPIT numeric input, which names none: the GD value
@@ -138,48 +136,6 @@ def _fixed_width_categories(calls: str, n: int) -> np.ndarray | None:
     return None
 
 
-@dataclass(frozen=True)
-class Conversion:
-    """What a conversion wrote.
-
-    Attributes
-    ----------
-    prefix : str
-        The PLINK prefix written (``PREFIX.bed/.bim/.fam``).
-    n_samples, n_snps : int
-    n_missing : int
-        Missing calls in the output (including those set missing below).
-    n_multiallelic : int
-        SNPs with more than two observed alleles, reduced to the two most
-        frequent.
-    n_dropped_calls : int
-        Calls set missing because they carry a third or fourth allele.
-    multiallelic : tuple of str
-        IDs of those SNPs.
-    """
-
-    prefix: str
-    n_samples: int
-    n_snps: int
-    n_missing: int
-    n_multiallelic: int = 0
-    n_dropped_calls: int = 0
-    multiallelic: tuple[str, ...] = ()
-
-    def describe(self, source: str) -> str:
-        """One line for the log."""
-        text = (
-            f"converted {source} to {self.prefix}.bed/.bim/.fam: {self.n_samples} samples, "
-            f"{self.n_snps} SNPs, {self.n_missing} missing calls"
-        )
-        if self.n_multiallelic:
-            text += (
-                f"; {self.n_multiallelic} SNPs with more than two alleles kept their two most "
-                f"frequent and {self.n_dropped_calls} calls with another allele became missing"
-            )
-        return text
-
-
 def _splitter(header: str):
     """Tab-separated if the header has a tab (taxa names may hold spaces)."""
     if "\t" in header:
@@ -209,44 +165,6 @@ def _check_ids(path: str, what: str, ids: list[str], lines: list[int]) -> None:
         seen.add(name)
 
 
-def _pack(dosage: np.ndarray) -> bytes:
-    """PLINK 1 SNP-major bytes of a block of A1 counts.
-
-    Parameters
-    ----------
-    dosage : ndarray, shape (B, n), int8
-        A1 counts 0, 1, 2 and -1 for missing; one row per SNP.
-
-    Returns
-    -------
-    bytes
-        B * ceil(n / 4) bytes, samples in order within each SNP, the first
-        sample in the lowest two bits; padding bits are 0 as PLINK writes them.
-    """
-    B, n = dosage.shape
-    codes = np.zeros((B, -(-n // 4) * 4), dtype=np.uint8)
-    codes[:, :n] = _BED_CODE[dosage + 1]
-    quads = codes.reshape(B, codes.shape[1] // 4, 4)
-    packed = quads[:, :, 0] | quads[:, :, 1] << 2 | quads[:, :, 2] << 4 | quads[:, :, 3] << 6
-    return packed.astype(np.uint8).tobytes()
-
-
-@contextlib.contextmanager
-def _plink_writer(prefix: str, taxa: list[str]) -> Iterator[tuple[IO[bytes], IO[str]]]:
-    """Open PREFIX.bed and PREFIX.bim for writing and write PREFIX.fam.
-
-    All three files appear together when the block completes; on an error
-    none does.
-    """
-    with contextlib.ExitStack() as stack:
-        bed = stack.enter_context(files.atomic_open_binary(f"{prefix}.bed"))
-        bim = stack.enter_context(files.atomic_open(f"{prefix}.bim"))
-        fam = stack.enter_context(files.atomic_open(f"{prefix}.fam"))
-        fam.writelines(f"{name} {name} 0 0 0 -9\n" for name in taxa)
-        bed.write(b"\x6c\x1b\x01")
-        yield bed, bim
-
-
 def _choose_alleles(counts: dict[str, int], listed: list[str]) -> tuple[str, str, list[str]]:
     """A1 (minor), A2 (major) and the alleles beyond the two kept.
 
@@ -274,7 +192,7 @@ def _choose_alleles(counts: dict[str, int], listed: list[str]) -> tuple[str, str
 
 def hapmap_to_bed(
     path: str | os.PathLike[str], out_prefix: str | os.PathLike[str], *, block_size: int = 5000
-) -> Conversion:
+) -> plink.Conversion:
     """Convert a GAPIT/TASSEL HapMap file to a PLINK 1 .bed/.bim/.fam in one pass.
 
     Parameters
@@ -288,7 +206,7 @@ def hapmap_to_bed(
 
     Returns
     -------
-    Conversion
+    plink.Conversion
 
     Raises
     ------
@@ -319,7 +237,7 @@ def hapmap_to_bed(
     n = len(taxa)
     n_snps = n_missing = n_dropped = 0
     multiallelic: list[str] = []
-    with _plink_writer(prefix, taxa) as (bed, bim):
+    with plink.bed_writer(prefix, plink.fam_lines(taxa)) as (bed, bim):
         block = np.empty((block_size, n), dtype=np.int8)
         rows = 0
         for number, line in lines:
@@ -362,9 +280,9 @@ def hapmap_to_bed(
             rows += 1
             n_snps += 1
             if rows == block_size:
-                bed.write(_pack(block))
+                bed.write(plink.pack_bed(block))
                 rows = 0
-        bed.write(_pack(block[:rows]))
+        bed.write(plink.pack_bed(block[:rows]))
         if n_snps == 0:
             msg = f"HapMap file '{path}' has a header but no SNP rows"
             raise CmlmError(msg)
@@ -377,7 +295,7 @@ def hapmap_to_bed(
             n_dropped,
             " ".join(multiallelic),
         )
-    return Conversion(
+    return plink.Conversion(
         prefix, n, n_snps, n_missing, len(multiallelic), n_dropped, tuple(multiallelic)
     )
 
@@ -510,7 +428,7 @@ def numeric_to_bed(
     out_prefix: str | os.PathLike[str],
     *,
     max_bytes: int = 256 * 2**20,
-) -> Conversion:
+) -> plink.Conversion:
     """Convert GAPIT numeric genotypes (GD values, GM map) to a PLINK 1 fileset.
 
     The GD file is individual-major (a ``taxa`` column, then one column per
@@ -531,7 +449,7 @@ def numeric_to_bed(
 
     Returns
     -------
-    Conversion
+    plink.Conversion
     """
     gd, gm, prefix = str(gd), str(gm), str(out_prefix)
     snps, chroms, positions = _read_gm(gm)
@@ -573,17 +491,87 @@ def numeric_to_bed(
     n, m = len(taxa), len(snps)
     step = max(1, min(m, max_bytes // n))
     n_missing = 0
-    with _plink_writer(prefix, taxa) as (bed, bim):
+    with plink.bed_writer(prefix, plink.fam_lines(taxa)) as (bed, bim):
         for start in range(0, m, step):
             stop = min(m, start + step)
             block = _gd_block(gd, start, stop, n, m, split)
             n_missing += int(np.count_nonzero(block < 0))
-            bed.write(_pack(block))
+            bed.write(plink.pack_bed(block))
             bim.writelines(
                 f"{chroms[j]}\t{snps[j]}\t0\t{positions[j]}\t{GD_ALLELES[0]}\t{GD_ALLELES[1]}\n"
                 for j in range(start, stop)
             )
-    return Conversion(prefix, n, m, n_missing)
+    return plink.Conversion(prefix, n, m, n_missing)
+
+
+def to_bed(
+    out_prefix: str,
+    *,
+    hapmap: str | None = None,
+    gd: str | None = None,
+    gm: str | None = None,
+    pfile: str | None = None,
+    vcf: str | None = None,
+) -> tuple[plink.Conversion, str]:
+    """Convert the one non-PLINK-1 genotype source given; what was written and its name.
+
+    Serves ``cmlm convert`` and :func:`genotype_source` alike.
+
+    Returns
+    -------
+    conversion : plink.Conversion
+    source : str
+        The input as the log names it (``"HapMap FILE"``, ...).
+    """
+    if hapmap:
+        return hapmap_to_bed(hapmap, out_prefix), f"HapMap {hapmap}"
+    if pfile:
+        from cmlm_cli import pgen  # pgenlib only for PLINK 2 input
+
+        return pgen.pfile_to_bed(pfile, out_prefix), f"PLINK 2 {pfile}.pgen/.pvar/.psam"
+    if vcf:
+        from cmlm_cli import vcf as vcf_io  # cyvcf2 only for VCF input
+
+        return vcf_io.vcf_to_bed(vcf, out_prefix), f"VCF {vcf}"
+    assert gd is not None
+    assert gm is not None
+    return numeric_to_bed(gd, gm, out_prefix), f"GD {gd} / GM {gm}"
+
+
+def check_one_source(
+    *,
+    bfile: str | None = None,
+    hapmap: str | None = None,
+    gd: str | None = None,
+    gm: str | None = None,
+    pfile: str | None = None,
+    vcf: str | None = None,
+    allow_bfile: bool = True,
+) -> None:
+    """Refuse none or several genotype sources, or --gd without --gm.
+
+    Raises
+    ------
+    CmlmError
+        Naming what was given and the sources there are.
+    """
+    flags = (
+        ("--bfile", bfile), ("--pfile", pfile), ("--vcf", vcf), ("--hapmap", hapmap), ("--gd", gd)
+    )  # fmt: skip
+    given = [flag for flag, v in flags if v]
+    if len(given) != 1 or bool(gd) != bool(gm):
+        if bool(gd) != bool(gm):
+            problem = "--gd and --gm go together"
+        elif given:
+            problem = f"{' and '.join(given)} were both given"
+        else:
+            problem = "no genotypes were given"
+        sources = "--bfile PREFIX, " if allow_bfile else ""
+        msg = (
+            f"{problem}; give exactly one genotype source: {sources}--pfile PREFIX, "
+            "--vcf FILE, --hapmap FILE, or --gd FILE --gm FILE"
+        )
+        raise CmlmError(msg)
 
 
 @contextlib.contextmanager
@@ -593,32 +581,22 @@ def genotype_source(
     hapmap: str | None = None,
     gd: str | None = None,
     gm: str | None = None,
+    pfile: str | None = None,
+    vcf: str | None = None,
     workdir: str | os.PathLike[str] = ".",
 ) -> Iterator[str]:
     """A PLINK prefix for exactly one genotype source, converted if need be.
 
-    HapMap or GD/GM input is converted into a temporary folder inside
-    ``workdir`` (the output folder, which has room for the results anyway),
-    and the folder is removed when the block ends, whatever happens.
+    PLINK 2, VCF, HapMap or GD/GM input is converted into a temporary folder
+    inside ``workdir`` (the output folder, which has room for the results
+    anyway), and the folder is removed when the block ends, whatever happens.
 
     Yields
     ------
     str
         The PLINK 1 prefix to analyse.
     """
-    given = [flag for flag, v in (("--bfile", bfile), ("--hapmap", hapmap), ("--gd", gd)) if v]
-    if len(given) != 1 or bool(gd) != bool(gm):
-        if bool(gd) != bool(gm):
-            problem = "--gd and --gm go together"
-        elif given:
-            problem = f"{' and '.join(given)} were both given"
-        else:
-            problem = "no genotypes were given"
-        msg = (
-            f"{problem}; give exactly one genotype source: --bfile PREFIX, --hapmap FILE, "
-            "or --gd FILE --gm FILE"
-        )
-        raise CmlmError(msg)
+    check_one_source(bfile=bfile, hapmap=hapmap, gd=gd, gm=gm, pfile=pfile, vcf=vcf)
     if bfile:
         yield bfile
         return
@@ -630,13 +608,6 @@ def genotype_source(
         raise CmlmError(msg) from None
     with folder as tmp:
         prefix = os.path.join(tmp, "genotypes")
-        if hapmap:
-            done = hapmap_to_bed(hapmap, prefix)
-            source = f"HapMap {hapmap}"
-        else:
-            assert gd is not None
-            assert gm is not None
-            done = numeric_to_bed(gd, gm, prefix)
-            source = f"GD {gd} / GM {gm}"
+        done, source = to_bed(prefix, hapmap=hapmap, gd=gd, gm=gm, pfile=pfile, vcf=vcf)
         log.info("%s (temporary, removed after the run)", done.describe(source))
         yield prefix

@@ -60,10 +60,9 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     log.info("%s.bim: %d SNPs", bfile_prefix, bfile.n_snps)
     samples = np.arange(bfile.n_samples)
     if options.keep:
-        wanted = set(tables.read_sample_list(options.keep))
-        keep = np.array([(f, i) in wanted for f, i in zip(bfile.fid, bfile.iid, strict=True)])
+        keep = tables.read_sample_list(options.keep).contains(bfile.fid, bfile.iid)
         samples = _restrict(
-            samples, keep, flag="--keep", path=options.keep, listed="FID IID pairs",
+            samples, keep, flag="--keep", path=options.keep, listed="samples",
             source=f"{bfile_prefix}.fam", unit="samples", ids=bfile.iid,
         )  # fmt: skip
     snps = np.arange(bfile.n_snps)
@@ -88,11 +87,12 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     traits, matched = tables.align_rows(table, fid, iid)
     if 2 * matched < table.fid.size:
         log.warning(
-            "%s: only %d of its %d rows match a kept sample of the .fam by FID and IID; "
-            "check that both columns agree with the .fam",
+            "%s: only %d of its %d rows match a kept sample of the .fam by %s; "
+            "check that %s with the .fam",
             pheno,
             matched,
             table.fid.size,
+            *(("IID", "it agrees") if table.by_iid else ("FID and IID", "both columns agree")),
         )
     log.info(
         "%s: %d rows, %d match kept samples (the other %d are ignored); traits %s",
@@ -106,17 +106,30 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     covariate_names: tuple[str, ...] = ()
     if options.covar:
         ctable = tables.select_columns(
-            tables.read_table(options.covar, missing=missing, what="covariate"),
+            tables.read_table(
+                options.covar, missing=missing, what="covariate", factors=options.covar_factors
+            ),
             options.covar_names,
         )
-        covariates, cmatched = tables.align_rows(ctable, fid, iid)
-        covariate_names = ctable.names
+        numeric, cmatched = tables.align_rows(ctable, fid, iid)
         log.info(
             "%s: %d rows match kept samples; covariates %s",
             options.covar,
             cmatched,
-            ", ".join(covariate_names),
+            ", ".join(ctable.names),
         )
+        columns, names = [], []
+        for k, name in enumerate(ctable.names):
+            if name in ctable.factors:
+                indicators, levels = factor_indicators(
+                    name, tables.align_labels(ctable, name, fid, iid), options.covar
+                )
+                columns.append(indicators)
+                names += [f"{name}={level}" for level in levels[1:]]
+            else:
+                columns.append(numeric[:, k : k + 1])
+                names.append(name)
+        covariates, covariate_names = np.hstack(columns), tuple(names)
     elif options.covar_names:
         msg = "--covar-name needs --covar FILE"
         raise CmlmError(msg)
@@ -143,12 +156,80 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
             ["intercept", *covariate_names],
             several=len(table.names) > 1,
         )
+    for k, name in enumerate(table.names):
+        values = np.unique(traits[~np.isnan(traits[:, k]), k])
+        if values.size == 2:
+            log.warning(
+                "trait %s has two values (%g and %g): the linear mixed model tests it on "
+                "the observed scale, with valid p-values and effects that are differences "
+                "in the trait's mean (risk differences for 0/1 cases and controls), as GAPIT "
+                "does; for odds ratios use a logistic model (plink2 --glm, REGENIE, SAIGE)",
+                name,
+                values[0],
+                values[1],
+            )
     if options.maf > 0:
         snps = _filter_maf(bfile, samples, snps, options)
     if snps.size == 0:
         msg = "no SNP is left after the filters; check --extract and --maf"
         raise CmlmError(msg)
     return Inputs(bfile, samples, snps, traits, table.names, covariates, covariate_names)
+
+
+def factor_indicators(name: str, labels: np.ndarray, path: str) -> tuple[np.ndarray, list[str]]:
+    """Indicator columns of a factor covariate, the first level in sorted order the reference.
+
+    Parameters
+    ----------
+    name : str
+        The covariate, for messages.
+    labels : ndarray, shape (n,), str
+        Its level for every kept sample, ``""`` where missing.
+    path : str
+        The covariate table, for messages.
+
+    Returns
+    -------
+    indicators : ndarray, shape (n, L - 1), float64
+        1 where the sample has that level, 0 where it has another, NaN where
+        the factor is missing (the sample then drops out like one with a
+        missing numeric covariate).
+    levels : list of str, length L
+        Sorted, the reference first.
+
+    Raises
+    ------
+    CmlmError
+        Fewer than two levels among the kept samples: a constant covariate.
+    """
+    given = labels != ""
+    levels, counts = np.unique(labels[given], return_counts=True)
+    if levels.size < 2:
+        found = f"only the level '{levels[0]}'" if levels.size else "no value"
+        msg = (
+            f"--covar-factor {name}: {path} has {found} for the kept samples; a factor needs "
+            "two levels or more (one level is collinear with the intercept), leave it out"
+        )
+        raise CmlmError(msg)
+    log.info(
+        "covariate %s: a factor with %d levels among the kept samples, %s; %s is the "
+        "reference, the others get one indicator column each (%s=LEVEL)",
+        name,
+        levels.size,
+        ", ".join(f"{level} ({count})" for level, count in zip(levels, counts, strict=True)),
+        levels[0],
+        name,
+    )
+    for level in levels[counts == 1]:
+        log.warning(
+            "covariate %s: level '%s' has a single individual, whose trait value its "
+            "indicator then fits exactly; merge it with another level if that is not meant",
+            name,
+            level,
+        )
+    indicators = (labels[:, None] == levels[None, 1:]).astype(np.float64)
+    indicators[~given] = np.nan
+    return indicators, [str(level) for level in levels]
 
 
 def _filter_maf(

@@ -164,6 +164,7 @@ class GwasOptions:
     pheno_names: tuple[str, ...] | None = None
     covar: str | None = None
     covar_names: tuple[str, ...] | None = None
+    covar_factors: tuple[str, ...] = ()
     pcs: int = 0
     maf: float = 0.0
     keep: str | None = None
@@ -253,6 +254,16 @@ def check_options(options: GwasOptions) -> None:
     if options.model == "cmlm":
         # The syntax now; the counts once the samples are known (GroupSpec.check).
         options.group_spec  # noqa: B018 - parsed for its error
+    if options.covar_factors and not options.covar:
+        msg = "--covar-factor needs --covar FILE, the table that holds the factor"
+        raise CmlmError(msg)
+    unselected = [f for f in options.covar_factors if f not in (options.covar_names or [f])]
+    if unselected:
+        msg = (
+            f"--covar-factor {unselected[0]} is not among --covar-name "
+            f"{','.join(options.covar_names or ())}; add it there too"
+        )
+        raise CmlmError(msg)
     if options.pcs < 0:
         msg = f"--pcs {options.pcs} must be 0 or more"
         raise CmlmError(msg)

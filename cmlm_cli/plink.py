@@ -15,6 +15,7 @@ identifies a fileset, so that a saved fit or a Dask worker refuses other files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -27,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 from bed_reader import open_bed
 
-from cmlm_cli import resources
+from cmlm_cli import files, resources
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.tables import numbered_lines
 
@@ -468,3 +469,112 @@ def fingerprint(bfile: Bfile) -> dict[str, Any]:
         "bim_sha256": _sha256(bim),
         "fam_sha256": _sha256(fam),
     }
+
+
+# --- writing a fileset (the converters) ---------------------------------------------
+
+# PLINK 1 .bed 2-bit codes, indexed by A1 count + 1 (index 0: missing call).
+BED_CODE = np.array([0b01, 0b11, 0b10, 0b00], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What a conversion wrote.
+
+    Attributes
+    ----------
+    prefix : str
+        The PLINK prefix written (``PREFIX.bed/.bim/.fam``).
+    n_samples, n_snps : int
+    n_missing : int
+        Missing calls in the output (including those set missing below).
+    n_multiallelic : int
+        SNPs with more than two observed alleles, reduced to the two most
+        frequent.
+    n_dropped_calls : int
+        Calls set missing because they carry a third or fourth allele.
+    multiallelic : tuple of str
+        IDs of those SNPs.
+    n_skipped : int
+        Variants left out: more than two alleles, where the source allows no
+        reduction (PLINK 2 and VCF input).
+    n_not_snp : int
+        Variants left out that are not SNPs: indels, symbolic alleles (VCF).
+    """
+
+    prefix: str
+    n_samples: int
+    n_snps: int
+    n_missing: int
+    n_multiallelic: int = 0
+    n_dropped_calls: int = 0
+    multiallelic: tuple[str, ...] = ()
+    n_skipped: int = 0
+    n_not_snp: int = 0
+
+    def describe(self, source: str) -> str:
+        """One line for the log."""
+        text = (
+            f"converted {source} to {self.prefix}.bed/.bim/.fam: {self.n_samples} samples, "
+            f"{self.n_snps} SNPs, {self.n_missing} missing calls"
+        )
+        if self.n_multiallelic:
+            text += (
+                f"; {self.n_multiallelic} SNPs with more than two alleles kept their two most "
+                f"frequent and {self.n_dropped_calls} calls with another allele became missing"
+            )
+        if self.n_skipped:
+            text += f"; {self.n_skipped} variants with more than two alleles were skipped"
+        if self.n_not_snp:
+            text += f"; {self.n_not_snp} indels and other variants that are not SNPs were skipped"
+        return text
+
+
+def pack_bed(dosage: np.ndarray) -> bytes:
+    """PLINK 1 SNP-major bytes of a block of A1 counts.
+
+    Parameters
+    ----------
+    dosage : ndarray, shape (B, n), int8
+        A1 counts 0, 1, 2 and -1 for missing; one row per SNP.
+
+    Returns
+    -------
+    bytes
+        B * ceil(n / 4) bytes, samples in order within each SNP, the first
+        sample in the lowest two bits; padding bits are 0 as PLINK writes them.
+    """
+    B, n = dosage.shape
+    codes = np.zeros((B, -(-n // 4) * 4), dtype=np.uint8)
+    codes[:, :n] = BED_CODE[dosage + 1]
+    quads = codes.reshape(B, codes.shape[1] // 4, 4)
+    packed = quads[:, :, 0] | quads[:, :, 1] << 2 | quads[:, :, 2] << 4 | quads[:, :, 3] << 6
+    return packed.astype(np.uint8).tobytes()
+
+
+def fam_lines(taxa: list[str]) -> list[str]:
+    """.fam lines for individuals known by one name: FID = IID, no parents, sex or phenotype."""
+    return [f"{name} {name} 0 0 0 -9\n" for name in taxa]
+
+
+@contextlib.contextmanager
+def bed_writer(prefix: str, fam: list[str]) -> Iterator[tuple[IO[bytes], IO[str]]]:
+    """Open PREFIX.bed and PREFIX.bim for writing and write PREFIX.fam.
+
+    The converters write the .bed (after its magic bytes) and the .bim
+    through the two handles. All three files appear together when the
+    block completes; on an error none does.
+
+    Parameters
+    ----------
+    prefix : str
+    fam : list of str
+        The .fam lines, each ending in a newline.
+    """
+    with contextlib.ExitStack() as stack:
+        bed = stack.enter_context(files.atomic_open_binary(f"{prefix}.bed"))
+        bim = stack.enter_context(files.atomic_open(f"{prefix}.bim"))
+        fam_file = stack.enter_context(files.atomic_open(f"{prefix}.fam"))
+        fam_file.writelines(fam)
+        bed.write(b"\x6c\x1b\x01")
+        yield bed, bim

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
+import re
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, cast
 
@@ -26,9 +28,14 @@ import numpy as np
 
 from cmlm_cli.errors import CmlmError
 
+log = logging.getLogger("cmlm")
+
 DEFAULT_MISSING = ("NA", "NaN", "nan", "-9", "")
 
 _GZIP_MAGIC = b"\x1f\x8b"
+
+# A double-quoted field, with "" for a quote inside it.
+_QUOTED = re.compile(r'"(?:[^"]|"")*"?')
 
 # Entries of a text kinship are rounded decimals, so an element-wise relative
 # test would reject matrices whose near-zero entries differ in the last
@@ -50,7 +57,15 @@ class Table:
     names : tuple of str, length k
         Names of the value columns.
     values : ndarray, shape (r, k), float64
-        The values, ``NaN`` where missing. Read-only.
+        The values, ``NaN`` where missing (always for a factor column).
+        Read-only.
+    by_iid : bool
+        The table names samples by IID alone (an ``IID`` or ``#IID`` header
+        without FID): it is matched on IID, and ``fid`` repeats ``iid``.
+    factors : tuple of str, length f
+        The value columns read as text (``read_table(factors=...)``).
+    labels : ndarray, shape (r, f), str
+        Their texts, ``""`` where missing. Read-only.
     """
 
     path: str
@@ -58,6 +73,9 @@ class Table:
     iid: np.ndarray
     names: tuple[str, ...]
     values: np.ndarray
+    by_iid: bool = False
+    factors: tuple[str, ...] = ()
+    labels: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=str))
 
 
 def read_text_lines(path: str | os.PathLike[str], *, what: str) -> list[str]:
@@ -189,12 +207,105 @@ def numbered_lines(
     return numbered
 
 
-def _split(line: str, tabs: bool) -> list[str]:
-    # With tabs an empty field is a value (missing), so fields cannot be
-    # merged; stray spaces around a field are still forgiven.
-    if tabs:
-        return [field.strip() for field in line.split("\t")]
-    return line.split()
+def separator_of(header: str) -> str | None:
+    """The field separator of a table, from its header line.
+
+    A tab outside double quotes means tab-separated, else a comma means
+    comma-separated (R's ``write.csv``), else fields are separated by runs of
+    whitespace (R's ``write.table``, PLINK). ``None`` stands for whitespace.
+    """
+    unquoted = _QUOTED.sub("", header)
+    if "\t" in unquoted:
+        return "\t"
+    if "," in unquoted:
+        return ","
+    return None
+
+
+def split_fields(line: str, sep: str | None, *, where: str, number: int) -> list[str]:
+    """The fields of one line, double quotes removed.
+
+    A field may be enclosed in double quotes (R's default), inside which the
+    separator is text and ``""`` is one quote; spaces around a field, inside
+    its quotes or not, are dropped. With a tab or comma separator an empty field is a value (a
+    missing one), so separators are never merged; with whitespace they are.
+
+    Parameters
+    ----------
+    line : str
+    sep : str or None
+        ``"\t"``, ``","``, or ``None`` for runs of whitespace
+        (:func:`separator_of`).
+    where, number : str, int
+        The file (as in messages) and the 1-based line, for the error.
+
+    Raises
+    ------
+    CmlmError
+        A quote is not closed, or text follows a closing quote, or a quote
+        stands inside an unquoted field.
+    """
+    if '"' not in line:
+        # The common case, and the fast one.
+        return line.split() if sep is None else [f.strip() for f in line.split(sep)]
+    fields: list[str] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i].isspace() and line[i] != sep:
+            i += 1
+        if sep is None and i == n:
+            break
+        if i < n and line[i] == '"':
+            end = i + 1
+            while True:
+                end = line.find('"', end)
+                if end < 0:
+                    msg = (
+                        f"{where}, line {number}: a quoted field opened at column {i + 1} is "
+                        "not closed; add the closing '\"' (a quote inside a field is written "
+                        "'\"\"')"
+                    )
+                    raise CmlmError(msg)
+                if line.startswith('""', end):
+                    end += 2
+                    continue
+                break
+            fields.append(line[i + 1 : end].replace('""', '"').strip())
+            i = end + 1
+            if sep is not None:
+                while i < n and line[i].isspace() and line[i] != sep:
+                    i += 1
+            if i < n and (line[i] != sep if sep else not line[i].isspace()):
+                msg = (
+                    f"{where}, line {number}: text follows the closing quote at column {end + 1}; "
+                    "a quoted field ends at its separator"
+                )
+                raise CmlmError(msg)
+        else:
+            if sep is None:
+                end = i
+                while end < n and not line[end].isspace():
+                    end += 1
+            else:
+                found = line.find(sep, i)
+                end = n if found < 0 else found
+            text = line[i:end].strip()
+            if '"' in text:
+                msg = (
+                    f"{where}, line {number}: a '\"' stands inside the unquoted field "
+                    f"'{text}'; quote the whole field and write the quote as '\"\"'"
+                )
+                raise CmlmError(msg)
+            fields.append(text)
+            i = end
+        if i >= n:
+            break
+        if sep is not None:
+            i += 1  # the separator itself
+            if i == n:
+                fields.append("")  # a separator at the end: an empty last field
+                break
+    return fields
 
 
 def _parse_floats(
@@ -234,25 +345,35 @@ def read_table(
     *,
     missing: Sequence[str] = DEFAULT_MISSING,
     what: str = "phenotype",
+    factors: Sequence[str] = (),
 ) -> Table:
-    """Read a phenotype or covariate table.
+    """Read a phenotype or covariate table, as PLINK, GAPIT or R write it.
 
-    The first non-blank line is a header: ``FID IID`` (any case; PLINK 2's
-    ``#FID`` too) followed by the value column names, or GAPIT's layout with a
-    single ``Taxa`` ID column, which gives FID = IID = taxa. If the header
-    contains a tab, every line is split on single tabs (so an empty field is a
-    missing value); otherwise on runs of whitespace.
+    The first non-blank line is a header. Its separator decides the file's
+    (:func:`separator_of`: tab, else comma, else whitespace), and any field
+    may be double-quoted (:func:`split_fields`). The header starts with the
+    sample IDs:
+
+    * ``FID IID`` (any case; PLINK 2's ``#FID IID`` too): matched on both;
+    * ``IID`` or ``#IID`` alone (PLINK 2's ``.psam``): matched on IID;
+    * GAPIT's single ``Taxa`` column: FID = IID = taxa.
+
+    R's row names are recognised and dropped: an empty first header field
+    (``write.csv``), or a header one field shorter than every row
+    (``write.table``).
 
     Parameters
     ----------
     path : str or path-like
         The table, plain or gzip-compressed.
     missing : sequence of str
-        Field texts that mean a missing value, compared exactly (``-9`` is
-        missing, ``-9.0`` is the number).
+        Field texts that mean a missing value, compared exactly after quotes
+        are removed (``-9`` is missing, ``-9.0`` is the number).
     what : str
         The word used for the values in messages (``"phenotype"``,
         ``"covariate"``).
+    factors : sequence of str
+        Columns to keep as text (``--covar-factor``) instead of numbers.
 
     Returns
     -------
@@ -262,25 +383,46 @@ def read_table(
     Raises
     ------
     CmlmError
-        Missing or empty file; header without ``FID IID``/``Taxa``; no value
-        columns, an empty or duplicated column name; a line with the wrong
-        number of fields; an empty ID; a value that is neither a number nor a
-        missing code; an infinite value; the same FID+IID on two lines.
+        Missing or empty file; header without ``FID IID``/``IID``/``Taxa``;
+        no value columns, an empty or duplicated column name; a factor that
+        is not a column; a line with the wrong number of fields or a broken
+        quote; an empty ID; a value that is neither a number nor a missing
+        code; an infinite value; the same sample on two lines.
     """
     path = str(path)
     numbered = numbered_lines(path, what=what, expected="a header line 'FID IID <names>'")
     where = f"{what} file '{path}'"
     header_line, header = numbered[0]
-    tabs = "\t" in header
-    columns = _split(header, tabs)
-    if columns[0].lower() == "taxa":
+    sep = separator_of(header)
+    columns = split_fields(header, sep, where=where, number=header_line)
+    rows = [(number, split_fields(line, sep, where=where, number=number))
+            for number, line in numbered[1:]]  # fmt: skip
+    row_names = ""
+    if len(columns) > 1 and columns[0] == "" and sep is not None:
+        row_names = "its first column has no name (R's row names)"
+        columns = columns[1:]
+        rows = [(number, fields[1:]) for number, fields in rows]
+    elif rows and all(
+        len(fields) == len(columns) + 1 and fields[0] == str(r)
+        for r, (_, fields) in enumerate(rows, start=1)
+    ):
+        row_names = "every row starts with its number, a field the header lacks (R's row names)"
+        rows = [(number, fields[1:]) for number, fields in rows]
+    if row_names:
+        log.info("%s: %s; that column is ignored", where, row_names)
+    first = [c.lower() for c in columns[:2]]
+    first[:1] = [first[0].removeprefix("#")] if first else []
+    by_iid = False
+    if first[:1] == ["taxa"]:
         n_ids = 1
-    elif [c.lower() for c in columns[:2]] in (["fid", "iid"], ["#fid", "iid"]):
+    elif first == ["fid", "iid"]:
         n_ids = 2
+    elif first[:1] == ["iid"]:
+        n_ids, by_iid = 1, True
     else:
         msg = (
             f"{where}, line {header_line}: the header starts with '{' '.join(columns[:2])}'; "
-            f"expected 'FID IID' (or GAPIT's 'Taxa') followed by the {what} names; "
+            f"expected 'FID IID', 'IID' (or GAPIT's 'Taxa') followed by the {what} names; "
             "add a header line if the file has none"
         )
         raise CmlmError(msg)
@@ -300,15 +442,21 @@ def read_table(
             )
             raise CmlmError(msg)
         seen_names[name] = number
+    for name in factors:
+        if name not in names:
+            msg = (
+                f"--covar-factor {name}: '{path}' has no column '{name}'; its columns are: "
+                f"{', '.join(names)}"
+            )
+            raise CmlmError(msg)
 
     line_of: list[int] = []
     ids: list[tuple[str, str]] = []
     tokens: list[list[str]] = []
     seen_ids: dict[tuple[str, str], int] = {}
-    for number, line in numbered[1:]:
-        fields = _split(line, tabs)
+    for number, fields in rows:
         if len(fields) != len(columns):
-            hint = "" if tabs else "; write missing values as NA rather than leaving them out"
+            hint = "" if sep else "; write missing values as NA rather than leaving them out"
             msg = (
                 f"{where}, line {number}: found {len(fields)} fields, expected {len(columns)} "
                 f"as in the header ({' '.join(columns)}){hint}"
@@ -319,8 +467,10 @@ def read_table(
             msg = f"{where}, line {number}: the sample ID is empty; every row needs its ID"
             raise CmlmError(msg)
         if key in seen_ids:
+            shown = key[1] if n_ids == 1 else f"{key[0]} {key[1]}"
+            kind = "IID" if by_iid else "Taxa" if n_ids == 1 else "FID IID"
             msg = (
-                f"{where}: sample '{key[0]} {key[1]}' (FID IID) appears on line "
+                f"{where}: sample '{shown}' ({kind}) appears on line "
                 f"{seen_ids[key]} and again on line {number}; keep one row per sample"
             )
             raise CmlmError(msg)
@@ -332,14 +482,26 @@ def read_table(
         msg = f"{where} has a header but no data rows"
         raise CmlmError(msg)
 
-    values, bad = _parse_floats(tokens, missing)
+    factor_at = [names.index(name) for name in factors]
+    numeric = [c for c in range(len(names)) if c not in factor_at]
+    text = np.array(tokens, dtype=str)
+    labels = text[:, factor_at]
+    labels[np.isin(labels, np.array(missing, dtype=str))] = ""
+    values = np.full(text.shape, np.nan)
+    parsed, bad = _parse_floats(text[:, numeric].tolist(), missing)
+    values[:, numeric] = parsed
     if bad is not None:
-        r, c = bad
+        r, c = bad[0], numeric[bad[1]]
         codes = ", ".join(f"'{m}'" for m in missing)
+        hint = (
+            f", or if '{names[c]}' is a factor (categories), name it with --covar-factor"
+            if what == "covariate"
+            else ""
+        )
         msg = (
             f"{where}, line {line_of[r]}: column '{names[c]}' has the value '{tokens[r][c]}', "
             f"which is not a number; if it marks a missing value, declare it as a missing "
-            f"code (the missing codes are {codes})"
+            f"code (the missing codes are {codes}){hint}"
         )
         raise CmlmError(msg)
     infinite = np.argwhere(np.isinf(values))
@@ -351,7 +513,10 @@ def read_table(
         )
         raise CmlmError(msg)
     fid, iid = np.array(ids, dtype=str).T.copy()
-    return Table(path, _frozen(fid), _frozen(iid), names, _frozen(values))
+    return Table(
+        path, _frozen(fid), _frozen(iid), names, _frozen(values),
+        by_iid=by_iid, factors=tuple(factors), labels=_frozen(labels),
+    )  # fmt: skip
 
 
 def select_columns(table: Table, names: Sequence[str] | None) -> Table:
@@ -397,6 +562,50 @@ def select_columns(table: Table, names: Sequence[str] | None) -> Table:
     return replace(table, names=names, values=_frozen(table.values[:, index]))
 
 
+def match_rows(
+    path: str, table_fid: np.ndarray, table_iid: np.ndarray, by_iid: bool,
+    fid: np.ndarray, iid: np.ndarray,
+) -> np.ndarray:
+    """The row of a table (or ID list) that holds each sample, -1 where none does.
+
+    Parameters
+    ----------
+    path : str
+        The table, for messages.
+    table_fid, table_iid : ndarray, shape (r,), str
+    by_iid : bool
+        Match on IID alone (a table without FIDs).
+    fid, iid : ndarray, shape (n,), str
+        The samples, usually columns 1-2 of the .fam.
+
+    Returns
+    -------
+    ndarray, shape (n,), intp
+
+    Raises
+    ------
+    CmlmError
+        ``by_iid`` and an IID of the table names samples of two families.
+    """
+    if by_iid:
+        listed = set(table_iid.tolist())
+        families: dict[str, str] = {}
+        for f, i in zip(fid, iid, strict=True):
+            if i in listed and families.setdefault(i, f) != f:
+                msg = (
+                    f"'{path}' names samples by IID alone, but IID '{i}' is in families "
+                    f"'{families[i]}' and '{f}' of the .fam; add an FID column (FID IID ...)"
+                )
+                raise CmlmError(msg)
+        row_of = {key: r for r, key in enumerate(table_iid.tolist())}
+        keys = iid.tolist()
+    else:
+        pairs = zip(table_fid.tolist(), table_iid.tolist(), strict=True)
+        row_of = {key: r for r, key in enumerate(pairs)}
+        keys = list(zip(fid.tolist(), iid.tolist(), strict=True))
+    return np.array([row_of.get(key, -1) for key in keys], dtype=np.intp)
+
+
 def align_rows(table: Table, fid: np.ndarray, iid: np.ndarray) -> tuple[np.ndarray, int]:
     """Put the table's rows in the order of the given samples (the .fam).
 
@@ -419,27 +628,47 @@ def align_rows(table: Table, fid: np.ndarray, iid: np.ndarray) -> tuple[np.ndarr
     Raises
     ------
     CmlmError
-        No row matches; the message shows a table ID and a sample ID.
+        No row matches (the message shows a table ID and a sample ID), or an
+        IID-only table is ambiguous (:func:`match_rows`).
     """
-    row_of = {key: r for r, key in enumerate(zip(table.fid, table.iid, strict=True))}
-    rows = np.array([row_of.get(key, -1) for key in zip(fid, iid, strict=True)], dtype=np.intp)
+    rows = align_index(table, fid, iid)
     found = rows >= 0
-    n_matched = int(found.sum())
-    if n_matched == 0:
-        example_table = f"'{table.fid[0]} {table.iid[0]}'"
+    values = np.full((len(rows), len(table.names)), np.nan)
+    values[found] = table.values[rows[found]]
+    return values, int(found.sum())
+
+
+def align_labels(table: Table, name: str, fid: np.ndarray, iid: np.ndarray) -> np.ndarray:
+    """A factor column's texts in the order of the given samples, ``""`` where missing.
+
+    Returns
+    -------
+    ndarray, shape (n,), str
+    """
+    rows = align_index(table, fid, iid)
+    column = table.labels[:, table.factors.index(name)]
+    labels = np.full(len(rows), "", dtype=column.dtype)
+    labels[rows >= 0] = column[rows[rows >= 0]]
+    return labels
+
+
+def align_index(table: Table, fid: np.ndarray, iid: np.ndarray) -> np.ndarray:
+    """:func:`match_rows` for a table; no row matching is an error naming both IDs."""
+    rows = match_rows(table.path, table.fid, table.iid, table.by_iid, fid, iid)
+    if not (rows >= 0).any():
+        example_table = f"'{table.iid[0]}'" if table.by_iid else f"'{table.fid[0]} {table.iid[0]}'"
         example_fam = f"'{fid[0]} {iid[0]}'" if len(fid) else "none (no samples)"
         hint = ""
-        if set(table.iid) & set(iid):
+        if not table.by_iid and set(table.iid) & set(iid):
             hint = " (the IIDs overlap, so the FIDs differ)"
+        kind = "IID" if table.by_iid else "FID IID"
         msg = (
             f"no row of '{table.path}' matches a genotyped sample{hint}: e.g. table ID "
-            f"{example_table}, .fam ID {example_fam} (FID IID); the IDs must match "
+            f"{example_table} ({kind}), .fam ID {example_fam} (FID IID); the IDs must match "
             "columns 1-2 of the .fam"
         )
         raise CmlmError(msg)
-    values = np.full((len(rows), len(table.names)), np.nan)
-    values[found] = table.values[rows[found]]
-    return values, n_matched
+    return rows
 
 
 def _fields_by_line(path: str | os.PathLike[str], what: str) -> list[tuple[int, list[str]]]:
@@ -447,33 +676,90 @@ def _fields_by_line(path: str | os.PathLike[str], what: str) -> list[tuple[int, 
     return [(i, line.split()) for i, line in numbered_lines(path, what=what)]
 
 
-def read_sample_list(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """Read a ``--keep``/``--remove`` style list of samples.
+@dataclass(frozen=True)
+class SampleList:
+    """The samples a ``--keep`` file lists.
+
+    Attributes
+    ----------
+    path : str
+    pairs : frozenset of (str, str)
+        Samples listed by FID and IID.
+    iids : frozenset of str
+        Samples listed by IID alone (matched on IID).
+    """
+
+    path: str
+    pairs: frozenset[tuple[str, str]]
+    iids: frozenset[str]
+
+    def __len__(self) -> int:
+        return len(self.pairs) + len(self.iids)
+
+    def contains(self, fid: np.ndarray, iid: np.ndarray) -> np.ndarray:
+        """Which of the samples ``fid``/``iid`` (shape (n,)) the list names, shape (n,) bool.
+
+        Raises
+        ------
+        CmlmError
+            An IID listed alone names samples of two families.
+        """
+        keys = zip(fid.tolist(), iid.tolist(), strict=True)
+        by_pair = np.array([key in self.pairs for key in keys], dtype=bool)
+        if not self.iids:
+            return by_pair
+        ids = np.array(sorted(self.iids), dtype=str)
+        by_iid = match_rows(self.path, ids, ids, True, fid, iid) >= 0
+        return by_pair | by_iid
+
+
+def read_sample_list(path: str | os.PathLike[str]) -> SampleList:
+    """Read a ``--keep`` style list of samples.
 
     Parameters
     ----------
     path : str or path-like
         One sample per line: ``FID IID`` (further columns ignored), or a
-        single ID, which is used as both FID and IID. A first line starting
-        with ``FID``/``#FID``/``IID``/``#IID`` is a header and skipped.
+        single ID, which is an IID (as in PLINK 2). A first line starting with
+        ``FID``/``#FID`` is a header and skipped; one starting with
+        ``IID``/``#IID`` is a header whose first column is the IID. Fields
+        are separated as in :func:`read_table` (tab, comma or whitespace,
+        double quotes allowed).
 
     Returns
     -------
-    list of (str, str)
-        (FID, IID) pairs in file order.
+    SampleList
 
     Raises
     ------
     CmlmError
-        The file is missing or has no samples.
+        The file is missing, has no samples or a broken quote.
     """
-    numbered = _fields_by_line(path, "sample list")
-    if numbered[0][1][0].lstrip("#").upper() in ("FID", "IID"):
-        numbered = numbered[1:]
-    if not numbered:
-        msg = f"sample list file '{path}' has a header but no samples"
+    where = f"sample list file '{path}'"
+    numbered = numbered_lines(path, what="sample list")
+    sep = separator_of(numbered[0][1])
+    lines = [(number, split_fields(line, sep, where=where, number=number))
+             for number, line in numbered]  # fmt: skip
+    if sep is not None and len(lines[0][1]) > 1 and lines[0][1][0] == "":
+        # R's write.csv: a first column of row names, with an empty name.
+        lines = [(number, fields[1:]) for number, fields in lines]
+    first = lines[0][1][0].removeprefix("#").upper() if lines[0][1] else ""
+    iid_only = first == "IID"
+    if first in ("FID", "IID"):
+        lines = lines[1:]
+    pairs, iids = set(), set()
+    for number, fields in lines:
+        if not fields or not fields[0] or (len(fields) > 1 and not iid_only and not fields[1]):
+            msg = f"{where}, line {number}: the line has no sample ID"
+            raise CmlmError(msg)
+        if iid_only or len(fields) == 1:
+            iids.add(fields[0])
+        else:
+            pairs.add((fields[0], fields[1]))
+    if not pairs and not iids:
+        msg = f"{where} has a header but no samples"
         raise CmlmError(msg)
-    return [(fields[0], fields[0] if len(fields) == 1 else fields[1]) for _, fields in numbered]
+    return SampleList(str(path), frozenset(pairs), frozenset(iids))
 
 
 def read_snp_list(path: str | os.PathLike[str]) -> list[str]:
@@ -647,8 +933,8 @@ def _read_square_table(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     where = f"kinship file '{path}'"
     numbered = numbered_lines(path, what="kinship")
     header_line, header = numbered[0]
-    tabs = "\t" in header
-    ids = _split(header, tabs)[1:]
+    sep = separator_of(header)
+    ids = split_fields(header, sep, where=where, number=header_line)[1:]
     n = len(ids)
     if n == 0:
         msg = f"{where}, line {header_line}: expected a header 'label ID1 ... IDn', found no IDs"
@@ -663,7 +949,7 @@ def _read_square_table(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise CmlmError(msg)
     tokens = []
     for k, (number, line) in enumerate(body):
-        fields = _split(line, tabs)
+        fields = split_fields(line, sep, where=where, number=number)
         if len(fields) != n + 1:
             msg = (
                 f"{where}, line {number}: found {len(fields)} fields, expected {n + 1} "

@@ -170,8 +170,9 @@ def test_sample_and_snp_lists(tmp_path, data):
     path = write(tmp_path, data)
     samples = accept_or_refuse(read_sample_list, path)
     if samples is not None:
-        assert samples
-        assert all(fid and iid and not fid.isspace() for fid, iid in samples)
+        assert len(samples) > 0
+        ids = [*(i for pair in samples.pairs for i in pair), *samples.iids]
+        assert all(i and i == i.strip() for i in ids)
     snps = accept_or_refuse(read_snp_list, path)
     if snps is not None:
         assert snps

@@ -174,21 +174,34 @@ VALUES = st.one_of(
 )
 
 
+LAYOUTS = {  # header of the ID columns; matched on IID alone?
+    "FID IID": (["FID", "IID"], False),
+    "#FID IID": (["#FID", "IID"], False),
+    "fid iid": (["fid", "iid"], False),
+    "IID": (["IID"], True),
+    "#IID": (["#IID"], True),
+    "Taxa": (["Taxa"], False),
+}
+
+
 @st.composite
 def tables(draw):
+    """A table as PLINK, GAPIT or R would write it, and what it holds."""
     n_rows = draw(st.integers(1, 8))
-    taxa = draw(st.booleans())
+    layout = draw(st.sampled_from(sorted(LAYOUTS)))
+    id_header, by_iid = LAYOUTS[layout]
+    one_id = len(id_header) == 1
     ids = draw(
         st.lists(
             st.tuples(IDS, IDS),
             min_size=n_rows,
             max_size=n_rows,
-            unique_by=(lambda key: key[0]) if taxa else (lambda key: key),
+            unique_by=(lambda key: key[0]) if one_id else (lambda key: key),
         )
     )
     names = draw(
         st.lists(
-            IDS.filter(lambda name: name not in ("FID", "IID", "Taxa")),
+            IDS.filter(lambda name: name.lstrip("#").lower() not in ("fid", "iid", "taxa")),
             min_size=1,
             max_size=4,
             unique=True,
@@ -201,21 +214,40 @@ def tables(draw):
             max_size=n_rows,
         )
     )
-    separator = draw(st.sampled_from(["\t", " ", "   "]))
-    if separator != "\t":
-        # Without tabs an empty field cannot be written; NA stands for it.
+    separator = draw(st.sampled_from(["\t", " ", "   ", ","]))
+    quote_all = draw(st.booleans())  # R quotes every text field; otherwise only where needed
+    styles = ["none", "write.table"] + ["write.csv"] * (separator in "\t,")
+    row_names = draw(st.sampled_from(styles))
+    if separator.strip() == "":
+        # Without tabs or commas an empty field cannot be written; NA stands for it.
         cells = [["NA" if cell == "" else cell for cell in row] for row in cells]
-    return taxa, ids, names, cells, separator
+    return layout, ids, names, cells, separator, quote_all, row_names
 
 
-@settings(max_examples=60, deadline=None)
+def quoted(field: str, separator: str, quote_all: bool) -> str:
+    needs = quote_all or '"' in field or field == "" or any(
+        c in field for c in (separator, " ", "\t", ",")
+    )
+    return '"' + field.replace('"', '""') + '"' if needs else field
+
+
+@settings(max_examples=100, deadline=None)
 @given(table=tables(), crlf=st.booleans(), bom=st.booleans(), compress=st.booleans())
 def test_read_table_round_trips(tmp_path_factory, table, crlf, bom, compress):
-    taxa, ids, names, cells, separator = table
-    id_header = ["Taxa"] if taxa else ["FID", "IID"]
-    lines = [separator.join(id_header + names)]
-    for (fid, iid), row in zip(ids, cells, strict=True):
-        lines.append(separator.join(([fid] if taxa else [fid, iid]) + row))
+    layout, ids, names, cells, separator, quote_all, row_names = table
+    id_header, by_iid = LAYOUTS[layout]
+    one_id = len(id_header) == 1
+
+    def line(texts, values):
+        return separator.join([quoted(t, separator, quote_all) for t in texts] + values)
+
+    header = id_header + names
+    lines = [line(([""] if row_names == "write.csv" else []) + header, [])]
+    for number, ((fid, iid), row) in enumerate(zip(ids, cells, strict=True), start=1):
+        labels = ([fid] if one_id else [fid, iid])
+        if row_names != "none":
+            labels = [str(number), *labels]
+        lines.append(line(labels, [c if c else '""' * (separator.strip() == "") for c in row]))
     text = ("\ufeff" if bom else "") + ("\r\n" if crlf else "\n").join(lines) + "\n"
     data = gzip.compress(text.encode()) if compress else text.encode()
     path = tmp_path_factory.mktemp("roundtrip") / "table.txt"
@@ -228,8 +260,9 @@ def test_read_table_round_trips(tmp_path_factory, table, crlf, bom, compress):
     )
     np.testing.assert_array_equal(result.values, expected)
     assert result.names == tuple(names)
+    assert result.by_iid == by_iid
+    np.testing.assert_array_equal(result.iid, [fid if one_id else iid for fid, iid in ids])
     np.testing.assert_array_equal(result.fid, [fid for fid, _ in ids])
-    np.testing.assert_array_equal(result.iid, [fid if taxa else iid for fid, iid in ids])
 
 
 # --- select_columns and align_rows ------------------------------------------
@@ -280,7 +313,35 @@ def test_align_rows_needs_fid_and_iid(pheno):
 
 def test_read_sample_list(tmp_path):
     path = write(tmp_path / "keep.txt", "#FID IID\r\nf1 i1 extra\r\n\r\nB73\n")
-    assert read_sample_list(path) == [("f1", "i1"), ("B73", "B73")]
+    listed = read_sample_list(path)
+    assert listed.pairs == {("f1", "i1")}
+    assert listed.iids == {"B73"}
+    fid, iid = np.array(["f1", "f2", "B73", "f1"]), np.array(["i1", "i1", "B73", "i2"])
+    np.testing.assert_array_equal(listed.contains(fid, iid), [True, False, True, False])
+
+
+@pytest.mark.parametrize(
+    ("text", "pairs", "iids"),
+    [
+        ("#IID\ni1\ni2\n", set(), {"i1", "i2"}),  # PLINK 2's IID-only header
+        ("IID SEX\ni1 1\n", set(), {"i1"}),  # other columns after the IID
+        ('"FID","IID"\n"f1","i1"\n', {("f1", "i1")}, set()),  # R, row.names = FALSE
+        ('"","FID","IID"\n"1","f1","i1"\n', {("f1", "i1")}, set()),  # write.csv's row names
+        ("f1\ti1\nf2\ti2\n", {("f1", "i1"), ("f2", "i2")}, set()),
+    ],
+)
+def test_sample_list_layouts(tmp_path, text, pairs, iids):
+    listed = read_sample_list(write(tmp_path / "keep.txt", text))
+    assert listed.pairs == pairs
+    assert listed.iids == iids
+
+
+def test_iid_only_list_refuses_an_iid_in_two_families(tmp_path):
+    listed = read_sample_list(write(tmp_path / "keep.txt", "#IID\ni1\n"))
+    message = error_of(listed.contains, np.array(["A", "B"]), np.array(["i1", "i1"]))
+    assert "keep.txt" in message
+    assert "'A' and 'B'" in message
+    assert "FID" in message
 
 
 def test_read_snp_list(tmp_path):
