@@ -661,7 +661,7 @@ def gwas(
         options = _gwas_options(settings)
         with (
             hapmap_io.genotype_source(
-                bfile=bfile, pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm,
+                hapmap_io.GenotypeSource(bfile, pfile, vcf, hapmap, gd, gm),
                 workdir=os.path.dirname(out) or ".",
             ) as genotypes,
             _executor(dask_scheduler, dask_scheduler_file, dask_local) as executor,
@@ -836,8 +836,8 @@ def cv(
         options = _gwas_options(settings)
         cv_settings = CvSettings(folds=folds, repeats=repeats, seed=seed, by_level=cv_by_level)
         with hapmap_io.genotype_source(
-            bfile=bfile, pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm,
-                workdir=os.path.dirname(out) or ".",
+            hapmap_io.GenotypeSource(bfile, pfile, vcf, hapmap, gd, gm),
+            workdir=os.path.dirname(out) or ".",
         ) as genotypes:
             run_cv(genotypes, pheno, out, options, cv_settings)
         log.debug("cross-validation done")
@@ -999,10 +999,9 @@ def convert(pfile, vcf, hapmap, gd, gm, out, quiet, verbose) -> None:
         from cmlm_cli import files
         from cmlm_cli import hapmap as hapmap_io
 
-        hapmap_io.check_one_source(
-            pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm, allow_bfile=False
-        )
+        source = hapmap_io.GenotypeSource(pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm)
+        source.check(allow_bfile=False)
         files.check_out(out)
         files.make_out_folder(out)
-        done, source = hapmap_io.to_bed(out, pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm)
-        log.info("%s", done.describe(source))
+        done, name = hapmap_io.convert_to_bed(source, out)
+        log.info("%s", done.describe(name))

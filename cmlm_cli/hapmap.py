@@ -6,7 +6,7 @@ file (SNP-major text, one row per SNP) in one pass, and :func:`numeric_to_bed`
 reads GAPIT's individual-major GD table in column blocks. Both write the
 .bed block by block, so memory stays at one block of SNPs, and write all three
 files to temporary names that appear only when the conversion succeeds.
-:func:`to_bed` converts whichever source is given (PLINK 2 input through
+:func:`convert_to_bed` converts whichever source is given (PLINK 2 input through
 :mod:`cmlm_cli.pgen`, VCF through :mod:`cmlm_cli.vcf`), and
 :func:`genotype_source` gives ``cmlm gwas`` a PLINK prefix whatever the
 source, converting into a temporary folder that is removed after the run.
@@ -38,6 +38,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -504,66 +505,45 @@ def numeric_to_bed(
     return plink.Conversion(prefix, n, m, n_missing)
 
 
-def to_bed(
-    out_prefix: str,
-    *,
-    hapmap: str | None = None,
-    gd: str | None = None,
-    gm: str | None = None,
-    pfile: str | None = None,
-    vcf: str | None = None,
-) -> tuple[plink.Conversion, str]:
-    """Convert the one non-PLINK-1 genotype source given; what was written and its name.
+@dataclass(frozen=True)
+class GenotypeSource:
+    """Where a command's genotypes come from: one of these, ``gd`` with ``gm``.
 
-    Serves ``cmlm convert`` and :func:`genotype_source` alike.
-
-    Returns
-    -------
-    conversion : plink.Conversion
-    source : str
-        The input as the log names it (``"HapMap FILE"``, ...).
+    Attributes
+    ----------
+    bfile, pfile : str or None
+        PLINK 1 and PLINK 2 prefixes.
+    vcf, hapmap, gd, gm : str or None
+        Files.
     """
-    if hapmap:
-        return hapmap_to_bed(hapmap, out_prefix), f"HapMap {hapmap}"
-    if pfile:
-        from cmlm_cli import pgen  # pgenlib only for PLINK 2 input
 
-        return pgen.pfile_to_bed(pfile, out_prefix), f"PLINK 2 {pfile}.pgen/.pvar/.psam"
-    if vcf:
-        from cmlm_cli import vcf as vcf_io  # cyvcf2 only for VCF input
+    bfile: str | None = None
+    pfile: str | None = None
+    vcf: str | None = None
+    hapmap: str | None = None
+    gd: str | None = None
+    gm: str | None = None
 
-        return vcf_io.vcf_to_bed(vcf, out_prefix), f"VCF {vcf}"
-    assert gd is not None
-    assert gm is not None
-    return numeric_to_bed(gd, gm, out_prefix), f"GD {gd} / GM {gm}"
+    def check(self, *, allow_bfile: bool = True) -> None:
+        """Refuse none or several sources, or --gd without --gm.
 
-
-def check_one_source(
-    *,
-    bfile: str | None = None,
-    hapmap: str | None = None,
-    gd: str | None = None,
-    gm: str | None = None,
-    pfile: str | None = None,
-    vcf: str | None = None,
-    allow_bfile: bool = True,
-) -> None:
-    """Refuse none or several genotype sources, or --gd without --gm.
-
-    Raises
-    ------
-    CmlmError
-        Naming what was given and the sources there are.
-    """
-    flags = (
-        ("--bfile", bfile), ("--pfile", pfile), ("--vcf", vcf), ("--hapmap", hapmap), ("--gd", gd)
-    )  # fmt: skip
-    given = [flag for flag, v in flags if v]
-    if len(given) != 1 or bool(gd) != bool(gm):
-        if bool(gd) != bool(gm):
+        Raises
+        ------
+        CmlmError
+            Naming what was given and the sources there are.
+        """
+        flags = (("--bfile", self.bfile), ("--pfile", self.pfile), ("--vcf", self.vcf),
+                 ("--hapmap", self.hapmap), ("--gd", self.gd))  # fmt: skip
+        given = [flag for flag, v in flags if v]
+        paired = bool(self.gd) == bool(self.gm)
+        if len(given) == 1 and paired and (allow_bfile or not self.bfile):
+            return
+        if not paired:
             problem = "--gd and --gm go together"
-        elif given:
+        elif len(given) > 1:
             problem = f"{' and '.join(given)} were both given"
+        elif given:
+            problem = "--bfile is already a PLINK 1 fileset"
         else:
             problem = "no genotypes were given"
         sources = "--bfile PREFIX, " if allow_bfile else ""
@@ -574,17 +554,36 @@ def check_one_source(
         raise CmlmError(msg)
 
 
+def convert_to_bed(source: GenotypeSource, out_prefix: str) -> tuple[plink.Conversion, str]:
+    """Convert a source other than --bfile (checked); what was written and its name.
+
+    Serves ``cmlm convert`` and :func:`genotype_source` alike.
+
+    Returns
+    -------
+    conversion : plink.Conversion
+    name : str
+        The input as the log names it (``"HapMap FILE"``, ...).
+    """
+    source.check(allow_bfile=False)
+    if source.hapmap:
+        return hapmap_to_bed(source.hapmap, out_prefix), f"HapMap {source.hapmap}"
+    if source.pfile:
+        from cmlm_cli import pgen  # pgenlib only for PLINK 2 input
+
+        name = f"PLINK 2 {source.pfile}.pgen/.pvar/.psam"
+        return pgen.pfile_to_bed(source.pfile, out_prefix), name
+    if source.vcf:
+        from cmlm_cli import vcf  # cyvcf2 only for VCF input
+
+        return vcf.vcf_to_bed(source.vcf, out_prefix), f"VCF {source.vcf}"
+    assert source.gd is not None
+    assert source.gm is not None
+    return numeric_to_bed(source.gd, source.gm, out_prefix), f"GD {source.gd} / GM {source.gm}"
+
+
 @contextlib.contextmanager
-def genotype_source(
-    *,
-    bfile: str | None = None,
-    hapmap: str | None = None,
-    gd: str | None = None,
-    gm: str | None = None,
-    pfile: str | None = None,
-    vcf: str | None = None,
-    workdir: str | os.PathLike[str] = ".",
-) -> Iterator[str]:
+def genotype_source(source: GenotypeSource, workdir: str | os.PathLike[str] = ".") -> Iterator[str]:
     """A PLINK prefix for exactly one genotype source, converted if need be.
 
     PLINK 2, VCF, HapMap or GD/GM input is converted into a temporary folder
@@ -596,9 +595,9 @@ def genotype_source(
     str
         The PLINK 1 prefix to analyse.
     """
-    check_one_source(bfile=bfile, hapmap=hapmap, gd=gd, gm=gm, pfile=pfile, vcf=vcf)
-    if bfile:
-        yield bfile
+    source.check()
+    if source.bfile:
+        yield source.bfile
         return
     try:
         Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -608,6 +607,6 @@ def genotype_source(
         raise CmlmError(msg) from None
     with folder as tmp:
         prefix = os.path.join(tmp, "genotypes")
-        done, source = to_bed(prefix, hapmap=hapmap, gd=gd, gm=gm, pfile=pfile, vcf=vcf)
-        log.info("%s (temporary, removed after the run)", done.describe(source))
+        done, name = convert_to_bed(source, prefix)
+        log.info("%s (temporary, removed after the run)", done.describe(name))
         yield prefix

@@ -53,16 +53,7 @@ def _header_columns(
     else:
         names = list(headerless)
     column = {name: k for k, name in enumerate(names)}
-    lines = []
-    for number, line in body:
-        fields = line.split()
-        if len(fields) != len(names):
-            msg = (
-                f"{what} file '{path}', line {number}: found {len(fields)} fields, expected "
-                f"{len(names)} ({' '.join(names)})"
-            )
-            raise CmlmError(msg)
-        lines.append((number, fields))
+    lines = tables.fixed_fields(body, what=what, path=path, names=names)
     if not lines:
         msg = f"{what} file '{path}' lists no {'samples' if what == '.psam' else 'variants'}"
         raise CmlmError(msg)

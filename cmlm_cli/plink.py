@@ -30,7 +30,7 @@ from bed_reader import open_bed
 
 from cmlm_cli import files, resources
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.tables import numbered_lines
+from cmlm_cli.tables import fixed_fields, numbered_lines
 
 _FAM_FIELDS = ("FID", "IID", "father", "mother", "sex", "phenotype")
 _BIM_FIELDS = ("chromosome", "SNP", "cM", "position", "A1", "A2")
@@ -132,18 +132,10 @@ def open_bfile(prefix: str | os.PathLike[str]) -> Bfile:
 
 def _fields(path: Path, names: tuple[str, ...]) -> list[tuple[int, list[str]]]:
     """Split each non-blank line on whitespace, checking the field count."""
-    what = path.suffix
-    numbered = []
-    for number, line in numbered_lines(path, what=what, expected=f"one line per {names[1]}"):
-        fields = line.split()
-        if len(fields) != len(names):
-            msg = (
-                f"{what} file '{path}', line {number}: found {len(fields)} fields, expected "
-                f"{len(names)} ({' '.join(names)}) separated by spaces or tabs"
-            )
-            raise CmlmError(msg)
-        numbered.append((number, fields))
-    return numbered
+    numbered = numbered_lines(path, what=path.suffix, expected=f"one line per {names[1]}")
+    return fixed_fields(
+        numbered, what=path.suffix, path=path, names=names, hint=" separated by spaces or tabs"
+    )
 
 
 def _read_fam(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -671,6 +671,41 @@ def align_index(table: Table, fid: np.ndarray, iid: np.ndarray) -> np.ndarray:
     return rows
 
 
+def fixed_fields(
+    numbered: Sequence[tuple[int, str]], *, what: str, path: str | os.PathLike[str],
+    names: Sequence[str], hint: str = "",
+) -> list[tuple[int, list[str]]]:  # fmt: skip
+    """Whitespace-split lines that must each have one field per name.
+
+    Parameters
+    ----------
+    numbered : sequence of (int, str)
+        1-based line numbers and lines (:func:`numbered_lines`).
+    what, path : str
+        The kind of file and the file, for the message.
+    names : sequence of str
+        The columns, for the count and the message.
+    hint : str
+        Added after the expected columns in the message.
+
+    Raises
+    ------
+    CmlmError
+        The first line with another number of fields.
+    """
+    lines = []
+    for number, line in numbered:
+        fields = line.split()
+        if len(fields) != len(names):
+            msg = (
+                f"{what} file '{path}', line {number}: found {len(fields)} fields, expected "
+                f"{len(names)} ({' '.join(names)}){hint}"
+            )
+            raise CmlmError(msg)
+        lines.append((number, fields))
+    return lines
+
+
 def _fields_by_line(path: str | os.PathLike[str], what: str) -> list[tuple[int, list[str]]]:
     """Whitespace-split non-blank lines with their 1-based numbers; error if none."""
     return [(i, line.split()) for i, line in numbered_lines(path, what=what)]

@@ -56,6 +56,24 @@ def expect_error(result, *fragments: str) -> str:
     return errors[0]
 
 
+def assert_same_run_as_bed(tmp_path: Path, *source: str) -> None:
+    """``cmlm gwas`` on another genotype source gives the example .bed's files.
+
+    ``source`` is the flag and its value (``"--vcf", FILE``); the model is the
+    MLM on EarHT, and the temporary .bed of the conversion must be gone.
+    """
+    common = ["--pheno", str(DATA / "mdp.pheno.tsv"), "--pheno-name", "EarHT", "--model",
+              "mlm", "--no-plots", "--no-blup", "-q"]  # fmt: skip
+    on_bed = run("--bfile", str(DATA / "mdp"), *common, "--out", f"{tmp_path}/bed")
+    on_source = run(*source, *common, "--out", f"{tmp_path}/source")
+    assert on_bed.exit_code == 0, on_bed.output
+    assert on_source.exit_code == 0, on_source.output
+    for suffix in (".EarHT.sumstats.tsv", ".EarHT.compression.tsv"):
+        expected = (tmp_path / f"bed{suffix}").read_bytes()
+        assert (tmp_path / f"source{suffix}").read_bytes() == expected, suffix
+    assert not list(tmp_path.glob(".cmlm-convert-*"))
+
+
 # --- tables -----------------------------------------------------------------------------
 
 # The columns of a summary-statistics file that are not numbers.

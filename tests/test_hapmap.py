@@ -15,7 +15,13 @@ from helpers import TEST_DATA
 
 from cmlm_cli.cli import main
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.hapmap import GD_ALLELES, genotype_source, hapmap_to_bed, numeric_to_bed
+from cmlm_cli.hapmap import (
+    GD_ALLELES,
+    GenotypeSource,
+    genotype_source,
+    hapmap_to_bed,
+    numeric_to_bed,
+)
 from cmlm_cli.plink import open_bfile, read_dosages
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -189,15 +195,23 @@ def test_gm_must_list_the_gd_snps_in_order(tmp_path):
         numeric_to_bed(gd, gm, tmp_path / "x")
 
 
-def test_exactly_one_genotype_source(tmp_path):
-    with pytest.raises(CmlmError, match="--bfile and --hapmap were both given"), genotype_source(
-        bfile="a", hapmap="b"
-    ):
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ({"bfile": "a", "hapmap": "b"}, "--bfile and --hapmap were both given"),
+        ({"pfile": "a", "vcf": "b"}, "--pfile and --vcf were both given"),
+        ({"gd": "a"}, "--gd and --gm go together"),
+        ({}, "no genotypes were given"),
+    ],
+)
+def test_exactly_one_genotype_source(given, problem):
+    with pytest.raises(CmlmError, match=problem), genotype_source(GenotypeSource(**given)):
         pass
-    with pytest.raises(CmlmError, match="--gd and --gm go together"), genotype_source(gd="a"):
-        pass
-    with pytest.raises(CmlmError, match="no genotypes were given"), genotype_source():
-        pass
+
+
+def test_convert_refuses_a_bfile():
+    with pytest.raises(CmlmError, match="already a PLINK 1 fileset"):
+        GenotypeSource(bfile="a").check(allow_bfile=False)
 
 
 def test_gwas_on_hapmap_equals_gwas_on_the_bed(gapit_hapmap, tmp_path):

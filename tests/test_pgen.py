@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import DATA, TEST_DATA, expect_error, run
+from helpers import DATA, TEST_DATA, assert_same_run_as_bed, expect_error, run
 
 from cmlm_cli.cli import main
 
@@ -35,14 +35,7 @@ def test_convert_gives_back_the_bed(tmp_path):
 
 
 def test_gwas_on_pfile_equals_the_bed_run(tmp_path):
-    pheno = str(DATA / "mdp.pheno.tsv")
-    on_bed = run("--bfile", str(DATA / "mdp"), "--pheno", pheno, *FAST, "--out", f"{tmp_path}/b")
-    on_pgen = run("--pfile", str(PGEN), "--pheno", pheno, *FAST, "--out", f"{tmp_path}/p")
-    assert on_bed.exit_code == 0, on_bed.output
-    assert on_pgen.exit_code == 0, on_pgen.output
-    for suffix in (".EarHT.sumstats.tsv", ".EarHT.compression.tsv"):
-        assert (tmp_path / f"p{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes()
-    assert not list(tmp_path.glob(".cmlm-convert-*"))  # the temporary .bed is gone
+    assert_same_run_as_bed(tmp_path, "--pfile", str(PGEN))
 
 
 def copy_pgen(folder: Path) -> Path:

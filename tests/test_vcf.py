@@ -7,7 +7,7 @@ import gzip
 
 import pytest
 from click.testing import CliRunner
-from helpers import DATA, TEST_DATA, expect_error, run
+from helpers import DATA, TEST_DATA, assert_same_run_as_bed, expect_error, run
 
 from cmlm_cli.cli import main
 
@@ -33,13 +33,7 @@ def test_convert_gives_back_the_bed(tmp_path):
 
 
 def test_gwas_on_vcf_equals_the_bed_run(tmp_path):
-    pheno = str(DATA / "mdp.pheno.tsv")
-    on_bed = run("--bfile", str(DATA / "mdp"), "--pheno", pheno, *FAST, "--out", f"{tmp_path}/b")
-    on_vcf = run("--vcf", str(VCF), "--pheno", pheno, *FAST, "--out", f"{tmp_path}/v")
-    assert on_bed.exit_code == 0, on_bed.output
-    assert on_vcf.exit_code == 0, on_vcf.output
-    for suffix in (".EarHT.sumstats.tsv", ".EarHT.compression.tsv"):
-        assert (tmp_path / f"v{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes()
+    assert_same_run_as_bed(tmp_path, "--vcf", str(VCF))
 
 
 def test_multiallelic_sites_and_indels_are_skipped_and_counted(tmp_path):
