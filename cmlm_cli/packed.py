@@ -521,3 +521,29 @@ def _centre(packed, position, middle, out, mean):  # pragma: no cover - compiled
 
 _centre_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_centre)
 _centre_serial = numba.njit(cache=True, nogil=True)(_centre)
+
+
+@numba.njit(cache=True, nogil=True)
+def encode(dosage: np.ndarray) -> np.ndarray:
+    """PLINK 1 SNP-major bytes of a block of A1 counts (the converters' writer).
+
+    Parameters
+    ----------
+    dosage : ndarray, shape (B, n), int8
+        A1 counts 0, 1, 2; any other value is a missing call.
+
+    Returns
+    -------
+    ndarray, shape (B, ceil(n / 4)), uint8
+        Samples in order within each SNP, the first in the lowest two bits;
+        padding bits are 0, as PLINK writes them.
+    """
+    B, n = dosage.shape
+    out = np.zeros((B, (n + 3) // 4), dtype=np.uint8)
+    for j in range(B):
+        for i in range(n):
+            d = dosage[j, i]
+            # .bed codes: 00 two A1, 10 one, 11 none, 01 missing.
+            code = 3 if d == 0 else 2 if d == 1 else 0 if d == 2 else 1
+            out[j, i >> 2] |= code << ((i & 3) * 2)
+    return out

@@ -177,8 +177,8 @@ def pfile_to_bed(
                     "truncated"
                 )
                 raise CmlmError(msg) from None
-            calls[calls < 0] = -1  # pgenlib's -9: missing
-            n_missing += int(np.count_nonzero(calls < 0))
+            n_missing += int(np.count_nonzero(calls < 0))  # pgenlib's -9, which encode
+            # writes as missing like any value but 0, 1 and 2
             bed.write(plink.pack_bed(calls))
             bim_file.writelines(bim[start : start + step])
     return plink.Conversion(

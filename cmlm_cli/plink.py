@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 from bed_reader import open_bed
 
-from cmlm_cli import files, resources
+from cmlm_cli import files, packed, resources
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.tables import fixed_fields, numbered_lines
 
@@ -465,10 +465,6 @@ def fingerprint(bfile: Bfile) -> dict[str, Any]:
 
 # --- writing a fileset (the converters) ---------------------------------------------
 
-# PLINK 1 .bed 2-bit codes, indexed by A1 count + 1 (index 0: missing call).
-BED_CODE = np.array([0b01, 0b11, 0b10, 0b00], dtype=np.uint8)
-
-
 @dataclass(frozen=True)
 class Conversion:
     """What a conversion wrote.
@@ -536,12 +532,7 @@ def pack_bed(dosage: np.ndarray) -> bytes:
         B * ceil(n / 4) bytes, samples in order within each SNP, the first
         sample in the lowest two bits; padding bits are 0 as PLINK writes them.
     """
-    B, n = dosage.shape
-    codes = np.zeros((B, -(-n // 4) * 4), dtype=np.uint8)
-    codes[:, :n] = BED_CODE[dosage + 1]
-    quads = codes.reshape(B, codes.shape[1] // 4, 4)
-    packed = quads[:, :, 0] | quads[:, :, 1] << 2 | quads[:, :, 2] << 4 | quads[:, :, 3] << 6
-    return packed.astype(np.uint8).tobytes()
+    return packed.encode(np.ascontiguousarray(dosage, dtype=np.int8)).tobytes()
 
 
 def fam_lines(taxa: list[str]) -> list[str]:

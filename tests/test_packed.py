@@ -360,3 +360,20 @@ def test_parallel_and_serial_kernels_give_the_same_bytes(panels, case, middle, m
         parallel = both()
     for a, b in zip(serial, parallel, strict=True):
         assert a.tobytes() == b.tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 5), st.integers(1, 13)),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_encode_writes_plink_bytes(shape, seed):
+    # The .bed layout by hand: code 00 for two A1 copies, 10 one, 11 none,
+    # 01 missing; sample i of a SNP in bits 2(i mod 4) of byte i // 4.
+    dosage = np.random.default_rng(seed).integers(-1, 3, size=shape).astype(np.int8)
+    codes = {2: 0b00, 1: 0b10, 0: 0b11, -1: 0b01}
+    expected = np.zeros((shape[0], -(-shape[1] // 4)), dtype=np.uint8)
+    for j in range(shape[0]):
+        for i in range(shape[1]):
+            expected[j, i // 4] |= codes[int(dosage[j, i])] << (2 * (i % 4))
+    np.testing.assert_array_equal(packed.encode(dosage), expected)
