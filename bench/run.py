@@ -6,7 +6,8 @@ XS: 500 x 5,000 to try the script itself) the panel is simulated once with
 while its parameters are unchanged. Then, ``--repeats`` times, in turn
 (so that a burst of load on the machine hits every tool alike):
 
-* ``cmlm gwas`` (default compressed model) and ``cmlm gwas --model mlm``;
+* ``cmlm gwas`` (default compressed model) and ``cmlm gwas --model mlm``,
+  each also with ``--loco`` (10 simulated chromosomes);
 * ``plink2 --glm`` (ordinary least squares);
 * ``gemma -gk 1`` (kinship) and ``gemma -lmm 1`` (exact Wald test per SNP);
 * ``cmlm scan`` against null models saved once by ``cmlm fit`` (one per
@@ -257,6 +258,13 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
         Timing(
             "cmlm gwas --model mlm",
             [cmlm, "gwas", *inputs, "--model", "mlm", *quiet, "--out", "{out}/mlm"],
+        ),
+        Timing(
+            "cmlm gwas --loco", [cmlm, "gwas", *inputs, "--loco", *quiet, "--out", "{out}/loco"]
+        ),
+        Timing(
+            "cmlm gwas --model mlm --loco",
+            [cmlm, "gwas", *inputs, "--model", "mlm", "--loco", *quiet, "--out", "{out}/mlm-loco"],
         ),
     ]
     plink_glm = None

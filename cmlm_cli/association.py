@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cmlm_cli import choices, plink
+from cmlm_cli import choices, loco, plink
 from cmlm_cli.compression import TraitResult
 from cmlm_cli.exact import ExactScanner
 from cmlm_cli.inputs import Inputs
@@ -131,18 +131,23 @@ def scan_traits(
                 if options.scan_precision == "auto"
                 else "",
             )
-    if executor is not None:
-        yield from executor.scan(
-            inputs.bfile, snps, inputs.samples, [fit.model for fit in fits], rows, options
-        )
-        return
-    scanners = [make_scanner(fit.model, options) for fit in fits]
-    yield from scan_snps(
-        inputs.bfile,
-        snps,
-        inputs.samples,
-        scanners,
-        rows,
-        block_size=options.block_size,
-        num_threads=options.threads,
+    # With --loco each chromosome's SNPs have their own models (the blocks
+    # restart at each chromosome, as loco.block_starts counts them).
+    runs = (
+        loco.segments(fits, inputs, snps)
+        if fits and fits[0].loco
+        else [(snps, [fit.model for fit in fits])]
     )
+    for run, models in runs:
+        if executor is not None:
+            yield from executor.scan(inputs.bfile, run, inputs.samples, models, rows, options)
+            continue
+        yield from scan_snps(
+            inputs.bfile,
+            run,
+            inputs.samples,
+            [make_scanner(model, options) for model in models],
+            rows,
+            block_size=options.block_size,
+            num_threads=options.threads,
+        )

@@ -19,6 +19,7 @@ from cmlm_cli import files, model_io, sumstats
 from cmlm_cli.association import BlockExecutor, scan_traits
 from cmlm_cli.compression import TraitResult
 from cmlm_cli.errors import CmlmError
+from cmlm_cli.loco import block_starts
 from cmlm_cli.options import GwasOptions
 from cmlm_cli.outputs import write_blup
 from cmlm_cli.pipeline import fit_inputs, prepare_inputs, record_scan, write_outputs
@@ -77,17 +78,27 @@ def parse_chunk(spec: str) -> tuple[int, int]:
     return k, n
 
 
-def chunk_snps(snps: np.ndarray, chunk: int, n_chunks: int, block_size: int) -> np.ndarray:
+def chunk_snps(snps: np.ndarray, chunk: int, n_chunks: int, starts: np.ndarray) -> np.ndarray:
     """The kept SNPs of chunk ``chunk`` of ``n_chunks`` (1-based).
 
     Chunks are contiguous and split the run's blocks as evenly as they can,
     so that each block is read and tested exactly as in a whole run and the
     numbers are the same bits. With more chunks than blocks some are empty.
+
+    Parameters
+    ----------
+    snps : ndarray, shape (m,), int
+        The kept SNPs.
+    chunk, n_chunks : int
+    starts : ndarray, shape (n_blocks,), int
+        Where the run's blocks start in ``snps``
+        (:func:`cmlm_cli.loco.block_starts`).
     """
-    n_blocks = -(-snps.size // block_size)
+    bounds = np.r_[starts, snps.size]
+    n_blocks = starts.size
     first = (chunk - 1) * n_blocks // n_chunks
     last = chunk * n_blocks // n_chunks
-    return snps[first * block_size : last * block_size]
+    return snps[bounds[first] : bounds[last]]
 
 
 def run_scan(
@@ -141,7 +152,8 @@ def run_scan(
     # A stale manifest (another fit, changed texts) goes first: nothing may
     # claim the chunk is done while it is being scanned again.
     Path(manifest).unlink(missing_ok=True)
-    snps = chunk_snps(inputs.snps, k, n, options.block_size)
+    starts = block_starts(inputs, options.block_size, loco=options.loco)
+    snps = chunk_snps(inputs.snps, k, n, starts)
     log.info("chunk %d/%d: %d of the %d kept SNPs", k, n, snps.size, inputs.snps.size)
     texts = [model_io.part_text(out, k, n, name) for name in names]
     lap = Stopwatch()
@@ -154,6 +166,7 @@ def run_scan(
             handles,
             total=snps.size,
             block_size=options.block_size,
+            n_blocks=int(np.count_nonzero(np.isin(inputs.snps[starts], snps))),
             progress_bar=progress_bar,
         )
     lap("scan")

@@ -350,6 +350,13 @@ analysis_options = _together(
         "as GEMMA -lmm 1) instead of P3D; not with --model glm or --snp-variance.",
     ),
     click.option(
+        "--loco",
+        is_flag=True,
+        help="Leave one chromosome out: test each chromosome's SNPs against the null model "
+        "refitted (at the chosen groups of the whole genome) with the kinship of the other "
+        "chromosomes; writes OUT.TRAIT.loco.tsv. Not with --model glm or a kinship file.",
+    ),
+    click.option(
         "--choose",
         type=click.Choice(choices.CHOICE_RULES),
         default="best",

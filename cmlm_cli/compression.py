@@ -68,6 +68,33 @@ class Level:
 
 
 @dataclass(frozen=True)
+class ChromosomeModel:
+    """A trait's chosen level refitted without one chromosome (``--loco``).
+
+    Attributes
+    ----------
+    chromosome : str
+        As in the .bim.
+    snps : int
+        Kept SNPs on it, tested against ``model``.
+    kinship_snps : int
+        SNPs of the kinship without it (counted as
+        :attr:`cmlm_cli.kinship.Relationship.n_snps`).
+    groups : int
+        The trait's chosen count, cut from the whole genome's tree.
+    model : NullModel
+        Fit on the trait's analysed individuals with the group kinship of
+        the other chromosomes.
+    """
+
+    chromosome: str
+    snps: int
+    kinship_snps: int
+    groups: int
+    model: NullModel
+
+
+@dataclass(frozen=True)
 class Partition:
     """One cut of the clustering tree of all genotyped individuals.
 
@@ -305,6 +332,10 @@ class TraitResult:
         What predicting every kept sample from ``model`` needs
         (:func:`cmlm_cli.prediction.predict`); None for the GLM and with
         ``--no-blup``.
+    loco : tuple of ChromosomeModel
+        With ``--loco``, one per chromosome in .bim order: the models its
+        SNPs are tested against (``model`` is then the whole genome's, for
+        the profile and the BLUPs). Empty otherwise.
     """
 
     name: str
@@ -315,6 +346,7 @@ class TraitResult:
     lambda_gc: float = float("nan")
     files: tuple[str, ...] = ()
     targets: Targets | None = None
+    loco: tuple[ChromosomeModel, ...] = ()
 
 
 def _release_kinships(levels: list[Level]) -> None:

@@ -54,6 +54,42 @@ class Relationship:
     K: np.ndarray
     pcs: np.ndarray
     n_snps: int
+    totals: KinshipTotals | None = None
+
+
+@dataclass(frozen=True)
+class KinshipTotals:
+    """The whole genome's sums behind ``K``, from which K without some SNPs follows.
+
+    Every kinship is finished from sums over SNPs (see :func:`relationship`),
+    so the kinship of every SNP but those of one chromosome is the finish of
+    the whole sums minus that chromosome's (:func:`kinship_without`).
+
+    Attributes
+    ----------
+    method : str
+    precision : str
+        dtype of the block products, for the chromosome's pass.
+    gram : ndarray, shape (n, n), or None
+        ``C = Xc Xc'``; None for ``vanraden``, whose ``K`` is ``C`` divided
+        by ``2 sum_pq`` in place (so no second n x n matrix is kept).
+    sum_pq : float
+    n_snps, n_polymorphic : int
+    cross : ndarray, shape (n,)
+    offset : float
+    het : ndarray, shape (n,)
+        As in ``_Sums``.
+    """
+
+    method: str
+    precision: str
+    gram: np.ndarray | None
+    sum_pq: float
+    n_snps: int
+    n_polymorphic: int
+    cross: np.ndarray
+    offset: float
+    het: np.ndarray
 
 
 @dataclass
@@ -151,6 +187,51 @@ class _Sums:
     def finish_gram(self) -> None:
         """Mirror the upper triangle of ``gram`` into the lower one, in place."""
         _mirror_upper(self.gram)
+
+    def totals(self) -> KinshipTotals:
+        """These sums, kept beside the finished kinship (before it is finished)."""
+        return KinshipTotals(
+            method=self.method,
+            precision=self.precision,
+            # VanRaden's K is this Gram scaled in place; the others make K anew.
+            gram=None if self.method == "vanraden" else self.gram,
+            sum_pq=self.sum_pq,
+            n_snps=self.n_snps,
+            n_polymorphic=self.n_polymorphic,
+            cross=self.cross.copy(),
+            offset=self.offset,
+            het=self.het.copy(),
+        )
+
+    def complement(self, whole: KinshipTotals, K: np.ndarray) -> None:
+        """Turn these finished sums of some SNPs into those of all the other SNPs, in place.
+
+        Parameters
+        ----------
+        whole : KinshipTotals
+            The sums over every SNP.
+        K : ndarray, shape (n, n)
+            The whole kinship; VanRaden's Gram is ``K * 2 sum_pq``.
+        """
+        if whole.gram is None:
+            _subtract_from(self.gram, K, 2.0 * whole.sum_pq)
+        else:
+            _subtract_from(self.gram, whole.gram, 1.0)
+        self.sum_pq = whole.sum_pq - self.sum_pq
+        self.n_snps = whole.n_snps - self.n_snps
+        self.n_polymorphic = whole.n_polymorphic - self.n_polymorphic
+        self.cross = whole.cross - self.cross
+        self.offset = whole.offset - self.offset
+        self.het = whole.het - self.het
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _subtract_from(part, whole, scale):  # pragma: no cover - compiled
+    """``part = scale * whole - part`` in place (square arrays): no n x n temporary."""
+    n = part.shape[0]
+    for j in numba.prange(n):
+        for i in range(n):
+            part[i, j] = scale * whole[i, j] - part[i, j]
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -295,6 +376,7 @@ def relationship_packed(
     impute: str = "mean",
     n_pcs: int = 0,
     precision: str = "float64",
+    keep_totals: bool = False,
 ) -> Relationship:
     """:func:`relationship` of the .bed bytes, with no float dosage matrix in between.
 
@@ -313,6 +395,8 @@ def relationship_packed(
     method, impute, n_pcs, precision
         As in :func:`relationship`; ``"mean"`` imputes each SNP's called
         mean among these n individuals.
+    keep_totals : bool
+        Keep the sums behind ``K`` (``totals``), for :func:`kinship_without`.
 
     Returns
     -------
@@ -322,17 +406,28 @@ def relationship_packed(
     fam_rows = np.asarray(fam_rows, dtype=np.int64)
     n = fam_rows.size
     precision = choices.block_precision(precision, n)
+    return _accumulate(
+        _packed_centred(blocks, fam_rows, impute, precision),
+        n,
+        method=method,
+        impute=impute,
+        n_pcs=n_pcs,
+        precision=precision,
+        keep_totals=keep_totals,
+    )
+
+
+def _packed_centred(
+    blocks: Iterable[np.ndarray], fam_rows: np.ndarray, impute: str, precision: str
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each block of .bed rows imputed and centred, ``(Xc, mean)``, in one reused buffer."""
+    n = fam_rows.size
     buffer = np.empty((n, 0), dtype=precision, order="F")
-
-    def centred() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        nonlocal buffer
-        for rows in blocks:
-            if buffer.shape[1] < rows.shape[0]:
-                buffer = np.empty((n, rows.shape[0]), dtype=precision, order="F")
-            # The view into the buffer is folded in before the next block overwrites it.
-            yield packed.centred(rows, fam_rows, middle=impute == "middle", out=buffer)
-
-    return _accumulate(centred(), n, method=method, impute=impute, n_pcs=n_pcs, precision=precision)
+    for rows in blocks:
+        if buffer.shape[1] < rows.shape[0]:
+            buffer = np.empty((n, rows.shape[0]), dtype=precision, order="F")
+        # The view into the buffer is folded in before the next block overwrites it.
+        yield packed.centred(rows, fam_rows, middle=impute == "middle", out=buffer)
 
 
 def _check_settings(method: str, impute: str, n_pcs: int, precision: str) -> None:
@@ -358,28 +453,122 @@ def _accumulate(
     impute: str,
     n_pcs: int,
     precision: str,
+    keep_totals: bool = False,
 ) -> Relationship:
     """Fold centred blocks ``(Xc, mean)`` into the sums, then finish K and the PCs."""
     check_sizes(n, n_pcs)
     # The rank-B updates are n x n: one BLAS thread for a small panel, the
     # idle cores for a large one (resources.blas_threads).
     with resources.blas_threads_for(n):
-        sums = _Sums(n, method, precision)
-        for Xc, mean in centred:
-            sums.add(Xc, mean)
-        if sums.n_polymorphic == 0:
-            msg = (
-                f"none of the {sums.n_snps} SNPs is polymorphic among the {n} individuals "
-                f"after {impute!r} imputation; the {method} kinship needs at least one SNP "
-                "with allele frequency strictly between 0 and 1"
-            )
-            raise CmlmError(msg)
-        sums.finish_gram()
-
+        sums = _fold(centred, n, method, precision)
+        _check_polymorphic(sums, impute)
         pcs = _principal_components(sums.gram, n_pcs)
+        totals = sums.totals() if keep_totals else None
         K = _FINISH[method](sums)
-        n_snps = sums.n_snps if method == "ibs" else sums.n_polymorphic
-        return Relationship(K=K, pcs=pcs, n_snps=n_snps)
+        return Relationship(K=K, pcs=pcs, n_snps=_snps_in(sums), totals=totals)
+
+
+def _fold(
+    centred: Iterable[tuple[np.ndarray, np.ndarray]], n: int, method: str, precision: str
+) -> _Sums:
+    """The sums of centred blocks, their Gram mirrored whole."""
+    sums = _Sums(n, method, precision)
+    for Xc, mean in centred:
+        sums.add(Xc, mean)
+    sums.finish_gram()
+    return sums
+
+
+def _check_polymorphic(sums: _Sums, impute: str, *, where: str = "") -> None:
+    if sums.n_polymorphic == 0:
+        msg = (
+            f"none of the {sums.n_snps} SNPs{where} is polymorphic among the {sums.n} "
+            f"individuals after {impute!r} imputation; the {sums.method} kinship needs at "
+            "least one SNP with allele frequency strictly between 0 and 1"
+        )
+        raise CmlmError(msg)
+
+
+def _snps_in(sums: _Sums) -> int:
+    return sums.n_snps if sums.method == "ibs" else sums.n_polymorphic
+
+
+def kinship_without(
+    blocks: Iterable[np.ndarray],
+    fam_rows: np.ndarray,
+    rel: Relationship,
+    *,
+    impute: str = "mean",
+    where: str = "",
+) -> tuple[np.ndarray, int]:
+    """The kinship of every SNP but those of ``blocks``: the whole sums minus theirs.
+
+    One pass over the left-out SNPs (a chromosome's, for LOCO) into one
+    n x n accumulator, which then becomes the kinship in place; beside it
+    only the whole ``K`` (and for ``zhang``, ``loiselle``, ``ibs`` the whole
+    Gram in ``rel.totals``) is held. The subtraction loses about
+    ``1e-16 m / m_left`` of K's scale to cancellation.
+
+    Parameters
+    ----------
+    blocks : iterable of ndarray, each shape (B, ceil(n_fam / 4)), uint8
+        .bed rows of the SNPs to leave out.
+    fam_rows : ndarray, shape (n,), int
+        .fam rows of ``rel``'s individuals, in its order.
+    rel : Relationship
+        The whole genome's, built with ``keep_totals=True``.
+    impute : {"mean", "middle"}
+        As when ``rel`` was built.
+    where : str
+        The left-out SNPs in words, for the message when no polymorphic SNP
+        is left (" outside chromosome 3").
+
+    Returns
+    -------
+    K : ndarray, shape (n, n)
+        The kinship of the other SNPs, by ``rel``'s method.
+    n_snps : int
+        SNPs in it, counted as :attr:`Relationship.n_snps`.
+
+    Examples
+    --------
+    The maize panel without chromosome 1 equals the kinship of the other
+    chromosomes' SNPs, built afresh:
+
+    >>> from cmlm_cli.inputs import load_inputs
+    >>> options = GwasOptions(pheno_names=("EarHT",))
+    >>> inputs = load_inputs("data/mdp", "data/mdp.pheno.tsv", options)
+    >>> def rows(snps):
+    ...     return (r for _, r in plink.packed_blocks(inputs.bfile, snps, block_size=500))
+    >>> rel = relationship_packed(rows(inputs.snps), inputs.samples, keep_totals=True)
+    >>> on_1 = inputs.bfile.chrom[inputs.snps] == "1"
+    >>> K, n_snps = kinship_without(rows(inputs.snps[on_1]), inputs.samples, rel)
+    >>> fresh = relationship_packed(rows(inputs.snps[~on_1]), inputs.samples)
+    >>> n_snps == fresh.n_snps, bool(np.allclose(K, fresh.K, rtol=0, atol=1e-13))
+    (True, True)
+    """
+    whole = rel.totals
+    if whole is None:
+        msg = "the kinship was built without keep_totals=True; nothing can be left out of it"
+        raise ValueError(msg)
+    fam_rows = np.asarray(fam_rows, dtype=np.int64)
+    n = fam_rows.size
+    with resources.blas_threads_for(n):
+        sums = _fold(
+            _packed_centred(blocks, fam_rows, impute, whole.precision),
+            n,
+            whole.method,
+            whole.precision,
+        )
+        sums.complement(whole, rel.K)
+        _check_polymorphic(sums, impute, where=where)
+        return _FINISH[whole.method](sums), _snps_in(sums)
+
+
+def pass_blocks(inputs: Inputs, snps: np.ndarray) -> Iterator[np.ndarray]:
+    """The .bed rows of ``snps`` in the kinship's blocks of :data:`cmlm_cli.plink.PASS_BLOCK`."""
+    for _, rows in plink.packed_blocks(inputs.bfile, snps, block_size=plink.PASS_BLOCK):
+        yield rows
 
 
 def check_sizes(n: int, n_pcs: int) -> None:
@@ -499,16 +688,15 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> Relationship:
 
     def computed(method: str, n_pcs: int, precision: str = "float64") -> Relationship:
         # From the .bed bytes: no float dosage matrix is decoded (numba threads).
-        size = plink.PASS_BLOCK
         with packed.threads(options.threads):
-            blocks = (rows for _, rows in plink.packed_blocks(bfile, inputs.snps, block_size=size))
             return relationship_packed(
-                blocks,
+                pass_blocks(inputs, inputs.snps),
                 samples,
                 method=method,
                 impute=options.impute,
                 n_pcs=n_pcs,
                 precision=precision,
+                keep_totals=options.loco and method == options.kinship,
             )
 
     def pcs_only() -> np.ndarray:

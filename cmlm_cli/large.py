@@ -290,7 +290,9 @@ def randomized_components(
     return RandomizedComponents(np.maximum(values, 0.0), vectors, 2.0 * sum_pq, n_poly)
 
 
-def group_gram(group_sums: Iterable[np.ndarray], counts: np.ndarray) -> GroupGram:
+def group_gram(
+    group_sums: Iterable[np.ndarray], counts: np.ndarray, *, require_polymorphic: bool = True
+) -> GroupGram:
     """Gram ``A = S S'`` of the group sums ``S = Z'W`` of the centred dosages, one pass.
 
     Centring needs no second pass: with X the imputed dosages and
@@ -308,6 +310,9 @@ def group_gram(group_sums: Iterable[np.ndarray], counts: np.ndarray) -> GroupGra
         the imputed A1 dosages.
     counts : ndarray, shape (q,), int
         Members of each group (all positive).
+    require_polymorphic : bool
+        Refuse SNPs that are all monomorphic (a kinship of them is
+        undefined); a part to be subtracted from a whole Gram may be.
 
     Returns
     -------
@@ -330,7 +335,7 @@ def group_gram(group_sums: Iterable[np.ndarray], counts: np.ndarray) -> GroupGra
         n_poly += int(polymorphic.sum())
         centred = np.asfortranarray(S - sizes[:, None] * mean[None, :])
         scipy.linalg.blas.dsyrk(1.0, centred, beta=1.0, c=A, overwrite_c=1)
-    if n_poly == 0:
+    if n_poly == 0 and require_polymorphic:
         msg = (
             "none of the SNPs is polymorphic after imputation; the vanraden kinship needs "
             "at least one SNP with allele frequency strictly between 0 and 1"
@@ -464,8 +469,53 @@ def build_grouped(
     return rel, GroupedKinship(micro, tree, gram)
 
 
+def grouped_without(
+    inputs: Inputs, options: GwasOptions, grouped: GroupedKinship, snps: np.ndarray
+) -> tuple[GroupedKinship, int]:
+    """The micro-clusters' Gram of every SNP but ``snps`` (one chromosome's, for LOCO).
+
+    ``A`` and the scale are sums over SNPs, so leaving SNPs out subtracts
+    their own Gram (one pass over them, q x q): every level's ``mean``
+    group kinship without them is then exact, as on the dense path.
+
+    Parameters
+    ----------
+    inputs : Inputs
+    options : GwasOptions
+    grouped : GroupedKinship
+        The whole genome's, with its Gram.
+    snps : ndarray, shape (m_c,), int
+        .bim rows to leave out.
+
+    Returns
+    -------
+    GroupedKinship
+        The same micro-clusters and tree, the Gram of the other SNPs.
+    n_snps : int
+        Polymorphic SNPs in it.
+    """
+    whole = grouped.gram
+    if whole is None:
+        msg = "the micro-clusters have no Gram (--group-kinship identity): nothing to leave out"
+        raise ValueError(msg)
+    part = group_gram(
+        packed_group_sums(inputs, grouped.micro, options, snps=snps),
+        whole.counts,
+        require_polymorphic=False,
+    )
+    n_snps = whole.n_snps - part.n_snps
+    if n_snps == 0:
+        msg = (
+            "no SNP outside the chromosome left out is polymorphic; the vanraden kinship "
+            "needs at least one"
+        )
+        raise CmlmError(msg)
+    gram = GroupGram(whole.A - part.A, whole.counts, whole.scale - part.scale, n_snps)
+    return GroupedKinship(grouped.micro, grouped.tree, gram), n_snps
+
+
 def packed_group_sums(
-    inputs: Inputs, labels: np.ndarray, options: GwasOptions
+    inputs: Inputs, labels: np.ndarray, options: GwasOptions, *, snps: np.ndarray | None = None
 ) -> Iterator[np.ndarray]:
     """Group sums ``Z'X`` (q x B) of the imputed dosages of each block, from the .bed bytes.
 
@@ -476,6 +526,8 @@ def packed_group_sums(
         Group of each kept sample.
     options : GwasOptions
         ``impute`` and ``threads``.
+    snps : ndarray, shape (m_sel,), int, optional
+        .bim rows to read (default ``inputs.snps``).
 
     Yields
     ------
@@ -485,7 +537,8 @@ def packed_group_sums(
         inputs.samples, labels, np.zeros((labels.size, 0)), n_fam=inputs.bfile.n_samples
     )
     size = options.block_size
-    for _, rows in plink.packed_blocks(inputs.bfile, inputs.snps, block_size=size):
+    snps = inputs.snps if snps is None else snps
+    for _, rows in plink.packed_blocks(inputs.bfile, snps, block_size=size):
         with packed.threads(options.threads):
             stats = packed.statistics(rows, plan, middle=options.impute == "middle")
         yield stats.group_sums

@@ -9,7 +9,8 @@ SNP ranges in N independent tasks (``cmlm scan --chunk K/N``) and joins them
   of each trait's null models, its analysed rows, the compression levels and
   the chosen one, what predicting every kept sample needs (the groups of
   all of them, the kinships of groups outside the fit, the fixed effects:
-  :class:`cmlm_cli.prediction.Targets`), the kept samples and SNPs, the
+  :class:`cmlm_cli.prediction.Targets`), with ``--loco`` every
+  chromosome's model without it, the kept samples and SNPs, the
   traits and covariates, and
   ``meta.json``: the options, the names and the fingerprint of the PLINK
   files (sizes and SHA-256 of the .fam, the .bim and the head of the .bed),
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from cmlm_cli import __version__, files, plink
-from cmlm_cli.compression import Level, TraitResult
+from cmlm_cli.compression import ChromosomeModel, Level, TraitResult
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.inputs import Inputs
 from cmlm_cli.null_model import NullModel
@@ -187,6 +188,8 @@ def save_fit(
             _put(entries, f"trait{k}.model.", result.model)
         if result.targets is not None:
             _put(entries, f"trait{k}.targets.", result.targets)
+        for j, chromosome in enumerate(result.loco):
+            _put(entries, f"trait{k}.loco{j}.", chromosome)
         traits.append(
             {
                 "name": result.name,
@@ -194,6 +197,7 @@ def save_fit(
                 "chosen": result.chosen,
                 "model_is_chosen_level": shared,
                 "targets": result.targets is not None,
+                "loco": len(result.loco),
             }
         )
     meta = {
@@ -260,6 +264,10 @@ def load_fit(path: str, *, bfile: str | None = None, threads: int | None = None)
         targets = None
         if trait.get("targets"):
             targets = _get(archive, f"trait{k}.targets.", Targets, path, {})
+        loco = tuple(
+            _get(archive, f"trait{k}.loco{j}.", ChromosomeModel, path, {"model": NullModel})
+            for j in range(trait.get("loco", 0))
+        )
         results.append(
             TraitResult(
                 trait["name"],
@@ -268,6 +276,7 @@ def load_fit(path: str, *, bfile: str | None = None, threads: int | None = None)
                 trait["chosen"],
                 model,
                 targets=targets,
+                loco=loco,
             )
         )
     inputs = Inputs(

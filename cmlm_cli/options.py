@@ -195,6 +195,7 @@ class GwasOptions:
     genome_assembly: str | None = None
     exact: bool = False
     blup: bool = True
+    loco: bool = False
 
     @functools.cached_property
     def group_spec(self) -> GroupSpec:
@@ -279,10 +280,32 @@ def check_options(options: GwasOptions) -> None:
             "has none; use --model mlm or cmlm, or leave --exact out"
         )
         raise CmlmError(msg)
+    if options.loco:
+        _check_loco(options)
     if options.max_groups < 1:
         msg = f"--max-groups {options.max_groups} must be a positive number of groups"
         raise CmlmError(msg)
     ssf.check_format(options.format, options.genome_assembly)
+
+
+def _check_loco(options: GwasOptions) -> None:
+    """Refuse ``--loco`` where no kinship depends on the chromosomes left out."""
+    problem = None
+    if options.model == "glm":
+        problem = "--model glm has no kinship to leave a chromosome out of"
+        fix = "use --model mlm or cmlm"
+    elif options.kinship not in choices.KINSHIP_METHODS:
+        problem = (
+            f"--kinship {options.kinship} is a file: its SNPs are unknown, so no chromosome "
+            "can be left out of it"
+        )
+        fix = f"use --kinship {', '.join(choices.KINSHIP_METHODS)} (built from the .bed)"
+    elif options.model == "cmlm" and options.group_kinship == "identity":
+        problem = "--group-kinship identity does not depend on the genotypes"
+        fix = "use --group-kinship mean, max, min or median"
+    if problem:
+        msg = f"--loco: {problem}; {fix}, or leave --loco out"
+        raise CmlmError(msg)
 
 
 LARGE_N = 20_000

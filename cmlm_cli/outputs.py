@@ -49,7 +49,8 @@ def write_trait_files(
     Returns
     -------
     tuple of str
-        ``OUT.TRAIT.compression.tsv``, ``.model.json``, ``.groups.tsv``.
+        ``OUT.TRAIT.compression.tsv``, ``.model.json``, ``.groups.tsv`` and,
+        with ``--loco``, ``.loco.tsv`` (:data:`LOCO_COLUMNS`).
     """
     name, model = result.name, result.model
     profile = [
@@ -89,6 +90,8 @@ def write_trait_files(
         "snp_variance": options.variance_for(options.model),
         "snp_test": options.snp_test,
         "lambda_gc": result.lambda_gc,
+        "loco": bool(result.loco),
+        **_loco_summary(result),
         "neg2logL_convention": NEG2LOGL_CONVENTIONS[model.method],
         "options": asdict(options),
         "version": __version__,
@@ -105,7 +108,38 @@ def write_trait_files(
     groups_path = f"{out}.{name}.groups.tsv"
     rows = list(zip(fid, iid, group.tolist(), strict=True))
     files.write_table(groups_path, ("FID", "IID", "group"), rows)
-    return profile_path, model_path, groups_path
+    if not result.loco:
+        return profile_path, model_path, groups_path
+    loco_path = f"{out}.{name}.loco.tsv"
+    loco_rows = [
+        (c.chromosome, c.snps, c.kinship_snps, c.groups, c.model.q, c.model.neg2logL)
+        + (c.model.vg, c.model.ve, c.model.h2)
+        for c in result.loco
+    ]
+    files.write_table(loco_path, LOCO_COLUMNS, loco_rows)
+    return profile_path, model_path, groups_path, loco_path
+
+
+LOCO_COLUMNS = (
+    "chromosome",
+    "snps",
+    "kinship_snps",
+    "groups",
+    "groups_used",
+    "neg2logL",
+    "vg",
+    "ve",
+    "h2",
+)
+"""``OUT.TRAIT.loco.tsv``: each chromosome's model without it, in .bim order."""
+
+
+def _loco_summary(result: TraitResult) -> dict[str, object]:
+    """``model.json``'s range of the per-chromosome h2 with ``--loco``."""
+    if not result.loco:
+        return {}
+    h2 = [c.model.h2 for c in result.loco]
+    return {"loco_chromosomes": len(h2), "loco_h2_min": min(h2), "loco_h2_max": max(h2)}
 
 
 def blup_path(out: str, trait: str) -> str:
@@ -191,3 +225,13 @@ def log_summary(result: TraitResult) -> None:
         result.model.h2,
         result.lambda_gc,
     )
+    if result.loco:
+        h2 = [c.model.h2 for c in result.loco]
+        log.info(
+            "%s: --loco: %d chromosomes, each tested against its own model; h2 without a "
+            "chromosome from %.4f to %.4f (the line above is the whole genome's fit)",
+            result.name,
+            len(h2),
+            min(h2),
+            max(h2),
+        )

@@ -30,6 +30,7 @@ from cmlm_cli.compression import TraitResult, fit_traits
 from cmlm_cli.inputs import Inputs, TraitData, load_inputs, trait_data
 from cmlm_cli.kinship import Relationship, build_relationship
 from cmlm_cli.large import RANDOM_SEED, GroupedKinship, build_grouped
+from cmlm_cli.loco import block_starts, chromosomes, fit_loco
 from cmlm_cli.options import GwasOptions, check_options, choose_path
 from cmlm_cli.outputs import log_summary, write_blup, write_ssf, write_trait_files
 from cmlm_cli.progress import Stopwatch
@@ -104,6 +105,7 @@ def run_gwas(
             handles,
             total=inputs.snps.size,
             block_size=options.block_size,
+            n_blocks=block_starts(inputs, options.block_size, loco=options.loco).size,
             progress_bar=progress_bar,
         )
     results = record_scan(fits, t2, paths)
@@ -136,6 +138,8 @@ def prepare_inputs(bfile: str, pheno: str, out: str, options: GwasOptions) -> In
             b.snp[kept],
             source=f"{b.prefix}.bim",
         )
+    if options.loco:
+        chromosomes(inputs, log_skipped=True)
     files.make_out_folder(out)
     return inputs
 
@@ -160,8 +164,12 @@ def fit_inputs(
     """
     lap = lap or Stopwatch()
     rel, tree = relatedness(inputs, options, lap)
-    fits = fit_traits(trait_designs(inputs, rel, options), rel, tree, options)
+    traits = trait_designs(inputs, rel, options)
+    fits = fit_traits(traits, rel, tree, options)
     lap("null models")
+    if options.loco:
+        fits = fit_loco(inputs, options, rel, tree, traits, fits)
+        lap("null models without each chromosome (--loco)")
     return fits
 
 

@@ -60,6 +60,9 @@ class Progress:
         SNPs the scan will test.
     block_size : int
         SNPs per block; the blocks are counted as the scan reads them.
+    n_blocks : int, optional
+        Blocks to come, where they are not ``total_snps / block_size``
+        (``--loco`` restarts them at every chromosome).
     bar : bool
         Draw a bar on ``stream`` (a terminal); otherwise log at most one line
         every ``interval`` seconds, and one for the last block.
@@ -77,13 +80,14 @@ class Progress:
         total_snps: int,
         block_size: int,
         *,
+        n_blocks: int | None = None,
         bar: bool = False,
         stream: IO[str] | None = None,
         interval: float = LOG_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total_snps = total_snps
-        self.total_blocks = -(-total_snps // block_size)
+        self.total_blocks = -(-total_snps // block_size) if n_blocks is None else n_blocks
         self.bar = bar
         self.stream = stream if stream is not None else sys.stderr
         self.interval = BAR_INTERVAL if bar else interval

@@ -145,6 +145,7 @@ def write_lines(
     *,
     total: int,
     block_size: int,
+    n_blocks: int | None = None,
     progress_bar: bool = False,
 ) -> list[np.ndarray]:
     """Write every trait's summary-statistics lines (no header), block by block.
@@ -161,6 +162,9 @@ def write_lines(
         One per trait.
     total, block_size : int
         SNPs to come and SNPs per block, for the progress report.
+    n_blocks : int, optional
+        Blocks to come, if not ``total / block_size`` (see
+        :class:`cmlm_cli.progress.Progress`).
     progress_bar : bool
         Draw a bar on stderr; otherwise log the progress now and then.
 
@@ -171,7 +175,7 @@ def write_lines(
         for :func:`lambda_gc`.
     """
     t2: list[list[np.ndarray]] = [[] for _ in handles]
-    with Progress(total, block_size, bar=progress_bar) as progress:
+    with Progress(total, block_size, n_blocks=n_blocks, bar=progress_bar) as progress:
         for snp_index, results in blocks:
             for k, res in enumerate(results):
                 handles[k].writelines(

@@ -359,7 +359,8 @@ def test_saved_fit_round_trip_is_exact(mdp, tmp_path):
 @pytest.mark.parametrize("n_chunks", [1, 2, 3, 7, 11, 40])
 def test_chunks_split_the_blocks_contiguously(m, n_chunks):
     snps = np.arange(m) * 2 + 5
-    pieces = [chunk_snps(snps, k, n_chunks, BLOCK) for k in range(1, n_chunks + 1)]
+    starts = np.arange(0, m, BLOCK)
+    pieces = [chunk_snps(snps, k, n_chunks, starts) for k in range(1, n_chunks + 1)]
     assert np.array_equal(np.concatenate(pieces), snps)
     starts = np.cumsum([0] + [p.size for p in pieces])[:-1]
     assert all(s % BLOCK == 0 for s, p in zip(starts, pieces, strict=True) if p.size)
@@ -457,3 +458,29 @@ def test_killed_scan_leaves_nothing_that_looks_finished(mdp, tmp_path):
     # lambda_GC of the merged file: the median of t^2 over the 1-df chi-square median.
     t = t[~np.isnan(t)]
     assert result.lambda_gc == pytest.approx(np.median(t**2) / 0.454936423119572, rel=1e-8)
+
+
+def test_loco_chunks_split_the_blocks_that_restart_at_each_chromosome(tmp_path):
+    # Chromosomes of 5, 1 and 7 SNPs, blocks of 3: starts 0, 3 | 5 | 6, 9, 12.
+    from cmlm_cli import plink
+    from cmlm_cli.inputs import Inputs
+    from cmlm_cli.loco import block_starts
+
+    chrom = ["1"] * 5 + ["2"] + ["3"] * 7
+    prefix = tmp_path / "p"
+    (tmp_path / "p.bim").write_text(
+        "".join(f"{c}\tsnp{j}\t0\t{j + 1}\tA\tG\n" for j, c in enumerate(chrom))
+    )
+    (tmp_path / "p.fam").write_text("f a 0 0 0 -9\nf b 0 0 0 -9\n")
+    (tmp_path / "p.bed").write_bytes(bytes([0x6C, 0x1B, 0x01]) + bytes(len(chrom)))
+    bfile = plink.open_bfile(str(prefix))
+    snps = np.arange(len(chrom))
+    inputs = Inputs(bfile, np.arange(2), snps, np.zeros((2, 0)), (), np.zeros((2, 0)), ())
+    starts = block_starts(inputs, 3, loco=True)
+    assert starts.tolist() == [0, 3, 5, 6, 9, 12]
+    assert block_starts(inputs, 3, loco=False).tolist() == [0, 3, 6, 9, 12]
+    for n_chunks in (1, 2, 3, 4, 6, 9):
+        pieces = [chunk_snps(snps, k, n_chunks, starts) for k in range(1, n_chunks + 1)]
+        assert np.array_equal(np.concatenate(pieces), snps)
+        first = [int(p[0]) for p in pieces if p.size]
+        assert set(first) <= set(starts.tolist())

@@ -281,3 +281,22 @@ def test_worker_refuses_other_files_at_the_same_path(tmp_path):
     fam.write_text(fam.read_text().replace(" -9\n", " 1\n", 1))
     with pytest.raises(CmlmError, match=r"finds other files at .* \(fam_sha256 differ\)"):
         _check_same_files(plink.open_bfile(copy), expected)
+
+
+def test_dask_loco_run_and_chunks_are_the_serial_run(executor, tmp_path):
+    # --loco: each chromosome's blocks go to the workers with its own models,
+    # and the blocks restart at every chromosome in every run.
+    options = dataclasses.replace(OPTIONS, loco=True, groups="120")
+    serial = tmp_path / "serial"
+    run_gwas(MDP, PHENO, str(serial), options)
+    expected = outputs(serial)
+    assert "EarHT.loco.tsv" in expected
+    out = tmp_path / "dask"
+    run_gwas(MDP, PHENO, str(out), options, executor=executor)
+    assert outputs(out) == expected
+    job = str(tmp_path / "job")
+    fit = run_fit(MDP, PHENO, job, options)
+    run_scan(fit, job, chunk="1/2", executor=executor)
+    run_scan(fit, job, chunk="2/2")
+    run_merge(fit, job, chunks=2)
+    assert outputs(tmp_path / "job") == expected

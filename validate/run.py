@@ -12,8 +12,9 @@ them) and close relatives (full-sib families):
   of the variance together.
 
 Each panel is analysed by the ``cmlm gwas`` command, as a user runs it, with
-four models: ``cmlm`` (the default compression search), ``mlm``, ``glm``
-without covariates, and ``glm --pcs K``. For the null traits the table
+six models: ``cmlm`` (the default compression search), ``mlm``, both again
+with ``--loco`` (each chromosome tested against the kinship of the others),
+``glm`` without covariates, and ``glm --pcs K``. For the null traits the table
 gives lambda_GC, the Kolmogorov-Smirnov test of uniformity of the pooled
 p-values, and the share of p-values below 0.05 and 1e-3; for the causal
 traits, the share of causal SNPs found at a nominal threshold and at an
@@ -52,6 +53,8 @@ from cmlm_cli.simulate import simulate  # noqa: E402
 MODELS = {
     "cmlm": ["--model", "cmlm"],
     "mlm": ["--model", "mlm"],
+    "cmlm --loco": ["--model", "cmlm", "--loco"],
+    "mlm --loco": ["--model", "mlm", "--loco"],
     "glm": ["--model", "glm"],
     "glm + PCs": ["--model", "glm", "--pcs", "{pcs}"],
 }
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             results = {}
             for model, extra in MODELS.items():
                 options = [x.format(pcs=args.pcs) for x in extra]
-                out = str(work / f"{name}.{model.replace(' + ', '_')}")
+                out = str(work / f"{name}.{model.replace(' + ', '_').replace(' --', '_')}")
                 print(f"{name} panel: cmlm gwas {' '.join(options)}", flush=True)
                 results[model] = run_cmlm(sim.prefix, out, options)
             tables[name] = results
