@@ -422,6 +422,13 @@ def run_cv(
     """
     options = options or GwasOptions()
     settings = settings or CvSettings()
+    if options.loco:
+        # Leaving a chromosome out changes the SNP tests only; cv tests none.
+        msg = (
+            "--loco changes only the test of each chromosome's SNPs, and cmlm cv tests no "
+            "SNP (it predicts from the whole genome's kinship); leave --loco out"
+        )
+        raise CmlmError(msg)
     if settings.folds < 2 or settings.repeats < 1:
         check_settings(settings, [], options)
     lap = Stopwatch()

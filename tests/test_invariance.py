@@ -100,7 +100,8 @@ def test_permutations_and_block_size_change_nothing(panel, baseline, tmp_path, s
         np.testing.assert_allclose(values, base_snp[snp], rtol=1e-7, err_msg=snp)
 
 
-def test_thread_count_changes_nothing(tmp_path):
+@pytest.mark.parametrize("loco", [[], ["--loco"]])
+def test_thread_count_changes_nothing(tmp_path, loco):
     # BLAS reads its thread count when numpy loads, so each run is its own process.
     import subprocess
     import sys
@@ -112,7 +113,7 @@ def test_thread_count_changes_nothing(tmp_path):
             [sys.executable, "-m", "cmlm_cli", "gwas", "--bfile", str(DATA / "mdp"), "--pheno",
              str(DATA / "mdp.pheno.tsv"), "--pheno-name", "EarHT", "--groups", "281,81",
              "--pcs", "2", "--threads", str(threads), "--block-size", "500", "--out", str(out),
-             "-q"],
+             "-q", *loco],
             check=True,
         )
         table = read_sumstats(tmp_path / f"t{threads}.EarHT.sumstats.tsv")

@@ -9,12 +9,15 @@ GLS (``oracle.dense_scan``); the tool's numbers come from its files.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from bed_reader import open_bed, to_bed
-from helpers import as_float, expect_error, read_tsv, run
+from helpers import TEST_DATA, as_float, expect_error, read_tsv, run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from oracle import dense_fit, dense_neg2loglik, dense_scan, group_mean_kinship, h_matrix, impute
 
 from cmlm_cli import GwasOptions, grouping, run_gwas
@@ -246,3 +249,108 @@ def test_chromosomes_apart_in_the_bim_are_refused(tmp_path):
     )
     assert "Traceback" not in message
     assert not list(tmp_path.glob("out*"))
+
+
+class Spread(tuple):
+    """Every 8th SNP of the maize panel (all 10 chromosomes), with a short repr."""
+
+    def __repr__(self) -> str:
+        return "<maize panel, every 8th SNP>"
+
+
+@pytest.fixture(scope="module")
+def spread():
+    with open_bed(f"{MDP}.bed", count_A1=True) as bed:
+        columns = np.arange(0, bed.sid.size, 8)
+        G = bed.read(index=np.s_[:, columns], dtype="float32")
+        props = {"fid": bed.fid, "iid": bed.iid, **{
+            k: getattr(bed, k)[columns]
+            for k in ("sid", "chromosome", "bp_position", "allele_1", "allele_2")}}
+    return Spread((G, props, Path(PHENO).read_text().splitlines()))
+
+
+def loco_run(directory: Path, spread, samples, snps, block_size: int):
+    G, props, lines = spread
+    properties = {k: (v[samples] if k in ("fid", "iid") else v[snps]) for k, v in props.items()}
+    to_bed(directory / "p.bed", G[np.ix_(samples, snps)], properties=properties, count_A1=True)
+    rows = [lines[1:][i] for i in samples[::-1]]
+    (directory / "p.pheno.tsv").write_text("\n".join([lines[0], *rows]) + "\n")
+    options = GwasOptions(pheno_names=("EarHT",), groups="100", loco=True,
+                          block_size=block_size, plots=False)
+    run_gwas(str(directory / "p"), str(directory / "p.pheno.tsv"), str(directory / "o"), options)
+    table = read_tsv(directory / "o.EarHT.sumstats.tsv")
+    numbers = np.column_stack([as_float(table[c]) for c in ("beta", "standard_error", "p_value")])
+    loco = read_tsv(directory / "o.EarHT.loco.tsv")
+    h2 = dict(zip(loco["chromosome"], as_float(loco["h2"]), strict=True))
+    return dict(zip(table["variant_id"], numbers, strict=True)), h2
+
+
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), block_size=st.sampled_from([1, 9, 60, 2000]))
+def test_order_of_samples_chromosomes_and_snps_and_block_size_change_nothing(
+    spread, tmp_path, seed, block_size
+):
+    # Chromosomes are kept together (--loco needs that) but come in any order,
+    # and so do the SNPs within each and the samples.
+    rng = np.random.default_rng(seed)
+    chrom = spread[1]["chromosome"]
+    names = list(dict.fromkeys(chrom))
+    order = np.concatenate(
+        [rng.permutation(np.flatnonzero(chrom == names[k])) for k in rng.permutation(len(names))]
+    )
+    base_dir = Path(tempfile.mkdtemp(dir=tmp_path))
+    base = loco_run(base_dir, spread, np.arange(281), np.arange(chrom.size), 2000)
+    directory = Path(tempfile.mkdtemp(dir=tmp_path))
+    by_snp, h2 = loco_run(directory, spread, rng.permutation(281), order, block_size)
+    assert h2.keys() == base[1].keys()
+    for c, value in h2.items():
+        assert value == pytest.approx(base[1][c], rel=1e-7), c
+    assert by_snp.keys() == base[0].keys()
+    for snp, values in by_snp.items():
+        np.testing.assert_allclose(values, base[0][snp], rtol=1e-7, err_msg=snp)
+
+
+MOUSE = TEST_DATA / "mouse_hs1940" / "mouse_hs1814"
+GEMMA_LOCO = TEST_DATA / "gemma_mouse_loco"
+
+
+@pytest.mark.slow
+def test_exact_loco_mlm_equals_gemma_loco_on_the_mouse_panel(tmp_path):
+    # GEMMA 0.98.5, per chromosome c: -gk 1 -loco c (K of the SNPs not on c,
+    # all 1,814 mice, W W' / m_-c: VanRaden's K times a constant, which
+    # changes vg but no test) and -lmm 1 -loco c (tests/data/gemma_mouse_loco).
+    options = GwasOptions(pheno_names=("MCH",), model="mlm", exact=True, loco=True,
+                          blup=False, plots=False)
+    out = tmp_path / "mouse"
+    (result,) = run_gwas(str(MOUSE), f"{MOUSE}.pheno.tsv", str(out), options)
+    gemma = read_tsv(GEMMA_LOCO / "MCH_lmm1_loco.assoc.txt")
+    ours = read_tsv(f"{out}.MCH.sumstats.tsv")
+    assert np.array_equal(ours["variant_id"], gemma["rs"])
+    p_gemma = as_float(gemma["p_wald"])
+    p_ours = as_float(ours["p_value"])
+    assert p_gemma.size == 10074
+    assert p_gemma.min() < 1e-10  # real signals, on several chromosomes
+    # The issue's target is 1e-3 in log10 p; GEMMA prints 7 digits and stops
+    # its lambda search at ~1e-5 relative.
+    assert np.max(np.abs(np.log10(p_ours) - np.log10(p_gemma))) < 1e-4
+    se = as_float(gemma["se"])
+    assert np.max(np.abs(as_float(ours["beta"]) - as_float(gemma["beta"])) / se) < 5e-5
+    # Each chromosome's null model: the residual variance ve does not depend
+    # on the kinship's scale, and GEMMA's pve equals h2 only up to that scale.
+    null = read_tsv(GEMMA_LOCO / "MCH_loco_null.tsv")
+    table = read_tsv(f"{out}.MCH.loco.tsv")
+    assert list(table["chromosome"]) == list(null["chr"])
+    np.testing.assert_allclose(as_float(table["ve"]), as_float(null["ve"]), rtol=2e-5)
+    assert [c.snps for c in result.loco] == [int(s) for s in null["snps"]]
+
+
+def test_cv_refuses_loco(tmp_path):
+    from click.testing import CliRunner
+
+    from cmlm_cli.cli import main
+
+    result = CliRunner().invoke(main, ["cv", "--bfile", MDP, "--pheno", PHENO, "--pheno-name",
+                                       "EarHT", "--loco", "--out", str(tmp_path / "cv")])
+    expect_error(result, "--loco", "cv tests no SNP")
+    assert not list(tmp_path.iterdir())
