@@ -68,6 +68,9 @@ class TraitScan:
     chromosome, effect_allele, other_allele, variant_id : ndarray of str
     base_pair_location, n, df, n_missing_calls : ndarray of int
     beta, standard_error, effect_allele_frequency, p_value, t_statistic : ndarray of float64
+    r2_without_snp, r2_with_snp, fdr_bh : ndarray of float64
+        GAPIT's R^2 of the model without and with the SNP, and the
+        Benjamini-Hochberg adjusted p over the trait's tested SNPs.
     """
 
     trait: str
@@ -85,6 +88,9 @@ class TraitScan:
     t_statistic: np.ndarray
     df: np.ndarray
     n_missing_calls: np.ndarray
+    r2_without_snp: np.ndarray
+    r2_with_snp: np.ndarray
+    fdr_bh: np.ndarray
 
     def columns(self) -> dict[str, np.ndarray]:
         """The arrays keyed by column name, in the file's column order."""
@@ -211,8 +217,9 @@ def scan(
     for fitted, parts in zip(fits, blocks, strict=True):
         columns = {
             name: np.concatenate([part[name] for part in parts])
-            for name in sumstats.SUMSTATS_COLUMNS
+            for name in sumstats.SCANNED_COLUMNS
         }
+        columns["fdr_bh"] = sumstats.fdr_bh(columns["p_value"])
         lambda_gc = sumstats.lambda_gc(columns["t_statistic"] ** 2)
         scans[fitted.name] = TraitScan(trait=fitted.name, lambda_gc=lambda_gc, **columns)
     return scans

@@ -144,9 +144,7 @@ def run_scan(
     files.make_out_folder(out)
     names = [r.name for r in results]
     manifest = model_io.part_manifest(out, k, n)
-    if model_io.part_is_complete(
-        manifest, digest=loaded.digest, chunk=k, n_chunks=n, traits=names
-    ):
+    if model_io.part_is_complete(manifest, digest=loaded.digest, chunk=k, n_chunks=n, traits=names):
         log.info("%s is complete and matches %s: chunk %d/%d is done", manifest, fit, k, n)
         return manifest
     # A stale manifest (another fit, changed texts) goes first: nothing may
@@ -159,7 +157,7 @@ def run_scan(
     lap = Stopwatch()
     # The parts have no header: the merge writes it once.
     with files.atomic_open_all(texts) as handles:
-        t2 = sumstats.write_lines(
+        tested = sumstats.write_lines(
             scan_traits(results, inputs, options, snps=snps, executor=executor),
             inputs.bfile,
             [r.analysed.size for r in results],
@@ -171,7 +169,13 @@ def run_scan(
         )
     lap("scan")
     model_io.write_part(
-        manifest, digest=loaded.digest, chunk=k, n_chunks=n, traits=names, texts=texts, t2=t2
+        manifest,
+        digest=loaded.digest,
+        chunk=k,
+        n_chunks=n,
+        traits=names,
+        texts=texts,
+        tested=tested,
     )
     log.info("wrote %s and %s", manifest, ", ".join(texts))
     return manifest
@@ -223,11 +227,9 @@ def run_merge(fit: str, out: str, *, chunks: int, bfile: str | None = None) -> l
         raise CmlmError(msg)
     lap = Stopwatch()
     paths = [sumstats.sumstats_path(out, r.name, gzip=options.gzip) for r in results]
-    with sumstats.open_sumstats(paths, gzip=options.gzip) as handles:
-        for k, handle in enumerate(handles):
-            for part in parts:
-                files.copy_text(part.texts[k], handle)
-    t2 = [np.concatenate([part.t2[k] for part in parts]) for k in range(len(results))]
+    bodies = [[part.texts[k] for part in parts] for k in range(len(results))]
+    tested = [sumstats.Tested.join([part.tested[k] for part in parts]) for k in range(len(results))]
+    sumstats.finish(paths, bodies, tested, gzip=options.gzip)
     return write_outputs(
-        record_scan(results, t2, paths), inputs, out, options, lap, step="merging"
+        record_scan(results, tested, paths), inputs, out, options, lap, step="merging"
     )

@@ -59,7 +59,7 @@ from cmlm_cli.null_model import (
     CompressedLikelihood,
     NullModel,
 )
-from cmlm_cli.scan import COLLINEAR_RTOL, Scanner, ScanResult
+from cmlm_cli.scan import COLLINEAR_RTOL, Scanner, ScanResult, log_det_h, r_squared
 
 log = logging.getLogger("cmlm")
 
@@ -175,6 +175,8 @@ class ExactScanner(Scanner):
         self._T = T
         self.grid = self._null(np.exp(GRID))
         self.reference = self._null(np.array([model.delta]), values=False)
+        null_logdet = log_det_h(lik.s, np.array([model.delta]), model.n)
+        self.r2_null = float(r_squared(self.reference.yPy, null_logdet, model.y)[0])
 
     def fit(self, G: np.ndarray) -> ExactResult:
         """:meth:`scan` plus each SNP's ``d``.
@@ -215,6 +217,12 @@ class ExactScanner(Scanner):
         se = np.sqrt(yPy / self.df / xPx)
         t = beta / se
         p = 2.0 * scipy.special.stdtr(self.df, -np.abs(t))
+        # GAPIT's R^2 with the SNP at the SNP's own d (without it: at the
+        # null fit's, as the P3D scan reports it).
+        logdet = np.full(B, np.nan)
+        tested = ~np.isnan(delta)
+        logdet[tested] = log_det_h(self.exact_lik.s, delta[tested], self.model.n)
+        r2_with = r_squared(yPy, logdet, self.model.y)
         result = ScanResult(
             beta=beta,
             se=se,
@@ -223,6 +231,8 @@ class ExactScanner(Scanner):
             p=p,
             af=packed_stats.af,
             n_miss=packed_stats.n_miss,
+            r2_without=np.where(np.isnan(r2_with), np.nan, self.r2_null),
+            r2_with=r2_with,
         )
         return ExactResult(result, delta)
 

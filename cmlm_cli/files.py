@@ -103,6 +103,24 @@ def atomic_open_all(
 
 
 @contextlib.contextmanager
+def scratch_names(paths: Sequence[str | Path]) -> Iterator[list[str]]:
+    """Temporary names beside ``paths``, for files that only serve to make them.
+
+    Whatever exists under these names when the block ends, normally or not,
+    is removed.
+    """
+    names = [
+        str(Path(p).parent / f".{Path(p).name}.{secrets.token_hex(8)}.scratch") for p in paths
+    ]
+    try:
+        yield names
+    finally:
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+
+@contextlib.contextmanager
 def atomic_open_binary(path: str | Path) -> Iterator[IO[bytes]]:
     """:func:`atomic_open` for bytes (saved models, arrays): the same guarantees."""
     with atomic_open(path) as text:

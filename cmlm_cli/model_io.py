@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from cmlm_cli import __version__, files, plink
+from cmlm_cli import __version__, files, plink, sumstats
 from cmlm_cli.compression import ChromosomeModel, Level, TraitResult
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.inputs import Inputs
@@ -366,7 +366,7 @@ def write_part(
     n_chunks: int,
     traits: Sequence[str],
     texts: Sequence[str],
-    t2: Sequence[np.ndarray],
+    tested: Sequence[sumstats.Tested],
 ) -> None:
     """Write a chunk's manifest once its texts are complete.
 
@@ -380,14 +380,15 @@ def write_part(
     traits : sequence of str
     texts : sequence of str
         Each trait's text part, complete.
-    t2 : sequence of ndarray, shape (rows,), float64
-        Each trait's squared t statistics, one per line of its text.
+    tested : sequence of sumstats.Tested
+        Each trait's squared t statistics and p-values, one per line of its
+        text.
     """
     summaries = []
-    for name, text, values in zip(traits, texts, t2, strict=True):
+    for name, text, stats in zip(traits, texts, tested, strict=True):
         summary = _text_summary(text)
-        if summary["lines"] != values.size:
-            msg = f"{text}: {summary['lines']} lines for {values.size} SNPs"
+        if summary["lines"] != stats.t2.size:
+            msg = f"{text}: {summary['lines']} lines for {stats.t2.size} SNPs"
             raise AssertionError(msg)
         summaries.append({"trait": name, "text": os.path.basename(text), **summary})
     meta = {
@@ -396,20 +397,23 @@ def write_part(
         "fit_sha256": digest,
         "chunk": chunk,
         "n_chunks": n_chunks,
-        "rows": int(t2[0].size) if len(t2) else 0,
+        "rows": int(tested[0].t2.size) if len(tested) else 0,
         "traits": summaries,
     }
-    entries = {f"t2.{k}": np.asarray(values, dtype=np.float64) for k, values in enumerate(t2)}
+    entries = {}
+    for k, stats in enumerate(tested):
+        entries[f"t2.{k}"] = np.asarray(stats.t2, dtype=np.float64)
+        entries[f"p.{k}"] = np.asarray(stats.p, dtype=np.float64)
     _write_archive(manifest, meta, entries)
 
 
 @dataclass(frozen=True)
 class Part:
-    """A verified part: its rows, each trait's text file and squared t statistics."""
+    """A verified part: its rows, each trait's text file and statistics."""
 
     rows: int
     texts: list[str]
-    t2: list[np.ndarray]
+    tested: list[sumstats.Tested]
 
 
 def _verify_part(
@@ -427,7 +431,7 @@ def _verify_part(
         msg = f"{manifest} holds the traits {', '.join(t['trait'] for t in meta['traits'])}"
         raise CmlmError(msg)
     folder = os.path.dirname(manifest)
-    texts, t2 = [], []
+    texts, tested = [], []
     for k, recorded in enumerate(meta["traits"]):
         text = os.path.join(folder, recorded["text"])
         if not os.path.isfile(text):
@@ -441,13 +445,16 @@ def _verify_part(
                 "checksum): it changed after the scan"
             )
             raise CmlmError(msg)
-        values = archive[f"t2.{k}"]
-        if values.size != meta["rows"] or found["lines"] != meta["rows"]:
-            msg = f"{manifest}: {values.size} statistics for {meta['rows']} SNPs"
+        if f"p.{k}" not in archive:
+            msg = f"{manifest} was written by an older cmlm without the p-values the FDR needs"
+            raise CmlmError(msg)
+        stats = sumstats.Tested(archive[f"t2.{k}"], archive[f"p.{k}"])
+        if {stats.t2.size, stats.p.size, found["lines"]} != {meta["rows"]}:
+            msg = f"{manifest}: {stats.t2.size} statistics for {meta['rows']} SNPs"
             raise CmlmError(msg)
         texts.append(text)
-        t2.append(values)
-    return Part(int(meta["rows"]), texts, t2)
+        tested.append(stats)
+    return Part(int(meta["rows"]), texts, tested)
 
 
 def part_is_complete(

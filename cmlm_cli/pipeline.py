@@ -97,18 +97,22 @@ def run_gwas(
     lap("reading inputs")
     fits = fit_inputs(inputs, options, lap)
     paths = [sumstats.sumstats_path(out, fit.name, gzip=options.gzip) for fit in fits]
-    with sumstats.open_sumstats(paths, gzip=options.gzip) as handles:
-        t2 = sumstats.write_lines(
-            scan_traits(fits, inputs, options, executor=executor),
-            inputs.bfile,
-            [fit.analysed.size for fit in fits],
-            handles,
-            total=inputs.snps.size,
-            block_size=options.block_size,
-            n_blocks=block_starts(inputs, options.block_size, loco=options.loco).size,
-            progress_bar=progress_bar,
-        )
-    results = record_scan(fits, t2, paths)
+    # The scanned lines wait beside the outputs for the FDR, which needs
+    # every p-value of the trait.
+    with files.scratch_names(paths) as bodies:
+        with files.atomic_open_all(bodies) as handles:
+            tested = sumstats.write_lines(
+                scan_traits(fits, inputs, options, executor=executor),
+                inputs.bfile,
+                [fit.analysed.size for fit in fits],
+                handles,
+                total=inputs.snps.size,
+                block_size=options.block_size,
+                n_blocks=block_starts(inputs, options.block_size, loco=options.loco).size,
+                progress_bar=progress_bar,
+            )
+        sumstats.finish(paths, [[body] for body in bodies], tested, gzip=options.gzip)
+    results = record_scan(fits, tested, paths)
     lap("scan")
     return write_outputs(results, inputs, out, options, lap, step="writing")
 
@@ -217,21 +221,21 @@ def trait_designs(inputs: Inputs, rel: Relationship, options: GwasOptions) -> li
 
 
 def record_scan(
-    fits: Sequence[TraitResult], t2: Sequence[np.ndarray], paths: Sequence[str]
+    fits: Sequence[TraitResult], tested: Sequence[sumstats.Tested], paths: Sequence[str]
 ) -> list[TraitResult]:
     """Each trait's fit with its lambda_GC and its summary statistics file.
 
     Parameters
     ----------
     fits : sequence of TraitResult
-    t2 : sequence of ndarray, shape (m,), float64
-        Each trait's squared t statistics in .bim order, NaN where untested
+    tested : sequence of sumstats.Tested
+        Each trait's statistics in .bim order, NaN where untested
         (:func:`cmlm_cli.sumstats.write_lines`; a merge joins its parts').
     paths : sequence of str
         Each trait's summary statistics, written.
     """
     results = []
-    for fit, stats, path in zip(fits, t2, paths, strict=True):
+    for fit, stats, path in zip(fits, (t.t2 for t in tested), paths, strict=True):
         untested = int(np.count_nonzero(~np.isfinite(stats)))
         if untested:
             log.info(

@@ -90,7 +90,9 @@ class ScanResult:
     imputation (monomorphic or all missing) or collinear with the covariates.
     ``af`` is the A1 frequency over called genotypes, ``n_miss`` the number of
     missing calls among the analysed individuals, ``df`` the t-test degrees of
-    freedom.
+    freedom. ``r2_without`` and ``r2_with`` are GAPIT's likelihood-ratio
+    R^2 of the model without and with the SNP (:func:`r_squared`; the first
+    is the same for every SNP of a model, NaN where the SNP is untested).
     """
 
     beta: np.ndarray
@@ -100,6 +102,58 @@ class ScanResult:
     p: np.ndarray
     af: np.ndarray
     n_miss: np.ndarray
+    r2_without: np.ndarray
+    r2_with: np.ndarray
+
+
+def log_det_h(s: np.ndarray, d: np.ndarray, n: int) -> np.ndarray:
+    """``log|H|`` of ``H = Z Kc Z' + d I`` at each ``d``, from the eigenvalues of the groups.
+
+    ``H`` has the eigenvalues ``s + d`` on the q group directions and ``d``
+    on the ``n - q`` directions within groups; ``d = inf`` is the limit
+    h2 = 0, where ``H = I`` (the scan's convention).
+
+    Parameters
+    ----------
+    s : ndarray, shape (q,)
+        Eigenvalues of ``N^1/2 Kc N^1/2``, clipped at 0.
+    d : ndarray, shape (k,)
+    n : int
+
+    Returns
+    -------
+    ndarray, shape (k,)
+    """
+    d = np.asarray(d, dtype=np.float64)
+    out = np.zeros(d.shape)
+    finite = np.isfinite(d)
+    if np.any(finite):
+        dd = d[finite]
+        out[finite] = np.sum(np.log(s[None, :] + dd[:, None]), axis=1) + (n - s.size) * np.log(dd)
+    return out
+
+
+def r_squared(rss: np.ndarray, logdet: np.ndarray | float, y: np.ndarray) -> np.ndarray:
+    """GAPIT's likelihood-ratio R^2 of a model against the intercept alone.
+
+    With ``logL = -1/2 [n log(2 pi rss / n) + log|H| + n]``, the maximised
+    (ML) log-likelihood at fixed ``H`` (``rss = r'H^-1 r``), and ``logL0``
+    that of the intercept-only least squares, ``R^2 = 1 - exp(-2 (logL -
+    logL0) / n) = 1 - (rss / rss0) |H|^(1/n)``; the value does not depend on
+    the scale of ``H``. With ``H = I`` it is the ordinary R^2.
+
+    Parameters
+    ----------
+    rss : ndarray, shape (k,)
+        ``r'H^-1 r`` of each model's GLS residual.
+    logdet : ndarray, shape (k,) or ()
+        ``log|H|`` of each (:func:`log_det_h`).
+    y : ndarray, shape (n,)
+        The trait.
+    """
+    n = y.size
+    rss0 = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - np.asarray(rss) / rss0 * np.exp(np.asarray(logdet) / n)
 
 
 class Scanner:
@@ -192,6 +246,9 @@ class Scanner:
         # yPy = r'H^-1 r for the GLS residual r (as the null fit computes it).
         rw = yw - Xw @ beta
         self.yPy = float(np.sum((Py - PX @ beta) ** 2) + rw @ rw / self.d)
+        s = np.zeros(0) if self.basis is None else model.s
+        self.logdet = float(log_det_h(s, np.array([model.delta]), model.n)[0])
+        self.r2_null = float(r_squared(np.array([self.yPy]), self.logdet, y)[0])
 
     def _factor(self) -> tuple[np.ndarray, bool]:
         """A triangular ``R`` with ``R'R = N^-1/2 (N^1/2 Kc N^1/2 + d I)^-1 N^-1/2``.
@@ -346,7 +403,10 @@ class Scanner:
                 scale = (self.yPy - xPy * beta) / self.df
             se = np.sqrt(scale / xPx)
             t = beta / se
+            # The residual with the SNP, r'H^-1 r, at the null model's H.
+            rss = self.yPy - xPy * beta
         p = 2.0 * scipy.special.stdtr(self.df, -np.abs(t))
+        r2_with = r_squared(rss, self.logdet, model.y)
         return ScanResult(
             beta=beta,
             se=se,
@@ -355,6 +415,8 @@ class Scanner:
             p=p,
             af=stats.af,
             n_miss=stats.n_miss,
+            r2_without=np.where(np.isnan(r2_with), np.nan, self.r2_null),
+            r2_with=r2_with,
         )
 
     def _quadratic_forms(

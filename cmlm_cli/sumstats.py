@@ -3,16 +3,19 @@
 The summary statistics use the GWAS-SSF column names and order
 (chromosome, base_pair_location, effect_allele, other_allele, beta,
 standard_error, effect_allele_frequency, p_value, variant_id, n) followed by
-extra columns. The effect allele is the bim's A1 (column 5), the allele whose
-copies the dosage counts, as in PLINK and GEMMA. Every file is written
-atomically (:mod:`cmlm_cli.files`).
+extra columns: the t statistic and its degrees of freedom, the missing calls,
+GAPIT's R^2 of the model without and with the SNP
+(:func:`cmlm_cli.scan.r_squared`) and the Benjamini-Hochberg adjusted p over
+the trait's tested SNPs (:func:`fdr_bh`). The effect allele is the bim's A1
+(column 5), the allele whose copies the dosage counts, as in PLINK and GEMMA.
+Every file is written atomically (:mod:`cmlm_cli.files`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 import numpy as np
@@ -39,7 +42,13 @@ SUMSTATS_COLUMNS = (
     "t_statistic",
     "df",
     "n_missing_calls",
+    "r2_without_snp",
+    "r2_with_snp",
+    "fdr_bh",
 )
+# What the scan writes as it goes; fdr_bh needs every p-value of the trait,
+# so it is joined to these lines once the scan is complete (:func:`finish`).
+SCANNED_COLUMNS = SUMSTATS_COLUMNS[:-1]
 COMPRESSION_COLUMNS = ("groups", "groups_used", "neg2logL", "vg", "ve", "h2", "chosen")
 
 CHI2_1DF_MEDIAN = 0.4549364231195724
@@ -64,7 +73,7 @@ def format_float(values: np.ndarray, digits: int = 10) -> list[str]:
 def sumstats_columns(
     bfile: plink.Bfile, snp_index: np.ndarray, res: ScanResult, n_analysed: int
 ) -> dict[str, np.ndarray]:
-    """The columns of :data:`SUMSTATS_COLUMNS` for one block of one trait.
+    """The columns of :data:`SCANNED_COLUMNS` for one block of one trait.
 
     Parameters
     ----------
@@ -95,6 +104,8 @@ def sumstats_columns(
         "t_statistic": res.t,
         "df": res.df,
         "n_missing_calls": res.n_miss,
+        "r2_without_snp": res.r2_without,
+        "r2_with_snp": res.r2_with,
     }
 
 
@@ -104,10 +115,10 @@ def sumstats_rows(columns: dict[str, np.ndarray]) -> list[str]:
     Parameters
     ----------
     columns : dict
-        Arrays of shape (B,) keyed by :data:`SUMSTATS_COLUMNS`.
+        Arrays of shape (B,) keyed by :data:`SCANNED_COLUMNS`.
     """
     text = []
-    for name in SUMSTATS_COLUMNS:
+    for name in SCANNED_COLUMNS:
         values = columns[name]
         if values.dtype.kind == "f":
             digits = 6 if name == "effect_allele_frequency" else 10
@@ -147,7 +158,7 @@ def write_lines(
     block_size: int,
     n_blocks: int | None = None,
     progress_bar: bool = False,
-) -> list[np.ndarray]:
+) -> list[Tested]:
     """Write every trait's summary-statistics lines (no header), block by block.
 
     Parameters
@@ -170,11 +181,12 @@ def write_lines(
 
     Returns
     -------
-    list of ndarray, shape (m_sel,), float64
-        Each trait's squared t statistics in .bim order (NaN where untested),
-        for :func:`lambda_gc`.
+    list of Tested
+        Each trait's statistics in .bim order, for :func:`lambda_gc` and
+        :func:`finish`.
     """
     t2: list[list[np.ndarray]] = [[] for _ in handles]
+    p: list[list[np.ndarray]] = [[] for _ in handles]
     with Progress(total, block_size, n_blocks=n_blocks, bar=progress_bar) as progress:
         for snp_index, results in blocks:
             for k, res in enumerate(results):
@@ -182,27 +194,108 @@ def write_lines(
                     sumstats_rows(sumstats_columns(bfile, snp_index, res, n_analysed[k]))
                 )
                 t2[k].append(res.t**2)
+                p[k].append(res.p)
             progress.advance(snp_index.size)
-    return [np.concatenate(values) if values else np.zeros(0) for values in t2]
+    return [Tested(_joined(a), _joined(b)) for a, b in zip(t2, p, strict=True)]
 
 
-@contextlib.contextmanager
-def open_sumstats(paths: Sequence[str], *, gzip: bool) -> Iterator[list[IO[str]]]:
-    """Every trait's summary-statistics file, open with its header written.
+def _joined(values: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(values) if values else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class Tested:
+    """One trait's per-SNP statistics that need every SNP: lambda_GC and the FDR.
+
+    Attributes
+    ----------
+    t2 : ndarray, shape (m,), float64
+        Squared t statistics in .bim order, NaN where untested.
+    p : ndarray, shape (m,), float64
+        The p-values, likewise.
+    """
+
+    t2: np.ndarray
+    p: np.ndarray
+
+    @staticmethod
+    def join(parts: Sequence[Tested]) -> Tested:
+        """The statistics of consecutive parts of the SNPs, as one."""
+        return Tested(_joined([t.t2 for t in parts]), _joined([t.p for t in parts]))
+
+
+def fdr_bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values over the finite ones.
+
+    ``q_(i) = min over k >= i of m p_(k) / k``, capped at 1, for the ``m``
+    finite p-values in increasing order (R's ``p.adjust(p, "BH")``); NaN
+    stays NaN and is not counted in ``m``. Tied p-values get the same value,
+    so the result does not depend on the order of the SNPs.
+
+    Parameters
+    ----------
+    p : ndarray, shape (m_all,)
+
+    Returns
+    -------
+    ndarray, shape (m_all,)
+    """
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = np.argsort(p[finite], kind="stable")
+    ranked = p[finite][order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
+    out[finite[order]] = adjusted
+    return out
+
+
+def finish(
+    paths: Sequence[str],
+    bodies: Sequence[Sequence[str]],
+    tested: Sequence[Tested],
+    *,
+    gzip: bool,
+) -> None:
+    """Write every trait's summary statistics: the scanned lines with their FDR.
 
     Parameters
     ----------
     paths : sequence of str
         One file per trait (:func:`sumstats_path`).
+    bodies : sequence of sequence of str
+        Each trait's files of scanned lines (:data:`SCANNED_COLUMNS`, no
+        header), in .bim order: one for a whole run, the parts for a merge.
+    tested : sequence of Tested
+        Each trait's statistics over all of these lines.
     gzip : bool
 
-    Yields
-    ------
-    list of text files
-        The files appear, all of them, only if the block completes
-        (:func:`cmlm_cli.files.atomic_open_all`).
+    Notes
+    -----
+    The files appear, all of them, only if every one is complete
+    (:func:`cmlm_cli.files.atomic_open_all`). The scanned text is copied as
+    it is, so a merge of chunks writes the bytes of a whole run.
     """
     with files.atomic_open_all(paths, compress=gzip) as handles:
-        for handle in handles:
+        for path, handle, texts, stats in zip(paths, handles, bodies, tested, strict=True):
             handle.write("\t".join(SUMSTATS_COLUMNS) + "\n")
-        yield handles
+            fdr = iter(format_float(fdr_bh(stats.p)))
+            lines = 0
+            for text in texts:
+                with open(text, encoding="utf-8", newline="") as source:
+                    while batch := source.readlines(_BATCH):
+                        handle.writelines(
+                            f"{line[:-1]}\t{value}\n"
+                            for line, value in zip(batch, fdr, strict=False)
+                        )
+                        lines += len(batch)
+            if lines != stats.p.size or next(fdr, None) is not None:
+                msg = f"{path}: {lines} scanned lines for {stats.p.size} SNPs"
+                raise AssertionError(msg)
+
+
+# Bytes of scanned lines joined to their FDR at a time.
+_BATCH = 1 << 22

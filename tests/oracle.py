@@ -270,6 +270,26 @@ class DenseScan:
     p: np.ndarray
     af: np.ndarray
     n_miss: np.ndarray
+    r2_without: np.ndarray
+    r2_with: np.ndarray
+
+
+def gapit_r2(y: np.ndarray, X: np.ndarray, H: np.ndarray) -> float:
+    """GAPIT's R^2 of the GLS fit of ``y`` on ``X`` with covariance ``H`` (dense).
+
+    ``logL = -1/2 [n log(2 pi r'H^-1 r / n) + log|H| + n]`` at the GLS
+    residual ``r``, against the same for the intercept alone with ``H = I``:
+    ``R^2 = 1 - exp(-2 (logL - logL0) / n)`` (DESIGN.md, appendix).
+    """
+    n = y.size
+    Hinv = np.linalg.inv(H)
+    coef = np.linalg.solve(X.T @ Hinv @ X, X.T @ Hinv @ y)
+    r = y - X @ coef
+    logdet = np.linalg.slogdet(H)[1]
+    log_l = -0.5 * (n * np.log(2 * np.pi * float(r @ Hinv @ r) / n) + logdet + n)
+    r0 = y - y.mean()
+    log_l0 = -0.5 * (n * np.log(2 * np.pi * float(r0 @ r0) / n) + n)
+    return float(1.0 - np.exp(-2.0 * (log_l - log_l0) / n))
 
 
 def _allele_counts(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -314,11 +334,13 @@ def dense_scan(
     Hinv = np.linalg.inv(H)
     B = G.shape[1]
     beta, se = np.full(B, np.nan), np.full(B, np.nan)
+    r2 = np.full(B, np.nan)
     for j in range(B):
         x = Gi[:, j]
         if not _testable(x):
             continue
         Xs = np.column_stack([X, x])
+        r2[j] = gapit_r2(y, Xs, H)
         cov = np.linalg.inv(Xs.T @ Vinv @ Xs)
         coef = cov @ (Xs.T @ Vinv @ y)
         beta[j] = coef[-1]
@@ -328,7 +350,7 @@ def dense_scan(
             resid = y - Xs @ coef
             s2 = float(resid @ Hinv @ resid) / df
             se[j] = np.sqrt(s2 * np.linalg.inv(Xs.T @ Hinv @ Xs)[-1, -1])
-    return _finish(beta, se, df, G)
+    return _finish(beta, se, df, G, gapit_r2(y, X, H), r2)
 
 
 def ols_scan(
@@ -340,6 +362,7 @@ def ols_scan(
     Gi = impute(G, impute_with)
     B = G.shape[1]
     beta, se = np.full(B, np.nan), np.full(B, np.nan)
+    r2 = np.full(B, np.nan)
     for j in range(B):
         x = Gi[:, j]
         if not _testable(x):
@@ -350,13 +373,22 @@ def ols_scan(
         beta[j] = coef[-1]
         unit = np.linalg.lstsq(Xs, np.eye(n), rcond=None)[0]  # (X*'X*)^-1 X*'
         se[j] = np.sqrt(float(rss[0]) / df * float(unit[-1] @ unit[-1]))
-    return _finish(beta, se, df, G)
+        r2[j] = gapit_r2(y, Xs, np.eye(n))
+    return _finish(beta, se, df, G, gapit_r2(y, X, np.eye(n)), r2)
 
 
-def _finish(beta: np.ndarray, se: np.ndarray, df: int, G: np.ndarray) -> DenseScan:
+def _finish(
+    beta: np.ndarray,
+    se: np.ndarray,
+    df: int,
+    G: np.ndarray,
+    r2_without: float,
+    r2_with: np.ndarray,
+) -> DenseScan:
     t = beta / se
     p = np.full(beta.size, np.nan)
     ok = np.isfinite(t)
     p[ok] = 2 * scipy.stats.t.sf(np.abs(t[ok]), df)
     af, n_miss = _allele_counts(G)
-    return DenseScan(beta, se, t, np.full(beta.size, float(df)), p, af, n_miss)
+    without = np.where(np.isnan(r2_with), np.nan, r2_without)
+    return DenseScan(beta, se, t, np.full(beta.size, float(df)), p, af, n_miss, without, r2_with)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import TEST_DATA, read_tsv
-from oracle import dense_fit, dense_scan, group_mean_kinship, h_matrix, impute
+from oracle import dense_fit, dense_scan, gapit_r2, group_mean_kinship, h_matrix, impute
 from test_packed import edge_snps, packed_scan, write_bfile
 
 from cmlm_cli import GwasOptions, run_gwas, tables
@@ -82,6 +82,10 @@ def test_exact_scan_equals_dense_refit_per_snp(method, compressed):
         # At the same d the test is algebraically equal: 1e-8 covers the d.
         for ours, theirs in ((res.beta, dense.beta), (res.se, dense.se), (res.p, dense.p)):
             assert ours[j] == pytest.approx(theirs[0], rel=1e-8), j
+        # GAPIT's R^2 with the SNP at its own d; without it, at the null fit's.
+        assert res.r2_with[j] == pytest.approx(dense.r2_with[0], abs=1e-8), j
+        H0 = h_matrix(model.delta, labels, Kc)
+        assert res.r2_without[j] == pytest.approx(gapit_r2(y, X, H0), abs=1e-10), j
     assert np.array_equal(res.n_miss, [0, 1, 5, 0, 0, 0, 0])
     assert (res.df == n - 3).all()
     # The causal SNP moves the variance ratio well away from the null fit's:

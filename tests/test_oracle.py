@@ -256,7 +256,7 @@ def scan_errors(fast, ref) -> dict[str, float]:
     are relative to ``se``, not to itself (checked with mpmath: at ``t = 2e-4``
     the dense oracle itself is off by 2e-8 relative in ``beta``).
     """
-    for field in ("beta", "se", "t", "p"):
+    for field in ("beta", "se", "t", "p", "r2_without", "r2_with"):
         a, b = getattr(fast, field), getattr(ref, field)
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"NaN pattern of {field}")
     scale = {
@@ -265,6 +265,9 @@ def scan_errors(fast, ref) -> dict[str, float]:
         "t": np.maximum(np.abs(ref.t), 1.0),
         "p": ref.p,
         "af": ref.af,
+        # R^2 is at most 1 and can be near 0 or below: absolute error.
+        "r2_without": np.where(np.isnan(ref.r2_without), np.nan, 1.0),
+        "r2_with": np.where(np.isnan(ref.r2_with), np.nan, 1.0),
     }
     errors = {}
     for field, unit in scale.items():
@@ -323,7 +326,7 @@ def test_degenerate_snps_give_nan(variance):
     model = fit_null(pn.y, pn.X, pn.labels, pn.Kc)
     block = degenerate_block(pn)
     res = scan_block(model, block, variance=variance)
-    for field in ("beta", "se", "t", "p"):
+    for field in ("beta", "se", "t", "p", "r2_without", "r2_with"):
         values = getattr(res, field)
         assert np.all(np.isnan(values[:4])), field
         assert np.isfinite(values[4]), field
@@ -424,7 +427,8 @@ def test_snp_order_and_blocks_change_nothing(order, split):
             for cols in (order[:split], order[split:])
         ]
         joined = {
-            field: np.empty(N_SCAN_SNPS) for field in ("beta", "se", "t", "df", "p", "af", "n_miss")
+            field: np.empty(N_SCAN_SNPS)
+            for field in ("beta", "se", "t", "df", "p", "af", "n_miss", "r2_without", "r2_with")
         }
         for cols, part in zip((order[:split], order[split:]), parts, strict=True):
             for field, values in joined.items():

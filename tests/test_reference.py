@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 from helpers import as_float, read_tsv
 
 from cmlm_cli import GwasOptions, run_gwas, tables
@@ -69,6 +70,63 @@ def test_mlm_p_values_equal_gapit(gapit_mlm, reference):
         assert abs(t) == pytest.approx(abs(t_gapit[snp]), rel=1e-4, abs=1e-4), snp
         compared += 1
     assert compared > 3000
+
+
+def gapit_numbers(path, columns):
+    """GAPIT's columns of a GWAS table by SNP, the four-allele SNP left out."""
+    table = read_tsv(path)
+    keep = [k for k, snp in enumerate(table["SNP"]) if snp != GAPIT_FOUR_ALLELE_SNP]
+    snps = [table["SNP"][k] for k in keep]
+    return {c: dict(zip(snps, as_float([table[c][k] for k in keep]), strict=True))
+            for c in columns}
+
+
+def test_r2_and_fdr_columns_equal_gapit(gapit_mlm, reference, tmp_path):
+    # GAPIT's MLM with its kinship: "Rsq.model.without.SNP", "Rsq.model.with.SNP"
+    # and "HB.P.Value" (Benjamini-Hochberg). GAPIT sets p = 1 for the SNPs it
+    # cannot test (2 constant ones here) and for the four-allele SNP it codes
+    # apart, and counts them in m = 3,093 where we count the 3,091 tested SNPs:
+    # its FDR is larger by up to 3093/3091 (2.8e-4 in log10), below the 1e-2.
+    _, ours = gapit_mlm
+    gapit = gapit_numbers(reference / "gapit" / "MLM_PCA0_EarHT.gwas.tsv",
+                          ["Rsq.model.without.SNP", "Rsq.model.with.SNP", "HB.P.Value"])
+    snps = [s for s, p in zip(ours["variant_id"], as_float(ours["p_value"]), strict=True)
+            if s in gapit["HB.P.Value"] and np.isfinite(p)]
+    assert len(snps) == 3090
+    row = {s: k for k, s in enumerate(ours["variant_id"])}
+    take = [row[s] for s in snps]
+    for ours_col, theirs_col, tol in (("r2_without_snp", "Rsq.model.without.SNP", 1e-5),
+                                      ("r2_with_snp", "Rsq.model.with.SNP", 1e-5)):
+        mine = as_float(ours[ours_col])[take]
+        theirs = np.array([gapit[theirs_col][s] for s in snps])
+        assert np.max(np.abs(mine - theirs)) < tol, ours_col
+    fdr = as_float(ours["fdr_bh"])[take]
+    theirs = np.array([gapit["HB.P.Value"][s] for s in snps])
+    assert np.max(np.abs(np.log10(fdr) - np.log10(theirs))) < 1e-2
+    # ... and our own FDR is exactly BH over our own p-values (scipy's).
+    p = as_float(ours["p_value"])
+    tested = np.isfinite(p)
+    np.testing.assert_allclose(as_float(ours["fdr_bh"])[tested],
+                               scipy.stats.false_discovery_control(p[tested]), rtol=1e-9)
+    assert np.isnan(as_float(ours["fdr_bh"])[~tested]).all()
+
+
+def test_glm_r2_equals_gapit(reference, tmp_path):
+    # With H = I the R^2 with the SNP is the ordinary one of least squares.
+    options = GwasOptions(pheno_names=("EarHT",), model="glm", impute="middle", plots=False,
+                          blup=False)
+    run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(tmp_path / "g"), options)
+    ours = read_tsv(tmp_path / "g.EarHT.sumstats.tsv")
+    gapit = gapit_numbers(reference / "gapit" / "GLM_PCA0_EarHT.gwas.tsv",
+                          ["Rsq.model.with.SNP", "Rsq.model.without.SNP"])
+    compared = 0
+    for snp, r2, r2_null in zip(ours["variant_id"], as_float(ours["r2_with_snp"]),
+                                as_float(ours["r2_without_snp"]), strict=True):
+        if snp in gapit["Rsq.model.with.SNP"] and np.isfinite(r2):
+            assert r2 == pytest.approx(gapit["Rsq.model.with.SNP"][snp], abs=1e-9), snp
+            assert r2_null == pytest.approx(gapit["Rsq.model.without.SNP"][snp], abs=1e-12)
+            compared += 1
+    assert compared == 3090
 
 
 def gapit_inputs(reference):

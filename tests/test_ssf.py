@@ -189,6 +189,10 @@ def test_underflowing_p_values_and_unsorted_rows(tmp_path):
     rows = [["2", "10", "A", "G", "5", "0.01", "0.3", "0", "rs12", "102", "1e5", "100", "0"],
             ["chr1", "7", "C", "T", "0.1", "0.2", "0.1", "0.6", "x.1", "102", "0.5", "100", "0"],
             ["X", "3", "C", "T", "0.2", "0.1", "0.5", "0.05", "m", "101", "2", "100", "1"]]
+    # r2 without, with the SNP, fdr_bh
+    for row, extra in zip(rows, (["0.2", "0.9", "0"], ["0.2", "0.21", "0.6"],
+                                 ["0.2", "0.23", "0.075"]), strict=True):
+        row.extend(extra)
     source = fake_sumstats(tmp_path / "run.T.sumstats.tsv", rows)
     data, meta_path = write_ssf(source, tmp_path / "run.T.ssf.tsv.gz", trait="T",
                                 sample_size=102, genome_assembly="GRCh38", analysis="test")
@@ -253,8 +257,10 @@ def test_format_options_are_checked(mdp, tmp_path, fmt, assembly, message):
 
 
 def test_monomorphic_allele_zero_is_allowed_and_left_out(tmp_path):
-    rows = [["1", "10", "0", "G", "NA", "NA", "0", "NA", "s", "50", "NA", "NA", "0"],
-            ["1", "20", "A", "G", "0.5", "0.1", "0.2", "1e-6", "t", "50", "5", "48", "0"]]
+    rows = [["1", "10", "0", "G", "NA", "NA", "0", "NA", "s", "50", "NA", "NA", "0",
+             "NA", "NA", "NA"],
+            ["1", "20", "A", "G", "0.5", "0.1", "0.2", "1e-6", "t", "50", "5", "48", "0",
+             "0.1", "0.5", "1e-6"]]
     source = fake_sumstats(tmp_path / "a.sumstats.tsv", rows)
     data, _ = write_ssf(source, tmp_path / "a.ssf.tsv.gz", trait="T", sample_size=50,
                         genome_assembly="B73 RefGen_v4", analysis="test")

@@ -1,0 +1,46 @@
+"""The Benjamini-Hochberg column (``fdr_bh``) of the summary statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cmlm_cli.sumstats import fdr_bh
+
+
+def test_hand_worked_example():
+    # m = 4 finite p: sorted 0.01, 0.02, 0.03, 0.5; m p / rank = 0.04, 0.04,
+    # 0.04, 0.5; the running minimum from the top keeps them. NaN stays NaN
+    # and is not counted.
+    p = np.array([0.03, np.nan, 0.5, 0.01, 0.02])
+    np.testing.assert_allclose(fdr_bh(p), [0.04, np.nan, 0.5, 0.04, 0.04], rtol=1e-15)
+
+
+def test_monotone_step_down_and_cap_at_one():
+    # 0.9 * 2 / 2 = 0.9, then 0.8 * 2 / 1 = 1.6 -> min(1.6, 0.9) = 0.9; 1 caps.
+    np.testing.assert_allclose(fdr_bh(np.array([0.8, 0.9])), [0.9, 0.9])
+    np.testing.assert_allclose(fdr_bh(np.array([0.6, 0.7, 0.99])), [0.99, 0.99, 0.99])
+    assert fdr_bh(np.array([np.nan, np.nan])).tolist() == pytest.approx([np.nan] * 2,
+                                                                          nan_ok=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(st.floats(0, 1), st.sampled_from([np.nan, 1e-300, 0.05, 0.05])),
+             min_size=1, max_size=60),
+    st.randoms(use_true_random=False),
+)
+def test_equals_scipy_and_does_not_depend_on_the_order(values, rnd):
+    p = np.array(values, dtype=float)
+    q = fdr_bh(p)
+    finite = np.isfinite(p)
+    assert np.array_equal(np.isnan(q), ~finite)
+    if finite.any():
+        np.testing.assert_allclose(q[finite], scipy.stats.false_discovery_control(p[finite]),
+                                   rtol=1e-12, atol=0)
+    order = list(range(p.size))
+    rnd.shuffle(order)
+    np.testing.assert_array_equal(fdr_bh(p[order]), q[order])
