@@ -11,6 +11,7 @@ PRECISIONS = ("auto", "float64", "float32")
 KINSHIP_PRECISIONS = PRECISIONS
 SCAN_PRECISIONS = PRECISIONS
 IMPUTE_METHODS = ("mean", "middle")
+PCS_SELECTIONS = ("none", "bic")
 CLUSTER_METHODS = ("average", "complete", "ward", "single", "mcquitty", "median", "centroid")
 GROUP_KINSHIPS = ("mean", "max", "min", "median", "identity")
 METHODS = ("reml", "ml")

@@ -259,6 +259,14 @@ analysis_options = _together(
         help="Principal components of the genotypes added as covariates.",
     ),
     click.option(
+        "--pcs-select",
+        type=click.Choice(choices.PCS_SELECTIONS),
+        default="none",
+        show_default=True,
+        help="bic: keep the first 0..K of the --pcs K components that maximise GAPIT's BIC "
+        "at the chosen compression level (its Model.selection); writes OUT.TRAIT.pcs_bic.tsv.",
+    ),
+    click.option(
         "--maf",
         type=float,
         default=0.0,
@@ -821,8 +829,21 @@ def predict(null, out, keep, bfile, quiet, verbose) -> None:
 )
 @log_options
 def cv(
-    bfile, pfile, vcf, hapmap, gd, gm, pheno, out, folds, repeats, seed, cv_by_level, quiet,
-    verbose, **settings,
+    bfile,
+    pfile,
+    vcf,
+    hapmap,
+    gd,
+    gm,
+    pheno,
+    out,
+    folds,
+    repeats,
+    seed,
+    cv_by_level,
+    quiet,
+    verbose,
+    **settings,
 ) -> None:
     """Cross-validated accuracy of genomic prediction, per trait.
 

@@ -39,6 +39,7 @@ from cmlm_cli.null_model import (
     fit_null_basis,
 )
 from cmlm_cli.options import GwasOptions
+from cmlm_cli.pcs_selection import PcsRow, cut_pcs, select_pcs
 from cmlm_cli.prediction import Targets
 
 log = logging.getLogger("cmlm")
@@ -336,6 +337,14 @@ class TraitResult:
         With ``--loco``, one per chromosome in .bim order: the models its
         SNPs are tested against (``model`` is then the whole genome's, for
         the profile and the BLUPs). Empty otherwise.
+    pcs_bic : tuple of PcsRow
+        With ``--pcs-select bic``, the fits of 0..K PCs at the chosen level
+        (:func:`cmlm_cli.pcs_selection.select_pcs`); ``model`` is then the
+        fit with ``pcs`` PCs, while ``levels`` keep the search's, with all K.
+        Empty otherwise.
+    pcs : int or None
+        PCs in ``model`` when they were selected; None otherwise (all of
+        ``--pcs``).
     """
 
     name: str
@@ -347,6 +356,8 @@ class TraitResult:
     files: tuple[str, ...] = ()
     targets: Targets | None = None
     loco: tuple[ChromosomeModel, ...] = ()
+    pcs_bic: tuple[PcsRow, ...] = ()
+    pcs: int | None = None
 
 
 def _release_kinships(levels: list[Level]) -> None:
@@ -433,11 +444,20 @@ def fit_traits(
     list of TraitResult
         One per trait, in order.
     """
+    select = options.pcs_select == "bic"
     if options.model == "glm":
-        return [
-            TraitResult(t.name, t.analysed, (), 0, fit_glm(t.y, t.X, method=options.method))
-            for t in traits
-        ]
+        results = []
+        for t in traits:
+            model = fit_glm(t.y, t.X, method=options.method)
+            pcs: int | None = None
+            rows: tuple[PcsRow, ...] = ()
+            if select:
+                pcs, rows, model = select_pcs(
+                    t, None, None, method=options.method, solver=options.solver
+                )
+                _log_pcs(t.name, pcs, rows)
+            results.append(TraitResult(t.name, t.analysed, (), 0, model, pcs_bic=rows, pcs=pcs))
+        return results
     if options.model == "mlm":
         results = []
         for t in traits:
@@ -445,8 +465,19 @@ def fit_traits(
             K = rel.K[np.ix_(t.analysed, t.analysed)]
             model = fit_null(t.y, t.X, labels, K, method=options.method, solver=options.solver)
             level = Level(t.analysed.size, model, labels, labels)
+            pcs, rows = None, ()
+            if select:
+                pcs, rows, model = select_pcs(
+                    t, labels, K, method=options.method, solver=options.solver
+                )
+                _log_pcs(t.name, pcs, rows)
+                t = cut_pcs(t, pcs)
             targets = _sample_targets(t, rel.K) if options.blup else None
-            results.append(TraitResult(t.name, t.analysed, (level,), 0, model, targets=targets))
+            results.append(
+                TraitResult(
+                    t.name, t.analysed, (level,), 0, model, targets=targets, pcs_bic=rows, pcs=pcs
+                )
+            )
         return results
     assert tree is not None
     p = traits[0].X.shape[1]
@@ -491,6 +522,14 @@ def fit_traits(
         chosen = choose(trait_levels, rule=options.choose)
         level = trait_levels[chosen]
         assert level.model.Kc.size or level.model.q == 0
+        pcs, rows = None, ()
+        if select:
+            pcs, rows, refit = select_pcs(
+                t, level.labels, level.model.Kc, method=options.method, solver=options.solver
+            )
+            _log_pcs(t.name, pcs, rows)
+            t = cut_pcs(t, pcs)
+            level = dataclasses.replace(level, model=refit)
         targets = None
         if options.blup:
             cut = None
@@ -501,10 +540,32 @@ def fit_traits(
             targets = _group_targets(t, level, cut)
         results.append(
             TraitResult(
-                t.name, t.analysed, tuple(trait_levels), chosen, level.model, targets=targets
+                t.name,
+                t.analysed,
+                tuple(trait_levels),
+                chosen,
+                level.model,
+                targets=targets,
+                pcs_bic=rows,
+                pcs=pcs,
             )
         )
     return results
+
+
+def _log_pcs(name: str, pcs: int, rows: Sequence[PcsRow]) -> None:
+    """Say which PC count the BIC chose, and by how much."""
+    best = rows[pcs].bic
+    others = [row.bic for row in rows if row.pcs != pcs]
+    margin = f", {best - max(others):.4g} above the next" if others else ""
+    log.info(
+        "%s: --pcs-select bic keeps %d of %d PCs (BIC %.6f%s)",
+        name,
+        pcs,
+        len(rows) - 1,
+        best,
+        margin,
+    )
 
 
 def partition_at(

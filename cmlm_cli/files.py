@@ -109,9 +109,7 @@ def scratch_names(paths: Sequence[str | Path]) -> Iterator[list[str]]:
     Whatever exists under these names when the block ends, normally or not,
     is removed.
     """
-    names = [
-        str(Path(p).parent / f".{Path(p).name}.{secrets.token_hex(8)}.scratch") for p in paths
-    ]
+    names = [str(Path(p).parent / f".{Path(p).name}.{secrets.token_hex(8)}.scratch") for p in paths]
     try:
         yield names
     finally:

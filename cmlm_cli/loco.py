@@ -271,6 +271,4 @@ def block_starts(inputs: Inputs, block_size: int, *, loco: bool) -> np.ndarray:
     chrom = inputs.bfile.chrom[inputs.snps]
     starts = np.r_[0, np.flatnonzero(chrom[1:] != chrom[:-1]) + 1]
     stops = np.r_[starts[1:], m]
-    return np.concatenate(
-        [np.arange(a, b, block_size) for a, b in zip(starts, stops, strict=True)]
-    )
+    return np.concatenate([np.arange(a, b, block_size) for a, b in zip(starts, stops, strict=True)])

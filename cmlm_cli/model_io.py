@@ -50,6 +50,7 @@ from cmlm_cli.errors import CmlmError
 from cmlm_cli.inputs import Inputs
 from cmlm_cli.null_model import NullModel
 from cmlm_cli.options import GwasOptions
+from cmlm_cli.pcs_selection import PcsRow
 from cmlm_cli.prediction import Targets
 
 log = logging.getLogger("cmlm")
@@ -198,6 +199,8 @@ def save_fit(
                 "model_is_chosen_level": shared,
                 "targets": result.targets is not None,
                 "loco": len(result.loco),
+                "pcs": result.pcs,
+                "pcs_bic": [[r.pcs, r.logL, r.bic] for r in result.pcs_bic],
             }
         )
     meta = {
@@ -277,6 +280,10 @@ def load_fit(path: str, *, bfile: str | None = None, threads: int | None = None)
                 model,
                 targets=targets,
                 loco=loco,
+                pcs_bic=tuple(
+                    PcsRow(int(j), float(a), float(b)) for j, a, b in trait.get("pcs_bic", [])
+                ),
+                pcs=trait.get("pcs"),
             )
         )
     inputs = Inputs(

@@ -166,6 +166,7 @@ class GwasOptions:
     covar_names: tuple[str, ...] | None = None
     covar_factors: tuple[str, ...] = ()
     pcs: int = 0
+    pcs_select: Literal["none", "bic"] = "none"
     maf: float = 0.0
     keep: str | None = None
     extract: str | None = None
@@ -267,6 +268,15 @@ def check_options(options: GwasOptions) -> None:
         raise CmlmError(msg)
     if options.pcs < 0:
         msg = f"--pcs {options.pcs} must be 0 or more"
+        raise CmlmError(msg)
+    if options.pcs_select not in ("none", "bic"):
+        msg = f"--pcs-select {options.pcs_select!r} is not one of none, bic"
+        raise CmlmError(msg)
+    if options.pcs_select == "bic" and options.pcs < 1:
+        msg = (
+            "--pcs-select bic chooses among the first 0..K principal components of --pcs K; "
+            "give --pcs K with K at least 1"
+        )
         raise CmlmError(msg)
     if options.exact and options.snp_variance != "auto":
         msg = (

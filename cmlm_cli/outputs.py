@@ -49,8 +49,9 @@ def write_trait_files(
     Returns
     -------
     tuple of str
-        ``OUT.TRAIT.compression.tsv``, ``.model.json``, ``.groups.tsv`` and,
-        with ``--loco``, ``.loco.tsv`` (:data:`LOCO_COLUMNS`).
+        ``OUT.TRAIT.compression.tsv``, ``.model.json``, ``.groups.tsv``; with
+        ``--pcs-select bic``, ``.pcs_bic.tsv`` (:data:`PCS_BIC_COLUMNS`); with
+        ``--loco``, ``.loco.tsv`` (:data:`LOCO_COLUMNS`).
     """
     name, model = result.name, result.model
     profile = [
@@ -86,7 +87,12 @@ def write_trait_files(
         "converged": model.converged,
         "n": model.n,
         "p": model.p,
-        "fixed_effects": dict(zip(fixed_names(inputs, options), model.beta.tolist(), strict=True)),
+        # With --pcs-select the model keeps the first of the PCs.
+        "fixed_effects": dict(
+            zip(fixed_names(inputs, options)[: model.p], model.beta.tolist(), strict=True)
+        ),
+        "pcs": options.pcs if result.pcs is None else result.pcs,
+        "pcs_select": options.pcs_select,
         "snp_variance": options.variance_for(options.model),
         "snp_test": options.snp_test,
         "lambda_gc": result.lambda_gc,
@@ -108,8 +114,14 @@ def write_trait_files(
     groups_path = f"{out}.{name}.groups.tsv"
     rows = list(zip(fid, iid, group.tolist(), strict=True))
     files.write_table(groups_path, ("FID", "IID", "group"), rows)
+    written: tuple[str, ...] = (profile_path, model_path, groups_path)
+    if result.pcs_bic:
+        bic_path = f"{out}.{name}.pcs_bic.tsv"
+        bic_rows = [(r.pcs, r.logL, r.bic, r.pcs == result.pcs) for r in result.pcs_bic]
+        files.write_table(bic_path, PCS_BIC_COLUMNS, bic_rows)
+        written = (*written, bic_path)
     if not result.loco:
-        return profile_path, model_path, groups_path
+        return written
     loco_path = f"{out}.{name}.loco.tsv"
     loco_rows = [
         (c.chromosome, c.snps, c.kinship_snps, c.groups, c.model.q, c.model.neg2logL)
@@ -117,8 +129,11 @@ def write_trait_files(
         for c in result.loco
     ]
     files.write_table(loco_path, LOCO_COLUMNS, loco_rows)
-    return profile_path, model_path, groups_path, loco_path
+    return (*written, loco_path)
 
+
+PCS_BIC_COLUMNS = ("pcs", "logL", "BIC", "chosen")
+"""``OUT.TRAIT.pcs_bic.tsv``: each PC count's ML log-likelihood and BIC (``--pcs-select bic``)."""
 
 LOCO_COLUMNS = (
     "chromosome",

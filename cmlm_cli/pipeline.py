@@ -33,6 +33,7 @@ from cmlm_cli.large import RANDOM_SEED, GroupedKinship, build_grouped
 from cmlm_cli.loco import block_starts, chromosomes, fit_loco
 from cmlm_cli.options import GwasOptions, check_options, choose_path
 from cmlm_cli.outputs import log_summary, write_blup, write_ssf, write_trait_files
+from cmlm_cli.pcs_selection import cut_pcs
 from cmlm_cli.progress import Stopwatch
 
 log = logging.getLogger("cmlm")
@@ -171,6 +172,8 @@ def fit_inputs(
     traits = trait_designs(inputs, rel, options)
     fits = fit_traits(traits, rel, tree, options)
     lap("null models")
+    # --pcs-select keeps the first PCs: --loco refits the model it chose.
+    traits = [t if f.pcs is None else cut_pcs(t, f.pcs) for t, f in zip(traits, fits, strict=True)]
     if options.loco:
         fits = fit_loco(inputs, options, rel, tree, traits, fits)
         lap("null models without each chromosome (--loco)")

@@ -465,6 +465,7 @@ def fingerprint(bfile: Bfile) -> dict[str, Any]:
 
 # --- writing a fileset (the converters) ---------------------------------------------
 
+
 @dataclass(frozen=True)
 class Conversion:
     """What a conversion wrote.

@@ -721,9 +721,7 @@ def _parse_column(values: list[str], numbers: list[int], where: str, name: str) 
     try:
         result = np.array([math.nan if v == files.MISSING else float(v) for v in values])
     except ValueError:
-        result = np.array(
-            [math.nan if v == files.MISSING else _float_or_inf(v) for v in values]
-        )
+        result = np.array([math.nan if v == files.MISSING else _float_or_inf(v) for v in values])
     missing = np.array([v == files.MISSING for v in values], dtype=bool)
     if name == "p_value":
         bad = ~missing & ~((result >= 0) & (result <= 1))
@@ -733,10 +731,7 @@ def _parse_column(values: list[str], numbers: list[int], where: str, name: str) 
         expected = "a whole number"
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        msg = (
-            f"{where}, line {numbers[k]}: {name} is {values[k]!r}, "
-            f"expected {expected}"
-        )
+        msg = f"{where}, line {numbers[k]}: {name} is {values[k]!r}, expected {expected}"
         raise CmlmError(msg)
     return result
 

@@ -284,8 +284,7 @@ def write_ssf(
             }
             out.write(
                 "\t".join(
-                    SSF_MISSING if values[c] == files.MISSING else values[c]
-                    for c in SSF_COLUMNS
+                    SSF_MISSING if values[c] == files.MISSING else values[c] for c in SSF_COLUMNS
                 )
                 + "\n"
             )

@@ -563,8 +563,12 @@ def select_columns(table: Table, names: Sequence[str] | None) -> Table:
 
 
 def match_rows(
-    path: str, table_fid: np.ndarray, table_iid: np.ndarray, by_iid: bool,
-    fid: np.ndarray, iid: np.ndarray,
+    path: str,
+    table_fid: np.ndarray,
+    table_iid: np.ndarray,
+    by_iid: bool,
+    fid: np.ndarray,
+    iid: np.ndarray,
 ) -> np.ndarray:
     """The row of a table (or ID list) that holds each sample, -1 where none does.
 
