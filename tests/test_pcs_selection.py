@@ -83,7 +83,8 @@ def test_bic_profile_equals_dense_oracle(design, tmp_path, model):
     best = int(np.argmax([e[1] for e in expected]))
     assert [v == "TRUE" for v in table["chosen"]] == [j == best for j in range(K_PCS + 1)]
     meta = json.loads((tmp_path / "r.EarHT.model.json").read_text())
-    assert meta["pcs"] == best and meta["p"] == 1 + best
+    assert meta["pcs"] == best
+    assert meta["p"] == 1 + best
     assert list(meta["fixed_effects"]) == ["intercept"] + [f"PC{i + 1}" for i in range(best)]
 
 

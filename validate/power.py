@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -92,7 +93,8 @@ def _load_calibration() -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, HERE / "run.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -126,6 +128,13 @@ MODELS = {
     "mlm": ["--model", "mlm"],
     "cmlm": ["--model", "cmlm"],
     "ecmlm": ["--model", "ecmlm"],
+}
+LINE_STYLES: dict[str, dict[str, object]] = {
+    "glm": {"color": "tab:blue", "lw": 1.3},
+    "glm+3PCs": {"color": "tab:orange", "lw": 1.3},
+    "mlm": {"color": "tab:green", "lw": 2.6, "alpha": 0.6},
+    "cmlm": {"color": "tab:red", "lw": 1.3, "ls": "--"},
+    "ecmlm": {"color": "black", "lw": 1.3, "ls": ":"},
 }
 STRUCTURE_PCS = 3
 ALPHAS = (1e-3, 1e-2)
@@ -185,10 +194,15 @@ class Result:
     ----------
     p : ndarray, shape (R, m)
         p-values in the .bim order; NaN where cmlm tested nothing.
+    groups, n : ndarray, shape (R,)
+        Groups of the chosen compression level and samples of each
+        replicate's null model (OUT.TRAIT.model.json); NaN if not stated.
     seconds : float
     """
 
     p: np.ndarray
+    groups: np.ndarray
+    n: np.ndarray
     seconds: float
 
 
@@ -441,7 +455,12 @@ def run_model(panel: Panel, pheno: Path, out: Path, options: Sequence[str],
         raise SystemExit(msg)
     p = np.vstack([read_pvalues(Path(f"{out}.rep{r + 1}.sumstats.tsv"), snp)
                    for r in range(replicates)])
-    return Result(p=p, seconds=seconds)
+    groups, n = np.full(replicates, np.nan), np.full(replicates, np.nan)
+    for r in range(replicates):
+        model = json.loads(Path(f"{out}.rep{r + 1}.model.json").read_text())
+        groups[r] = model.get("groups") or np.nan
+        n[r] = model.get("n") or np.nan
+    return Result(p=p, groups=groups, n=n, seconds=seconds)
 
 
 # ---------------------------------------------------------------- measures
@@ -495,9 +514,14 @@ class Measures:
     bonferroni: float
     lambda_gc: float
     curve: np.ndarray  # power at CURVE_ALPHAS, shape (len(CURVE_ALPHAS),)
+    # Median groups of the chosen level, and the share of replicates whose
+    # level has fewer groups than samples (compressed); NaN for glm.
+    groups: float = np.nan
+    compressed: float = np.nan
 
 
-def measure(p: np.ndarray, qtn: np.ndarray) -> Measures:
+def measure(p: np.ndarray, qtn: np.ndarray, groups: np.ndarray | None = None,
+            n: np.ndarray | None = None) -> Measures:
     """Power at empirical and Bonferroni thresholds, and lambda_GC.
 
     Parameters
@@ -505,6 +529,8 @@ def measure(p: np.ndarray, qtn: np.ndarray) -> Measures:
     p : ndarray, shape (R, m)
         p-values, NaN where untested.
     qtn : ndarray of int, shape (R, k)
+    groups, n : ndarray, shape (R,), optional
+        Chosen groups and samples of each replicate (:class:`Result`).
     """
     mask = null_mask(p.shape, qtn)
     null = p[mask]
@@ -516,8 +542,12 @@ def measure(p: np.ndarray, qtn: np.ndarray) -> Measures:
     tested = np.isfinite(p).sum(axis=1, keepdims=True)
     bonferroni = float(np.mean(hits <= 0.05 / tested))
     lambdas = [calibration.lambda_gc(p[r][mask[r]]) for r in range(p.shape[0])]
-    return Measures(power=power, bonferroni=bonferroni, lambda_gc=float(np.median(lambdas)),
-                    curve=curve)
+    summary = Measures(power=power, bonferroni=bonferroni,
+                       lambda_gc=float(np.median(lambdas)), curve=curve)
+    if groups is not None and n is not None and np.isfinite(groups).all():
+        summary.groups = float(np.median(groups))
+        summary.compressed = float(np.mean(groups < n))
+    return summary
 
 
 # ---------------------------------------------------------------- report
@@ -527,16 +557,22 @@ def table(measures: dict[Setting, dict[str, Measures]],
           seconds: dict[Setting, dict[str, float]]) -> list[str]:
     """Markdown rows: one per setting and model."""
     rows = ["| panel | h2 | QTNs | model | power at 1e-3 | power at 1e-2 | "
-            "power at Bonferroni | lambda_GC | cmlm run (s) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "power at Bonferroni | lambda_GC | groups (median) | compressed | cmlm run (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for setting, by_model in measures.items():
         for model, m in by_model.items():
             rows.append(
                 f"| {setting.panel} | {setting.h2:g} | {setting.n_qtn} | {model} | "
                 f"{m.power[1e-3]:.3f} | {m.power[1e-2]:.3f} | {m.bonferroni:.3f} | "
-                f"{m.lambda_gc:.3f} | {seconds[setting][model]:.1f} |"
+                f"{m.lambda_gc:.3f} | {_maybe(m.groups, '.0f')} | {_maybe(m.compressed, '.2f')} | "
+                f"{seconds[setting][model]:.1f} |"
             )
     return rows
+
+
+def _maybe(value: float, spec: str) -> str:
+    """A number, or "-" where it does not apply (NaN)."""
+    return "-" if not np.isfinite(value) else format(value, spec)
 
 
 def draw(measures: dict[Setting, dict[str, Measures]], path: Path) -> None:
@@ -553,7 +589,8 @@ def draw(measures: dict[Setting, dict[str, Measures]], path: Path) -> None:
                             sharex=True, sharey=True)
     for ax, setting in zip(axs.ravel(), settings, strict=False):
         for model, m in measures[setting].items():
-            ax.plot(CURVE_ALPHAS, m.curve, label=model, lw=1.3)
+            # Dashed and dotted styles keep coinciding curves (cmlm on mlm) visible.
+            ax.plot(CURVE_ALPHAS, m.curve, label=model, **LINE_STYLES.get(model, {}))
         ax.set_xscale("log")
         ax.set_ylim(0, 1)
         ax.set_title(setting.label, fontsize=9)
@@ -658,7 +695,8 @@ def main(argv: list[str] | None = None) -> Path:
                     print(f"{setting.label}: cmlm gwas {' '.join(MODELS[model])}", flush=True)
                     out = work / f"{setting.slug}.{model.replace('+', '_')}"
                     result = run_model(panel, pheno, out, MODELS[model], snp, args.replicates)
-                    measures[setting][model] = measure(result.p, traits.qtn)
+                    measures[setting][model] = measure(result.p, traits.qtn, result.groups,
+                                                       result.n)
                     seconds[setting][model] = result.seconds
                     for child in work.glob(f"{out.name}.*"):
                         child.unlink()  # the p-values are read; keep the scratch small
