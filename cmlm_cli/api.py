@@ -14,6 +14,7 @@ the files of a run with the same options::
     options = GwasOptions(pheno_names=("EarHT",), pcs=3)
     inputs = api.load("data/mdp", "data/mdp.pheno.tsv", options)
     fits = api.fit(inputs, options)
+    table = api.profile(fits[0])                    # OUT.TRAIT.compression.tsv as arrays
     scans = api.scan(fits, inputs, options)
     figure = api.plot(scans["EarHT"], fits[0])
     blups = api.predict(fits, inputs)               # OUT.TRAIT.blup.tsv as arrays
@@ -32,7 +33,7 @@ import numpy as np
 
 from cmlm_cli import plots, sumstats
 from cmlm_cli.association import scan_traits
-from cmlm_cli.compression import TraitResult
+from cmlm_cli.compression import TraitResult, profile_table
 from cmlm_cli.genomic_prediction import (
     DEFAULT_SEED,
     CvSettings,
@@ -167,6 +168,38 @@ def fit(inputs: Inputs, options: GwasOptions | None = None) -> list[TraitResult]
     options = options or GwasOptions()
     check_options(options)
     return fit_inputs(inputs, options)
+
+
+def profile(result: TraitResult) -> dict[str, np.ndarray]:
+    """A trait's compression profile as columns: ``OUT.TRAIT.compression.tsv`` in memory.
+
+    Parameters
+    ----------
+    result : TraitResult
+        From :func:`fit`.
+
+    Returns
+    -------
+    dict of str to ndarray, each of shape (rows,)
+        :data:`cmlm_cli.compression.PROFILE_COLUMNS`: kinship, cluster,
+        group_kinship, groups, groups_used, neg2logL, vg, ve, h2 and chosen,
+        one row per combination and group count of the search (an enriched
+        search, ``--model ecmlm`` or comma lists, has a row for each).
+
+    Examples
+    --------
+    >>> grid = GwasOptions(pheno_names=("EarHT",), cluster="average,ward",
+    ...                    group_kinship="mean,max", groups="131,31")
+    >>> (earht,) = fit(load("data/mdp", "data/mdp.pheno.tsv", grid), grid)
+    >>> table = profile(earht)
+    >>> [f"{c}/{g}/{q}" for c, g, q in zip(table["cluster"], table["group_kinship"],
+    ...                                     table["groups"])]  # doctest: +NORMALIZE_WHITESPACE
+    ['average/mean/131', 'average/mean/31', 'average/max/131', 'average/max/31',
+     'ward/mean/131', 'ward/mean/31', 'ward/max/131', 'ward/max/31']
+    >>> int(table["chosen"].sum())
+    1
+    """
+    return profile_table(result)
 
 
 def scan(

@@ -5,7 +5,11 @@ exactly these; this module imports nothing heavy, so the command line can
 read it before numpy is loaded (thread settings must precede that).
 """
 
-MODELS = ("cmlm", "mlm", "glm")
+MODELS = ("cmlm", "ecmlm", "mlm", "glm")
+# The grid of --model ecmlm: every clustering, and the group kinships that
+# summarise K (identity ignores it).
+ECMLM_CLUSTERS = ("average", "complete", "ward", "single", "mcquitty", "median", "centroid")
+ECMLM_GROUP_KINSHIPS = ("mean", "max", "min", "median")
 KINSHIP_METHODS = ("vanraden", "zhang", "loiselle", "ibs")
 PRECISIONS = ("auto", "float64", "float32")
 KINSHIP_PRECISIONS = PRECISIONS

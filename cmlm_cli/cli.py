@@ -280,7 +280,8 @@ analysis_options = _together(
         default="vanraden",
         show_default=True,
         metavar="vanraden|zhang|loiselle|ibs|PATH",
-        help="Kinship method, or a GCTA .grm prefix or a square TSV with an ID header.",
+        help="Kinship method (a comma list of methods searches each with --model cmlm or "
+        "ecmlm), or a GCTA .grm prefix or a square TSV with an ID header.",
     ),
     click.option(
         "--kinship-precision",
@@ -311,15 +312,17 @@ analysis_options = _together(
         "--cluster",
         default="average",
         show_default=True,
-        type=click.Choice(choices.CLUSTER_METHODS),
-        help="Hierarchical clustering method.",
+        metavar="METHOD[,METHOD...]",
+        help="Hierarchical clustering: average, complete, ward, single, mcquitty, median or "
+        "centroid; a comma list searches each (the enriched CMLM).",
     ),
     click.option(
         "--group-kinship",
         default="mean",
         show_default=True,
-        type=click.Choice(choices.GROUP_KINSHIPS),
-        help="Kinship between groups.",
+        metavar="STAT[,STAT...]",
+        help="Kinship between groups: mean, max, min, median or identity; a comma list "
+        "searches each (the enriched CMLM).",
     ),
     click.option(
         "--groups",
@@ -333,7 +336,9 @@ analysis_options = _together(
         type=click.Choice(choices.MODELS),
         default="cmlm",
         show_default=True,
-        help="Compressed MLM, ordinary MLM, or no random effect.",
+        help="Compressed MLM, enriched compressed MLM (every clustering x mean, max, min, "
+        "median group kinship, with --kinship as given: a method or a comma list), ordinary "
+        "MLM, or no random effect.",
     ),
     click.option("--method", type=click.Choice(choices.METHODS), default="reml", show_default=True),
     click.option(

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cmlm_cli.choices import CHOICE_RULES
+from cmlm_cli.files import MISSING
 from cmlm_cli.grouping import by_first_appearance, cut_tree, group_kinship, incidence
 from cmlm_cli.inputs import TraitData
 from cmlm_cli.kinship import Relationship
@@ -41,6 +42,7 @@ from cmlm_cli.null_model import (
 from cmlm_cli.options import GwasOptions
 from cmlm_cli.pcs_selection import PcsRow, cut_pcs, select_pcs
 from cmlm_cli.prediction import Targets
+from cmlm_cli.sumstats import COMPRESSION_COLUMNS
 
 log = logging.getLogger("cmlm")
 
@@ -60,12 +62,24 @@ class Level:
     cluster_labels : ndarray, shape (n_analysed,), int
         The same individuals' cluster numbers before unused clusters were
         dropped (``0..groups-1``, as written to the groups file).
+    kinship, cluster, group_kinship : str
+        The combination the level belongs to (``--kinship``, ``--cluster``,
+        ``--group-kinship``); empty where it has none (no clustering in the
+        MLM).
     """
 
     groups: int
     model: NullModel
     labels: np.ndarray
     cluster_labels: np.ndarray
+    kinship: str = ""
+    cluster: str = ""
+    group_kinship: str = ""
+
+    @property
+    def combination(self) -> tuple[str, str, str]:
+        """``(kinship, cluster, group_kinship)``."""
+        return self.kinship, self.cluster, self.group_kinship
 
 
 @dataclass(frozen=True)
@@ -464,7 +478,7 @@ def fit_traits(
             labels = np.arange(t.analysed.size)
             K = rel.K[np.ix_(t.analysed, t.analysed)]
             model = fit_null(t.y, t.X, labels, K, method=options.method, solver=options.solver)
-            level = Level(t.analysed.size, model, labels, labels)
+            level = Level(t.analysed.size, model, labels, labels, kinship=options.kinship)
             pcs, rows = None, ()
             if select:
                 pcs, rows, model = select_pcs(
@@ -499,6 +513,12 @@ def fit_traits(
                 method=options.method,
                 solver=options.solver,
             )
+            level = dataclasses.replace(
+                level,
+                kinship=options.kinship,
+                cluster=options.cluster,
+                group_kinship=options.group_kinship,
+            )
             log.info(
                 "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
                 t.name,
@@ -514,43 +534,149 @@ def fit_traits(
         # The partition holds this level's bases, which the traits shared:
         # drop them before the next level is built.
         del partition
-    results = []
     # The chosen cut of each count, again, for the groups without an
     # analysed member; traits (and cross-validation folds) share them.
     cuts: dict[int, Partition] = {}
-    for t, trait_levels in zip(traits, levels, strict=True):
-        chosen = choose(trait_levels, rule=options.choose)
-        level = trait_levels[chosen]
-        assert level.model.Kc.size or level.model.q == 0
-        pcs, rows = None, ()
-        if select:
-            pcs, rows, refit = select_pcs(
-                t, level.labels, level.model.Kc, method=options.method, solver=options.solver
-            )
-            _log_pcs(t.name, pcs, rows)
-            t = cut_pcs(t, pcs)
-            level = dataclasses.replace(level, model=refit)
-        targets = None
-        if options.blup:
-            cut = None
-            if t.analysed.size < t.fixed.shape[0]:
-                if level.groups not in cuts:
-                    cuts[level.groups] = partition_at(level.groups, rel, tree, options)
-                cut = cuts[level.groups]
-            targets = _group_targets(t, level, cut)
-        results.append(
-            TraitResult(
-                t.name,
-                t.analysed,
-                tuple(trait_levels),
-                chosen,
-                level.model,
-                targets=targets,
-                pcs_bic=rows,
-                pcs=pcs,
-            )
+
+    def cut(level: Level) -> Partition:
+        if level.groups not in cuts:
+            cuts[level.groups] = partition_at(level.groups, rel, tree, options)
+        return cuts[level.groups]
+
+    return [
+        finish_trait(t, trait_levels, choose(trait_levels, rule=options.choose), options, cut)
+        for t, trait_levels in zip(traits, levels, strict=True)
+    ]
+
+
+def finish_trait(
+    t: TraitData,
+    levels: Sequence[Level],
+    chosen: int,
+    options: GwasOptions,
+    cut: Callable[[Level], Partition],
+) -> TraitResult:
+    """A trait's result at its chosen level: the PCs kept (``--pcs-select``) and the BLUP targets.
+
+    Parameters
+    ----------
+    t : TraitData
+    levels : sequence of Level
+        Every level tried; the chosen one still holds its ``Kc``.
+    chosen : int
+        Its index.
+    options : GwasOptions
+    cut : callable
+        The whole cut of the tree of a level (its group kinship included),
+        asked for only when some kept samples are not analysed.
+    """
+    level = levels[chosen]
+    assert level.model.Kc.size or level.model.q == 0
+    pcs: int | None = None
+    rows: tuple[PcsRow, ...] = ()
+    if options.pcs_select == "bic":
+        pcs, rows, refit = select_pcs(
+            t, level.labels, level.model.Kc, method=options.method, solver=options.solver
         )
-    return results
+        _log_pcs(t.name, pcs, rows)
+        t = cut_pcs(t, pcs)
+        level = dataclasses.replace(level, model=refit)
+    targets = None
+    if options.blup:
+        whole = cut(level) if t.analysed.size < t.fixed.shape[0] else None
+        targets = _group_targets(t, level, whole)
+    return TraitResult(
+        t.name,
+        t.analysed,
+        tuple(levels),
+        chosen,
+        level.model,
+        targets=targets,
+        pcs_bic=rows,
+        pcs=pcs,
+    )
+
+
+def choose_combined(levels: Sequence[Level], *, rule: str = "best") -> int:
+    """The chosen row of an enriched search (several combinations), as an index of ``levels``.
+
+    ``best``: the largest likelihood over every row; rows within rounding of
+    it (1e-12 relative) are ties, which go to fewer groups, then to the
+    combination that comes first in ``levels``. ``gapit``: GAPIT's rule
+    (:func:`choose`) over the rows in GAPIT's order of evaluation: kinship,
+    then group kinship, then the group count from the largest, then the
+    clustering innermost (``GAPIT.Main``'s loops).
+
+    Parameters
+    ----------
+    levels : sequence of Level
+        Each combination's levels in turn, largest count first.
+    """
+    if rule == "gapit":
+        kinships = list(dict.fromkeys(level.kinship for level in levels))
+        group_kinships = list(dict.fromkeys(level.group_kinship for level in levels))
+        clusters = list(dict.fromkeys(level.cluster for level in levels))
+        order = sorted(
+            range(len(levels)),
+            key=lambda i: (
+                kinships.index(levels[i].kinship),
+                group_kinships.index(levels[i].group_kinship),
+                -levels[i].groups,
+                clusters.index(levels[i].cluster),
+            ),
+        )
+        return order[choose([levels[i] for i in order], rule="gapit")]
+    if rule != "best":
+        msg = f"unknown choice rule {rule!r}; expected one of {', '.join(CHOICE_RULES)}"
+        raise ValueError(msg)
+    neg2 = np.array([level.model.neg2logL for level in levels])
+    if not np.all(np.isfinite(neg2)):
+        msg = "a compression level has a non-finite likelihood"
+        raise ValueError(msg)
+    best = neg2.min()
+    ties = [i for i, v in enumerate(neg2) if v <= best + ROUNDING * max(1.0, abs(best))]
+    fewest = min(levels[i].groups for i in ties)
+    return next(i for i in ties if levels[i].groups == fewest)
+
+
+PROFILE_COLUMNS = ("kinship", "cluster", "group_kinship", *COMPRESSION_COLUMNS)
+"""``OUT.TRAIT.compression.tsv``: a row per combination and group count."""
+
+
+def profile_table(result: TraitResult) -> dict[str, np.ndarray]:
+    """The compression profile of a trait as columns (:data:`PROFILE_COLUMNS`).
+
+    One row per level tried, in the order of the search: each combination
+    of kinship, clustering and group kinship in turn, its counts from the
+    largest. The GLM has one row with no groups; text that does not apply
+    (the MLM's clustering) is ``NA``.
+
+    Returns
+    -------
+    dict of str to ndarray, each of shape (rows,)
+    """
+    levels = result.levels
+    if not levels:
+        m = result.model
+        rows = [("", "", "", 0, 0, m.neg2logL, m.vg, m.ve, m.h2, True)]
+    else:
+        rows = [
+            (lvl.kinship, lvl.cluster, lvl.group_kinship, lvl.groups, lvl.model.q)
+            + (lvl.model.neg2logL, lvl.model.vg, lvl.model.ve, lvl.model.h2, i == result.chosen)
+            for i, lvl in enumerate(levels)
+        ]
+    columns = list(zip(*rows, strict=True))
+    table = {}
+    for name, values in zip(PROFILE_COLUMNS, columns, strict=True):
+        if name in ("kinship", "cluster", "group_kinship"):
+            table[name] = np.array([v or MISSING for v in values])
+        elif name in ("groups", "groups_used"):
+            table[name] = np.array(values, dtype=np.int64)
+        elif name == "chosen":
+            table[name] = np.array(values, dtype=bool)
+        else:
+            table[name] = np.array(values, dtype=np.float64)
+    return table
 
 
 def _log_pcs(name: str, pcs: int, rows: Sequence[PcsRow]) -> None:

@@ -197,7 +197,14 @@ def check_settings(settings: CvSettings, traits: Sequence[TraitData], options: G
                 f"phenotyped individuals; give at most {t.analysed.size} folds"
             )
             raise CmlmError(msg)
-    if settings.by_level and options.model != "cmlm":
+    if options.enriched:
+        msg = (
+            f"cmlm cv fits one combination of kinship, clustering and group kinship; "
+            f"{len(options.combinations)} were given (--model ecmlm or comma lists): give one "
+            "of each"
+        )
+        raise CmlmError(msg)
+    if settings.by_level and not options.compressed:
         msg = (
             f"--cv-by-level compares group counts of the compressed model; --model "
             f"{options.model} has none (use --model cmlm)"

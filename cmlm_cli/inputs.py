@@ -137,7 +137,7 @@ def load_inputs(bfile_prefix: str, pheno: str, options: GwasOptions) -> Inputs:
     if samples.size < 3:
         msg = f"only {samples.size} samples are kept; an analysis needs at least 3"
         raise CmlmError(msg)
-    if options.model == "cmlm":
+    if options.compressed:
         # Checked now so that a bad --groups costs no kinship computation; on
         # the large path a level has at most --max-groups micro-clusters.
         if choose_path(samples.size, options)[0] == "large" and options.max_groups < samples.size:

@@ -414,7 +414,7 @@ def build_grouped(
         for index, rows in plink.packed_blocks(bfile, inputs.snps, block_size=size):
             yield keys[index], rows
 
-    cmlm = options.model == "cmlm"
+    cmlm = options.compressed
     n_components = max(options.pcs, min(grouping.CLUSTER_COMPONENTS, n - 1) if cmlm else 0)
     pcs = np.zeros((n, 0))
     if n_components == 0:

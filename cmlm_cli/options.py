@@ -11,6 +11,7 @@ counts of ``--groups`` (:class:`GroupSpec`), the dense or large path
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +21,7 @@ import numpy as np
 from cmlm_cli import choices, ssf
 from cmlm_cli.errors import CmlmError
 
-Model = Literal["cmlm", "mlm", "glm"]
+Model = Literal["cmlm", "ecmlm", "mlm", "glm"]
 Precision = Literal["auto", "float64", "float32"]
 
 
@@ -174,10 +175,9 @@ class GwasOptions:
     kinship_precision: Precision = "auto"
     scan_precision: Precision = "auto"
     impute: Literal["mean", "middle"] = "mean"
-    cluster: Literal["average", "complete", "ward", "single", "mcquitty", "median", "centroid"] = (
-        "average"
-    )
-    group_kinship: Literal["mean", "max", "min", "median", "identity"] = "mean"
+    # One method each, or comma lists (the enriched search, --model cmlm).
+    cluster: str = "average"
+    group_kinship: str = "mean"
     groups: str | None = None
     model: Model = "cmlm"
     method: Literal["reml", "ml"] = "reml"
@@ -213,6 +213,45 @@ class GwasOptions:
         return "refit" if model == "glm" else "null"
 
     @property
+    def compressed(self) -> bool:
+        """A compression search: ``cmlm``, or ``ecmlm`` (its enriched grid)."""
+        return self.model in ("cmlm", "ecmlm")
+
+    @property
+    def kinships(self) -> tuple[str, ...]:
+        """``kinship`` as a list: methods, or one file."""
+        return _listed(self.kinship)
+
+    @property
+    def combinations(self) -> tuple[tuple[str, str, str], ...]:
+        """Every (kinship, cluster, group kinship) the search fits, in its order.
+
+        Kinship outermost, then the clustering (each tree is built once),
+        then the group kinship (the kinships of one cut share it). ``--model
+        ecmlm`` takes every clustering and the group kinships
+        :data:`cmlm_cli.choices.ECMLM_GROUP_KINSHIPS`.
+        """
+        clusters: tuple[str, ...]
+        group_kinships: tuple[str, ...]
+        if self.model == "ecmlm":
+            clusters, group_kinships = choices.ECMLM_CLUSTERS, choices.ECMLM_GROUP_KINSHIPS
+        else:
+            clusters, group_kinships = _listed(self.cluster), _listed(self.group_kinship)
+        return tuple((k, c, g) for k in self.kinships for c in clusters for g in group_kinships)
+
+    @property
+    def enriched(self) -> bool:
+        """More than one combination: the enriched search (Li et al. 2014)."""
+        return self.compressed and len(self.combinations) > 1
+
+    def single(self, combination: tuple[str, str, str]) -> GwasOptions:
+        """These options for one combination of the enriched search, as ``--model cmlm``."""
+        kinship, cluster, group_kinship = combination
+        return dataclasses.replace(
+            self, model="cmlm", kinship=kinship, cluster=cluster, group_kinship=group_kinship
+        )
+
+    @property
     def snp_test(self) -> str:
         """``exact`` (per-SNP refit), ``p3d`` (null-model variances) or ``ols`` (GLM)."""
         return "exact" if self.exact else "p3d" if self.model != "glm" else "ols"
@@ -231,8 +270,6 @@ def check_options(options: GwasOptions) -> None:
         (options.method, choices.METHODS, "--method"),
         (options.solver, choices.SOLVERS, "--solver"),
         (options.impute, choices.IMPUTE_METHODS, "--impute"),
-        (options.cluster, choices.CLUSTER_METHODS, "--cluster"),
-        (options.group_kinship, choices.GROUP_KINSHIPS, "--group-kinship"),
         (options.kinship_precision, choices.KINSHIP_PRECISIONS, "--kinship-precision"),
         (options.scan_precision, choices.SCAN_PRECISIONS, "--scan-precision"),
         (options.snp_variance, choices.SNP_VARIANCES, "--snp-variance"),
@@ -244,16 +281,17 @@ def check_options(options: GwasOptions) -> None:
         if value not in allowed:
             msg = f"{flag} {value!r} is not one of {', '.join(allowed)}"
             raise CmlmError(msg)
+    _check_grid(options)
     if not 0 <= options.maf < 0.5:
         msg = f"--maf {options.maf} must be at least 0 and below 0.5"
         raise CmlmError(msg)
     if options.block_size < 1:
         msg = f"--block-size {options.block_size} must be a positive number of SNPs"
         raise CmlmError(msg)
-    if options.groups is not None and options.model != "cmlm":
+    if options.groups is not None and not options.compressed:
         msg = f"--groups applies to --model cmlm; --model {options.model} has no compression"
         raise CmlmError(msg)
-    if options.model == "cmlm":
+    if options.compressed:
         # The syntax now; the counts once the samples are known (GroupSpec.check).
         options.group_spec  # noqa: B018 - parsed for its error
     if options.covar_factors and not options.covar:
@@ -298,12 +336,67 @@ def check_options(options: GwasOptions) -> None:
     ssf.check_format(options.format, options.genome_assembly)
 
 
+def _listed(text: str) -> tuple[str, ...]:
+    """A comma list as a tuple (a single value is a list of one)."""
+    return tuple(part.strip() for part in text.split(","))
+
+
+def _check_grid(options: GwasOptions) -> None:
+    """The kinships, clusterings and group kinships of the search, one or comma lists."""
+    for text, allowed, flag in (
+        (options.cluster, choices.CLUSTER_METHODS, "--cluster"),
+        (options.group_kinship, choices.GROUP_KINSHIPS, "--group-kinship"),
+    ):
+        for value in _listed(text):
+            if value not in allowed:
+                msg = f"{flag} {value!r} is not one of {', '.join(allowed)} (or a comma list)"
+                raise CmlmError(msg)
+    listed = {
+        "--kinship": options.kinships,
+        "--cluster": _listed(options.cluster),
+        "--group-kinship": _listed(options.group_kinship),
+    }
+    for flag, values in listed.items():
+        if len(set(values)) < len(values):
+            msg = f"{flag} {','.join(values)} names a value twice; give each once"
+            raise CmlmError(msg)
+    if len(options.kinships) > 1:
+        files_given = [k for k in options.kinships if k not in choices.KINSHIP_METHODS]
+        if files_given:
+            msg = (
+                f"--kinship {options.kinship}: a list takes the methods "
+                f"{', '.join(choices.KINSHIP_METHODS)}; '{files_given[0]}' is not one "
+                "(a kinship file goes alone)"
+            )
+            raise CmlmError(msg)
+    several = [flag for flag, values in listed.items() if len(values) > 1]
+    if several and options.model not in ("cmlm", "ecmlm"):
+        msg = (
+            f"{several[0]} with several values is the enriched compression search; it needs "
+            f"--model cmlm (or ecmlm), not {options.model}"
+        )
+        raise CmlmError(msg)
+    if options.model == "ecmlm" and (options.cluster, options.group_kinship) != (
+        "average",
+        "mean",
+    ):
+        msg = (
+            "--model ecmlm searches its own grid (every --cluster, --group-kinship "
+            f"{','.join(choices.ECMLM_GROUP_KINSHIPS)}); for another grid give --model cmlm "
+            "with comma lists"
+        )
+        raise CmlmError(msg)
+
+
 def _check_loco(options: GwasOptions) -> None:
     """Refuse ``--loco`` where no kinship depends on the chromosomes left out."""
     problem = None
     if options.model == "glm":
         problem = "--model glm has no kinship to leave a chromosome out of"
         fix = "use --model mlm or cmlm"
+    elif options.enriched:
+        problem = "--loco refits one combination of kinship, clustering and group kinship"
+        fix = "give --model cmlm one --kinship, --cluster and --group-kinship"
     elif options.kinship not in choices.KINSHIP_METHODS:
         problem = (
             f"--kinship {options.kinship} is a file: its SNPs are unknown, so no chromosome "
@@ -350,6 +443,8 @@ def choose_path(n: int, options: GwasOptions) -> tuple[str, str]:
     problem = None
     if options.model == "mlm":
         problem = "--model mlm (each individual its own group, Kc = K)"
+    elif options.enriched:
+        problem = f"the enriched search over {len(options.combinations)} combinations"
     elif options.model == "cmlm" and options.kinship != "vanraden":
         problem = f"--kinship {options.kinship}"
     elif options.model == "cmlm" and options.group_kinship not in ("mean", "identity"):

@@ -17,11 +17,11 @@ from dataclasses import asdict
 import numpy as np
 
 from cmlm_cli import __version__, files, ssf
-from cmlm_cli.compression import TraitResult
+from cmlm_cli.compression import PROFILE_COLUMNS, TraitResult, profile_table
 from cmlm_cli.inputs import Inputs, fixed_names
 from cmlm_cli.options import GwasOptions
 from cmlm_cli.prediction import BLUP_COLUMNS, Predictions, predict
-from cmlm_cli.sumstats import COMPRESSION_COLUMNS, format_float, sumstats_path
+from cmlm_cli.sumstats import format_float, sumstats_path
 
 log = logging.getLogger("cmlm")
 
@@ -54,27 +54,19 @@ def write_trait_files(
         ``--loco``, ``.loco.tsv`` (:data:`LOCO_COLUMNS`).
     """
     name, model = result.name, result.model
-    profile = [
-        (
-            lvl.groups,
-            lvl.model.q,
-            lvl.model.neg2logL,
-            lvl.model.vg,
-            lvl.model.ve,
-            lvl.model.h2,
-            i == result.chosen,
-        )
-        for i, lvl in enumerate(result.levels)
-    ]
-    if options.model == "glm":
-        profile = [(0, 0, model.neg2logL, model.vg, model.ve, model.h2, True)]
+    table = profile_table(result)
     profile_path = f"{out}.{name}.compression.tsv"
-    files.write_table(profile_path, COMPRESSION_COLUMNS, profile)
+    files.write_table(
+        profile_path,
+        PROFILE_COLUMNS,
+        list(zip(*(table[c].tolist() for c in PROFILE_COLUMNS), strict=True)),
+    )
 
     content = {
         "trait": name,
         "model": options.model,
         "groups": result.levels[result.chosen].groups if result.levels else 0,
+        **_combination(result),
         "groups_used": model.q,
         "neg2logL": model.neg2logL,
         "vg": model.vg,
@@ -130,6 +122,13 @@ def write_trait_files(
     ]
     files.write_table(loco_path, LOCO_COLUMNS, loco_rows)
     return (*written, loco_path)
+
+
+def _combination(result: TraitResult) -> dict[str, str | None]:
+    """The chosen level's kinship, clustering and group kinship (None where none)."""
+    level = result.levels[result.chosen] if result.levels else None
+    names = ("kinship", "cluster", "group_kinship")
+    return {name: (getattr(level, name) or None) if level else None for name in names}
 
 
 PCS_BIC_COLUMNS = ("pcs", "logL", "BIC", "chosen")

@@ -59,9 +59,7 @@ class PcsRow:
     bic: float
 
 
-def ml_loglik(
-    y: np.ndarray, X: np.ndarray, basis: CompressedBasis | None, delta: float
-) -> float:
+def ml_loglik(y: np.ndarray, X: np.ndarray, basis: CompressedBasis | None, delta: float) -> float:
     """GAPIT's ``logLM``: the ML log-likelihood at ``d = delta``.
 
     Parameters

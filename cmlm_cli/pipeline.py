@@ -27,6 +27,7 @@ import numpy as np
 from cmlm_cli import files, grouping, plots, ssf, sumstats
 from cmlm_cli.association import BlockExecutor, scan_traits
 from cmlm_cli.compression import TraitResult, fit_traits
+from cmlm_cli.enriched import fit_enriched
 from cmlm_cli.inputs import Inputs, TraitData, load_inputs, trait_data
 from cmlm_cli.kinship import Relationship, build_relationship
 from cmlm_cli.large import RANDOM_SEED, GroupedKinship, build_grouped
@@ -168,6 +169,11 @@ def fit_inputs(
         One per trait, in the phenotype table's order.
     """
     lap = lap or Stopwatch()
+    if options.enriched:
+        # Several kinships, clusterings or group kinships (--loco refused).
+        _, fits = fit_enriched(inputs, options, trait_designs, lap)
+        lap("null models")
+        return fits
     rel, tree = relatedness(inputs, options, lap)
     traits = trait_designs(inputs, rel, options)
     fits = fit_traits(traits, rel, tree, options)
@@ -210,7 +216,7 @@ def relatedness(
         return build_grouped(inputs, options, lap)
     rel = build_relationship(inputs, options)
     lap("kinship")
-    tree = grouping.linkage(rel.K, method=options.cluster) if options.model == "cmlm" else None
+    tree = grouping.linkage(rel.K, method=options.cluster) if options.compressed else None
     lap("clustering")
     return rel, tree
 

@@ -745,7 +745,11 @@ def _float_or_inf(text: str) -> float:
 
 
 def read_compression(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Groups, -2logL, h2 and the chosen group count of a ``.compression.tsv``."""
+    """Groups, -2logL, h2 and the chosen group count of a ``.compression.tsv``.
+
+    With several combinations of kinship, clustering and group kinship (the
+    enriched search), the rows of the chosen one.
+    """
     lines = [line for line in tables.read_text_lines(path, what="compression profile") if line]
     header = lines[0].split("\t") if lines else []
     needed = ("groups", "neg2logL", "h2", "chosen")
@@ -759,6 +763,12 @@ def read_compression(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
         raise CmlmError(msg)
     rows = [line.split("\t") for line in lines[1:]]
     index = [header.index(c) for c in needed]
+    # An enriched search has a profile per combination: draw the winner's.
+    tags = [header.index(c) for c in ("kinship", "cluster", "group_kinship") if c in header]
+    winners = [r for r in rows if len(r) > index[3] and r[index[3]] == "TRUE"]
+    if tags and len(winners) == 1:
+        won = [winners[0][k] for k in tags]
+        rows = [r for r in rows if [r[k] if k < len(r) else None for k in tags] == won]
     try:
         groups = np.array([int(r[index[0]]) for r in rows])
         neg2logL = np.array([float(r[index[1]]) for r in rows])

@@ -34,8 +34,10 @@ def test_gwas_writes_every_file(mdp, tmp_path):
         lines = (tmp_path / "res" / f"run.{trait}.sumstats.tsv").read_text().splitlines()
         assert len(lines) == 3094
         profile = (tmp_path / "res" / f"run.{trait}.compression.tsv").read_text().splitlines()
-        assert profile[0] == "groups\tgroups_used\tneg2logL\tvg\tve\th2\tchosen"
-        assert [row.split("\t")[0] for row in profile[1:]] == ["281", "131"]
+        assert profile[0] == (
+            "kinship\tcluster\tgroup_kinship\tgroups\tgroups_used\tneg2logL\tvg\tve\th2\tchosen")
+        assert [row.split("\t")[:4] for row in profile[1:]] == [
+            ["vanraden", "average", "mean", "281"], ["vanraden", "average", "mean", "131"]]
         assert sum(row.endswith("TRUE") for row in profile[1:]) == 1
         # model.json is the level marked chosen, and that level has the largest
         # likelihood: the smallest -2logL, where a tie goes to fewer groups (a
@@ -240,8 +242,8 @@ def test_tied_levels_choose_fewer_groups_and_scan(mdp, tmp_path):
     assert result.exit_code == 0
     rows = [r.split("\t") for r in (tmp_path / "o.EarHT.compression.tsv").read_text()
             .splitlines()[1:]]
-    assert len({r[2] for r in rows}) == 1
-    assert [r[0] for r in rows if r[-1] == "TRUE"] == ["31"]
+    assert len({r[5] for r in rows}) == 1
+    assert [r[3] for r in rows if r[-1] == "TRUE"] == ["31"]
     sumstats = (tmp_path / "o.EarHT.sumstats.tsv").read_text().splitlines()
     assert len(sumstats) == 2
     assert sumstats[1].split("\t")[7] != "NA"

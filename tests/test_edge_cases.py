@@ -240,7 +240,7 @@ def test_twenty_individuals_end_to_end(tmp_path):
     options = GwasOptions(pheno_names=("EarHT",), keep=str(tmp_path / "keep.txt"), plots=False)
     (result,) = run_gwas(str(DATA / "mdp"), str(DATA / "mdp.pheno.tsv"), str(out), options)
     profile = (tmp_path / "small.EarHT.compression.tsv").read_text().splitlines()
-    assert [line.split("\t")[0] for line in profile[1:]] == ["20"]
+    assert [line.split("\t")[3] for line in profile[1:]] == ["20"]
 
     samples = np.flatnonzero(np.isin(bfile.iid, [r[1] for r in rows]))
     G = read_dosages(bfile, slice(None), samples=samples)
