@@ -155,7 +155,6 @@ def group_kinship(K: np.ndarray, labels: np.ndarray, *, how: str = "mean") -> np
     q = int(labels.max()) + 1
     if how == "identity":
         return np.eye(q)
-    n = labels.shape[0]
     if how == "mean":
         Zt = incidence(labels, q)
         counts = np.bincount(labels, minlength=q).astype(np.float64)
@@ -168,12 +167,31 @@ def group_kinship(K: np.ndarray, labels: np.ndarray, *, how: str = "mean") -> np
     if how in ("max", "min"):
         ufunc = np.maximum if how == "max" else np.minimum
         return ufunc.reduceat(ufunc.reduceat(Ks, starts, axis=0), starts, axis=1)
-    ends = np.append(starts[1:], n)
+    return _block_medians(Ks, starts)
+
+
+def _block_medians(Ks: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The median of every block of ``Ks`` (rows and columns sorted by group).
+
+    One sort per row block: the cells of group a's rows, ordered by the
+    column's group and then by value, put each block's cells side by side in
+    order, and its median is the middle one (the mean of the two middle ones
+    for an even count, as :func:`numpy.median`). O(n^2 log n) in all, where a
+    call of ``numpy.median`` per block costs q^2 calls (minutes at q = 2,000).
+    """
+    n, q = Ks.shape[0], starts.size
+    sizes = np.diff(np.append(starts, n))
+    column_group = np.repeat(np.arange(q), sizes)
     Kc = np.empty((q, q))
     for a in range(q):
-        rows = Ks[starts[a] : ends[a]]
-        for b in range(a, q):
-            Kc[a, b] = Kc[b, a] = np.median(rows[:, starts[b] : ends[b]])
+        rows = Ks[starts[a] : starts[a] + sizes[a]]
+        cells = rows.ravel()
+        order = np.lexsort((cells, np.tile(column_group, sizes[a])))
+        ranked = cells[order]
+        counts = sizes[a] * sizes
+        first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        low, high = ranked[first + (counts - 1) // 2], ranked[first + counts // 2]
+        Kc[a] = (low + high) / 2.0
     return Kc
 
 

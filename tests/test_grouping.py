@@ -7,6 +7,8 @@ import pytest
 import scipy.cluster.hierarchy
 import scipy.spatial.distance
 from helpers import read_tsv
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cmlm_cli import tables
 from cmlm_cli.grouping import CLUSTER_METHODS, cut_tree, group_kinship, linkage, row_distances
@@ -140,3 +142,18 @@ def test_row_distances_equal_pdist(n):
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-7 * scale)
     if n > 3:
         assert ours[0] < 1e-6 * scale
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_block_medians_equal_numpy_median_of_each_block(n, q, seed):
+    # The one-sort-per-row-block median against np.median of each block, to
+    # the bit; ties in K (rounded values) and groups of one included.
+    rng = np.random.default_rng(seed)
+    K = np.round(rng.normal(size=(n, n)), 1)
+    K = K + K.T
+    labels = np.unique(rng.integers(0, q, n), return_inverse=True)[1]
+    Kc = group_kinship(K, labels, how="median")
+    for a in range(labels.max() + 1):
+        for b in range(labels.max() + 1):
+            assert Kc[a, b] == np.median(K[np.ix_(labels == a, labels == b)])

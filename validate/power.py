@@ -734,17 +734,72 @@ def report(args: argparse.Namespace, argv: list[str] | None,
         "- power at empirical type I error alpha: share of QTNs whose own p-value is at most "
         "the floor(alpha N)-th smallest of the model's N non-QTN p-values pooled over the "
         "replicates; Bonferroni: p <= 0.05 / SNPs tested; lambda_GC: median over replicates "
-        "of the median non-QTN chi-square / 0.4549",
+        "of the median non-QTN chi-square / 0.4549; groups: median group count of the "
+        "chosen compression level, compressed: share of replicates whose level has fewer "
+        "groups than samples; cmlm run: wall time of the one `cmlm gwas` run of all the "
+        "replicates",
         "",
         *table(measures, seconds),
         "",
         f"Figure: `{figure.name}` (power against empirical type I error).",
         "",
         f"Total time {total:.0f} s ({os.cpu_count()} CPUs, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}).",
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); cmlm runs by model: "
+        + ", ".join(f"{m} {sum(seconds[st][m] for st in seconds):.0f} s"
+                    for m in _list(args.models)) + ".",
+        "",
+        "## Reading (generated from the numbers above, whichever model wins)",
+        "",
+        *reading(measures, args.replicates),
         "",
     ]
     return "\n".join(lines)
+
+
+def reading(measures: dict[Setting, dict[str, Measures]], replicates: int) -> list[str]:
+    """Plain statements of the table: ranking, calibration, compression, noise.
+
+    Parameters
+    ----------
+    measures : dict
+        By setting, by model.
+    replicates : int
+
+    Returns
+    -------
+    list of str
+        Markdown bullets.
+    """
+    lines = []
+    for setting, by_model in measures.items():
+        ranked = sorted(by_model, key=lambda m: -by_model[m].power[1e-3])
+        best = by_model[ranked[0]].power[1e-3]
+        # Binomial standard error of a power over k x R QTNs (models share the
+        # replicates, so their differences are less noisy than this).
+        se = np.sqrt(best * (1 - best) / (setting.n_qtn * replicates))
+        shown = [f"{by_model[m].power[1e-3]:.3f}" for m in ranked]
+        order = f"{ranked[0]} {shown[0]}" + "".join(
+            f" {'=' if shown[i] == shown[i - 1] else '>'} {ranked[i]} {shown[i]}"
+            for i in range(1, len(ranked)))
+        lines.append(f"- {setting.label}: power at empirical 1e-3: {order} "
+                     f"(binomial s.e. of the best {se:.3f})")
+    for model in next(iter(measures.values())):
+        lambdas = [by_model[model].lambda_gc for by_model in measures.values()
+                   if model in by_model]
+        lines.append(f"- {model}: median lambda_GC from {min(lambdas):.2f} to "
+                     f"{max(lambdas):.2f} over the settings"
+                     + ("; inflated (> 1.1) in some setting, so its nominal (Bonferroni) "
+                        "power is credit for inflation" if max(lambdas) > 1.1 else "")
+                     + ("; deflated (< 0.9) in some setting: conservative there"
+                        if min(lambdas) < 0.9 else ""))
+    for model in ("cmlm", "ecmlm"):
+        shares = {st.label: by_model[model].compressed for st, by_model in measures.items()
+                  if model in by_model and np.isfinite(by_model[model].compressed)}
+        if shares:
+            lines.append(f"- {model} chose a compressed level (fewer groups than samples) in "
+                         + ", ".join(f"{v:.0%} ({k})" for k, v in shares.items())
+                         + " of the replicates; where it chose none it is the MLM")
+    return lines
 
 
 if __name__ == "__main__":
