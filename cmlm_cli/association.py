@@ -11,8 +11,10 @@ these two, so they all run the same test on the same blocks.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +26,7 @@ from cmlm_cli.inputs import Inputs
 from cmlm_cli.null_model import NullModel
 from cmlm_cli.options import GwasOptions
 from cmlm_cli.scan import Scanner, ScanResult, scan_snps
+from cmlm_cli.shared_scan import SHARE_MIN, SharedScanner
 
 log = logging.getLogger("cmlm")
 
@@ -75,6 +78,118 @@ def make_scanner(model: NullModel, options: GwasOptions) -> Scanner:
         variance=options.variance_for(options.model),
         precision=options.scan_precision,
     )
+
+
+@dataclass(frozen=True)
+class Scans:
+    """Every trait's SNP test, the traits that share a basis tested as one set.
+
+    Attributes
+    ----------
+    sets : list of Scanner or SharedScanner
+        In the order :func:`cmlm_cli.scan.scan_snps` runs them.
+    rows : list of ndarray, int
+        Each set's individuals among the kept samples.
+    members : list of list of int
+        Each set's traits (indices into the models given).
+    """
+
+    sets: list[Scanner | SharedScanner]
+    rows: list[np.ndarray]
+    members: list[list[int]]
+
+    def blocks(
+        self,
+        bfile: plink.Bfile,
+        snps: np.ndarray,
+        samples: np.ndarray,
+        *,
+        block_size: int,
+        num_threads: int | None,
+    ) -> Blocks:
+        """:func:`cmlm_cli.scan.scan_snps` over the sets, each block's results in trait order."""
+        n = sum(len(m) for m in self.members)
+        flat = [t for members in self.members for t in members]
+        for block, results in scan_snps(
+            bfile,
+            snps,
+            samples,
+            self.sets,
+            self.rows,
+            block_size=block_size,
+            num_threads=num_threads,
+        ):
+            ordered: list[ScanResult | None] = [None] * n
+            for t, res in zip(flat, results, strict=True):
+                ordered[t] = res
+            yield block, [res for res in ordered if res is not None]
+
+
+def make_scans(
+    models: Sequence[NullModel],
+    rows: Sequence[np.ndarray],
+    options: GwasOptions,
+    *,
+    names: Sequence[str] | None = None,
+) -> Scans:
+    """The tests of every trait, the P3D tests of traits that share a basis grouped.
+
+    Traits with the same individuals, fixed effects, groups and group kinship
+    share the eigenbasis of their ``Kc``: from
+    :data:`cmlm_cli.shared_scan.SHARE_MIN` of them on they are tested as one
+    :class:`~cmlm_cli.shared_scan.SharedScanner`; the others (and every trait
+    with ``--exact``, or without groups) by their own scanner
+    (:func:`make_scanner`). Every scan of a run (serial, chunk, Dask task)
+    forms the same sets, so their numbers agree to the bit.
+
+    Parameters
+    ----------
+    models : sequence of NullModel
+    rows : sequence of ndarray, int
+        Each model's individuals among the kept samples.
+    options : GwasOptions
+    names : sequence of str, optional
+        The traits, for the log (none is written without them).
+    """
+    keys: dict[bytes, list[int]] = {}
+    for t, (model, r) in enumerate(zip(models, rows, strict=True)):
+        if options.exact or model.q == 0:
+            keys[b"alone" + bytes(str(t), "ascii")] = [t]
+            continue
+        digest = hashlib.sha256()
+        for array in (np.asarray(r, dtype=np.int64), model.labels, model.Kc, model.X):
+            digest.update(np.ascontiguousarray(array).tobytes())
+            digest.update(bytes(str(array.shape), "ascii"))
+        keys.setdefault(digest.digest(), []).append(t)
+    sets: list[Scanner | SharedScanner] = []
+    set_rows, members = [], []
+    for group in keys.values():
+        if len(group) >= SHARE_MIN:
+            sets.append(
+                SharedScanner(
+                    [models[t] for t in group],
+                    impute=options.impute,
+                    variance=options.variance_for(options.model),
+                    precision=options.scan_precision,
+                )
+            )
+            set_rows.append(rows[group[0]])
+            members.append(group)
+            if names is not None:
+                log.info(
+                    "%s: %d traits share one eigenbasis of their %d x %d group kinship; "
+                    "their scan rotates each block once for all of them",
+                    ", ".join(names[t] for t in group),
+                    len(group),
+                    models[group[0]].q,
+                    models[group[0]].q,
+                )
+            continue
+        for t in group:
+            sets.append(make_scanner(models[t], options))
+            set_rows.append(rows[t])
+            members.append([t])
+    return Scans(sets, set_rows, members)
 
 
 def scan_traits(
@@ -142,12 +257,11 @@ def scan_traits(
         if executor is not None:
             yield from executor.scan(inputs.bfile, run, inputs.samples, models, rows, options)
             continue
-        yield from scan_snps(
+        scans = make_scans(models, rows, options, names=[fit.name for fit in fits])
+        yield from scans.blocks(
             inputs.bfile,
             run,
             inputs.samples,
-            [make_scanner(model, options) for model in models],
-            rows,
             block_size=options.block_size,
             num_threads=options.threads,
         )

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from cmlm_cli import plink
-from cmlm_cli.association import Blocks, make_scanner
+from cmlm_cli.association import Blocks, Scans, make_scans
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.null_model import NullModel
 from cmlm_cli.options import GwasOptions
-from cmlm_cli.scan import Scanner, ScanResult, scan_snps
+from cmlm_cli.scan import ScanResult
 
 log = logging.getLogger("cmlm")
 
@@ -65,7 +65,7 @@ class _Payload:
 
 # Each worker process keeps the opened .bim/.fam and the scanners of the
 # scan it is working on, so that they are built once, not once per block.
-_worker_state: dict[str, tuple[plink.Bfile, list[Scanner]]] = {}
+_worker_state: dict[str, tuple[plink.Bfile, Scans]] = {}
 _worker_lock = threading.Lock()
 
 
@@ -78,15 +78,13 @@ def _scan_task(payload: _Payload, snps: np.ndarray) -> list[ScanResult]:
             _worker_state.clear()
             bfile = plink.open_bfile(payload.prefix)
             _check_same_files(bfile, payload.fingerprint)
-            scanners = [make_scanner(m, payload.options) for m in payload.models]
-            state = _worker_state[payload.token] = (bfile, scanners)
-    bfile, scanners = state
-    ((_, results),) = scan_snps(
+            scans = make_scans(payload.models, payload.rows, payload.options)
+            state = _worker_state[payload.token] = (bfile, scans)
+    bfile, scans = state
+    ((_, results),) = scans.blocks(
         bfile,
         snps,
         payload.samples,
-        scanners,
-        payload.rows,
         block_size=payload.options.block_size,
         num_threads=payload.options.threads,
     )

@@ -59,7 +59,7 @@ import ctypes
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numba.extending
 import numpy as np
@@ -303,29 +303,8 @@ class Scanner:
         -------
         packed.Statistics
         """
-        G = np.asarray(G, dtype=np.float64)
-        if G.ndim != 2 or G.shape[0] != self.model.n:
-            msg = f"G must have shape (n={self.model.n}, B); got {G.shape}"
-            raise ValueError(msg)
-        n_miss = np.isnan(G).sum(axis=0)
-        af = allele_frequency(G)
-        Gi = impute(G, self.impute)
-        constant = Gi.max(axis=0) == Gi.min(axis=0) if Gi.shape[0] else np.ones(Gi.shape[1], bool)
-        if self.basis is not None:
-            group_sums = self.basis.group_sums(Gi)
-            if self._subtract_mean:
-                group_sums -= self.basis.counts[:, None] * (group_sums.sum(axis=0) / G.shape[0])
-            Gw = self.basis.within(Gi)
-        else:
-            group_sums = np.zeros((0, G.shape[1]))
-            Gw = Gi
-        return packed.Statistics(
-            group_sums=group_sums,
-            dots=self._columns.T @ Gi,
-            ssw=np.einsum("ij,ij->j", Gw, Gw),
-            constant=constant,
-            af=af,
-            n_miss=n_miss,
+        return dosage_statistics(
+            G, self.basis, self._columns, impute_with=self.impute, subtract_mean=self._subtract_mean
         )
 
     def layout(self, fam_rows: np.ndarray, *, n_fam: int) -> packed.Layout:
@@ -393,30 +372,14 @@ class Scanner:
             forms = self._quadratic_forms(sums, dots, ssw)
             xPx[tile], xPy[tile], e[tile] = (a[: TILE - pad] for a in forms)
 
-        bad = stats.constant | (xPx <= COLLINEAR_RTOL * e)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xPx = np.where(bad, np.nan, xPx)
-            beta = xPy / xPx
-            if self.variance == "null":
-                scale = np.full(beta.shape, model.h_scale)
-            else:
-                scale = (self.yPy - xPy * beta) / self.df
-            se = np.sqrt(scale / xPx)
-            t = beta / se
-            # The residual with the SNP, r'H^-1 r, at the null model's H.
-            rss = self.yPy - xPy * beta
-        p = 2.0 * scipy.special.stdtr(self.df, -np.abs(t))
-        r2_with = r_squared(rss, self.logdet, model.y)
-        return ScanResult(
-            beta=beta,
-            se=se,
-            t=t,
-            df=np.full(beta.shape, self.df, dtype=np.int64),
-            p=p,
-            af=stats.af,
-            n_miss=stats.n_miss,
-            r2_without=np.where(np.isnan(r2_with), np.nan, self.r2_null),
-            r2_with=r2_with,
+        return p3d_result(
+            stats,
+            xPx,
+            xPy,
+            e,
+            TraitConstants(
+                self.variance, model.h_scale, self.yPy, self.df, self.logdet, self.r2_null, model.y
+            ),
         )
 
     def _quadratic_forms(
@@ -440,6 +403,163 @@ class Scanner:
         # p x p: the GIL is held for ~8 us per tile (module Notes).
         C = scipy.linalg.cho_solve(self._chol, XHG, check_finite=False)
         return e - np.einsum("ij,ij->j", XHG, C), f - C.T @ self.XHy, e
+
+
+def dosage_statistics(
+    G: np.ndarray,
+    basis: CompressedBasis | None,
+    columns: np.ndarray,
+    *,
+    impute_with: str,
+    subtract_mean: bool,
+) -> packed.Statistics:
+    """The sufficient statistics of a block of float dosages (those the packed kernel makes).
+
+    Parameters
+    ----------
+    G : ndarray, shape (n, B)
+        A1 dosages in the model's row order, ``NaN`` where missing.
+    basis : CompressedBasis or None
+        The groups (None without).
+    columns : ndarray, shape (n, k)
+        Columns to take dot products with.
+    impute_with : {"mean", "middle"}
+    subtract_mean : bool
+        Group sums minus ``n_g mean(x)``.
+
+    Returns
+    -------
+    packed.Statistics
+    """
+    G = np.asarray(G, dtype=np.float64)
+    if G.ndim != 2 or G.shape[0] != columns.shape[0]:
+        msg = f"G must have shape (n={columns.shape[0]}, B); got {G.shape}"
+        raise ValueError(msg)
+    n_miss = np.isnan(G).sum(axis=0)
+    af = allele_frequency(G)
+    Gi = impute(G, impute_with)
+    constant = Gi.max(axis=0) == Gi.min(axis=0) if Gi.shape[0] else np.ones(Gi.shape[1], bool)
+    if basis is not None:
+        group_sums = basis.group_sums(Gi)
+        if subtract_mean:
+            group_sums -= basis.counts[:, None] * (group_sums.sum(axis=0) / G.shape[0])
+        Gw = basis.within(Gi)
+    else:
+        group_sums = np.zeros((0, G.shape[1]))
+        Gw = Gi
+    return packed.Statistics(
+        group_sums=group_sums,
+        dots=columns.T @ Gi,
+        ssw=np.einsum("ij,ij->j", Gw, Gw),
+        constant=constant,
+        af=af,
+        n_miss=n_miss,
+    )
+
+
+@dataclass(frozen=True)
+class TraitConstants:
+    """What the P3D test of one trait needs besides the SNP's quadratic forms.
+
+    Attributes
+    ----------
+    variance : {"null", "refit"}
+    h_scale : float
+        The null model's variance multiplying ``H`` (``variance="null"``).
+    yPy : float
+        ``r'H^-1 r`` of the null model's GLS residual.
+    df : int
+        ``n - p - 1``.
+    logdet : float
+        ``log|H|`` (:func:`log_det_h`).
+    r2_null : float
+        GAPIT's R^2 of the null model (:func:`r_squared`).
+    y : ndarray, shape (n,)
+    """
+
+    variance: str
+    h_scale: float
+    yPy: float
+    df: int
+    logdet: float
+    r2_null: float
+    y: np.ndarray
+
+
+def p3d_result(
+    stats: packed.Statistics,
+    xPx: np.ndarray,
+    xPy: np.ndarray,
+    e: np.ndarray,
+    c: TraitConstants,
+) -> ScanResult:
+    """The P3D test of each SNP of a block from ``x'Px``, ``x'Py`` and ``x'H^-1x``.
+
+    Parameters
+    ----------
+    stats : packed.Statistics
+        The block's (for the constant SNPs, the frequencies, the missing calls).
+    xPx, xPy, e : ndarray, shape (B,)
+    c : TraitConstants
+    """
+    bad = stats.constant | (xPx <= COLLINEAR_RTOL * e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xPx = np.where(bad, np.nan, xPx)
+        beta = xPy / xPx
+        if c.variance == "null":
+            scale = np.full(beta.shape, c.h_scale)
+        else:
+            scale = (c.yPy - xPy * beta) / c.df
+        se = np.sqrt(scale / xPx)
+        t = beta / se
+        # The residual with the SNP, r'H^-1 r, at the null model's H.
+        rss = c.yPy - xPy * beta
+    p = 2.0 * scipy.special.stdtr(c.df, -np.abs(t))
+    r2_with = r_squared(rss, c.logdet, c.y)
+    return ScanResult(
+        beta=beta,
+        se=se,
+        t=t,
+        df=np.full(beta.shape, c.df, dtype=np.int64),
+        p=p,
+        af=stats.af,
+        n_miss=stats.n_miss,
+        r2_without=np.where(np.isnan(r2_with), np.nan, c.r2_null),
+        r2_with=r2_with,
+    )
+
+
+class ScanSet(Protocol):
+    """One or several traits tested together on the same individuals.
+
+    :func:`scan_snps` decodes each block's bytes once per set, with the
+    set's :meth:`layout`, and the set returns every member's results.
+    """
+
+    size: int
+
+    def layout(self, fam_rows: np.ndarray, *, n_fam: int) -> packed.Layout: ...
+
+    def scan_packed(
+        self, rows: np.ndarray, plan: packed.Layout, *, parallel: bool = True
+    ) -> list[ScanResult]: ...
+
+
+class _Single:
+    """A :class:`Scanner` as a set of one trait."""
+
+    size = 1
+
+    def __init__(self, scanner: Scanner):
+        self.scanner = scanner
+
+    def layout(self, fam_rows: np.ndarray, *, n_fam: int) -> packed.Layout:
+        return self.scanner.layout(fam_rows, n_fam=n_fam)
+
+    def scan_packed(
+        self, rows: np.ndarray, plan: packed.Layout, *, parallel: bool = True
+    ) -> list[ScanResult]:
+        return [self.scanner.scan_packed(rows, plan, parallel=parallel)]
 
 
 _SCRATCH = threading.local()
@@ -618,7 +738,7 @@ def scan_snps(
     bfile: plink.Bfile,
     snps: np.ndarray,
     samples: np.ndarray,
-    scanners: Sequence[Scanner],
+    scanners: Sequence[Scanner | ScanSet],
     rows: Sequence[np.ndarray],
     *,
     block_size: int = 2000,
@@ -636,8 +756,9 @@ def scan_snps(
         .bim rows to test, increasing.
     samples : ndarray, shape (n,), int
         .fam rows kept, increasing.
-    scanners : sequence of Scanner
-        One per trait.
+    scanners : sequence of Scanner or ScanSet
+        One per trait, or sets of traits that share a decoding of the bytes
+        (:class:`cmlm_cli.shared_scan.SharedScanner`).
     rows : sequence of ndarray, int
         For each scanner, the positions among ``samples`` of its model's
         individuals, in the model's row order.
@@ -651,22 +772,22 @@ def scan_snps(
     snp_index : ndarray, shape (B,), int
         .bim rows of the block.
     results : list of ScanResult
-        One per scanner.
+        One per trait: each scanner's, in order (a set's members in its order).
     """
     if block_size < 1:
         msg = f"block_size must be at least 1, got {block_size}"
         raise ValueError(msg)
     snps = np.asarray(snps, dtype=np.intp)
     samples = np.asarray(samples, dtype=np.intp)
-    plans = [
-        s.layout(samples[r], n_fam=bfile.n_samples) for s, r in zip(scanners, rows, strict=True)
-    ]
+    sets: list[ScanSet] = [_Single(s) if isinstance(s, Scanner) else s for s in scanners]
+    plans = [s.layout(samples[r], n_fam=bfile.n_samples) for s, r in zip(sets, rows, strict=True)]
 
     def test(raw: np.ndarray) -> list[ScanResult]:
-        # Every trait decodes the same bytes.
+        # Every set decodes the same bytes.
         return [
-            s.scan_packed(raw, plan, parallel=False)
-            for s, plan in zip(scanners, plans, strict=True)
+            res
+            for s, plan in zip(sets, plans, strict=True)
+            for res in s.scan_packed(raw, plan, parallel=False)
         ]
 
     # Blocks, not the SNPs of a block, are spread over the threads, each

@@ -300,3 +300,22 @@ def test_dask_loco_run_and_chunks_are_the_serial_run(executor, tmp_path):
     run_scan(fit, job, chunk="2/2")
     run_merge(fit, job, chunks=2)
     assert outputs(tmp_path / "job") == expected
+
+
+def test_dask_shared_basis_run_is_the_serial_run(executor, tmp_path):
+    # Four complete traits at one group count share an eigenbasis: the
+    # workers form the same set (cmlm_cli.association.make_scans).
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    fam = [line.split() for line in (DATA / "mdp.fam").read_text().splitlines()]
+    pheno = tmp_path / "four.tsv"
+    pheno.write_text("FID\tIID\ta\tb\tc\td\n" + "".join(
+        f"{f[0]}\t{f[1]}\t" + "\t".join(f"{v:.5f}" for v in rng.normal(size=4)) + "\n"
+        for f in fam))
+    options = dataclasses.replace(OPTIONS, pheno_names=None, groups="120")
+    run_gwas(MDP, str(pheno), str(tmp_path / "serial"), options)
+    run_gwas(MDP, str(pheno), str(tmp_path / "dask"), options, executor=executor)
+    expected = outputs(tmp_path / "serial")
+    assert "d.sumstats.tsv.gz" in expected
+    assert outputs(tmp_path / "dask") == expected
