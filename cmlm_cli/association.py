@@ -26,7 +26,7 @@ from cmlm_cli.inputs import Inputs
 from cmlm_cli.null_model import NullModel
 from cmlm_cli.options import GwasOptions
 from cmlm_cli.scan import Scanner, ScanResult, scan_snps
-from cmlm_cli.shared_scan import SHARE_MIN, SharedScanner
+from cmlm_cli.shared_scan import SHARE_MIN, SharedExactScanner, SharedScanner
 
 log = logging.getLogger("cmlm")
 
@@ -94,7 +94,7 @@ class Scans:
         Each set's traits (indices into the models given).
     """
 
-    sets: list[Scanner | SharedScanner]
+    sets: list[Scanner | SharedScanner | SharedExactScanner]
     rows: list[np.ndarray]
     members: list[list[int]]
 
@@ -153,7 +153,7 @@ def make_scans(
     """
     keys: dict[bytes, list[int]] = {}
     for t, (model, r) in enumerate(zip(models, rows, strict=True)):
-        if options.exact or model.q == 0:
+        if model.q == 0:
             keys[b"alone" + bytes(str(t), "ascii")] = [t]
             continue
         digest = hashlib.sha256()
@@ -161,13 +161,18 @@ def make_scans(
             digest.update(np.ascontiguousarray(array).tobytes())
             digest.update(bytes(str(array.shape), "ascii"))
         keys.setdefault(digest.digest(), []).append(t)
-    sets: list[Scanner | SharedScanner] = []
+    sets: list[Scanner | SharedScanner | SharedExactScanner] = []
     set_rows, members = [], []
     for group in keys.values():
-        if len(group) >= SHARE_MIN:
+        # The exact test shares its rotation at no extra cost (each trait
+        # rotates anyway); the P3D test pays an eigendecomposition for it.
+        if len(group) >= (2 if options.exact else SHARE_MIN):
+            members_models = [models[t] for t in group]
             sets.append(
-                SharedScanner(
-                    [models[t] for t in group],
+                SharedExactScanner(members_models, impute=options.impute, method=options.method)
+                if options.exact
+                else SharedScanner(
+                    members_models,
                     impute=options.impute,
                     variance=options.variance_for(options.model),
                     precision=options.scan_precision,

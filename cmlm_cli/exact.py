@@ -56,6 +56,7 @@ from cmlm_cli.choices import METHODS
 from cmlm_cli.null_model import (
     GRID_STEPS,
     LOG_DELTA_RANGE,
+    CompressedBasis,
     CompressedLikelihood,
     NullModel,
 )
@@ -148,11 +149,18 @@ class ExactScanner(Scanner):
     # The P3D factor (q x q, seconds at q = 5,000) is not needed here.
     _P3D = False
 
-    def __init__(self, model: NullModel, *, impute: str = "mean", method: str = "reml"):
+    def __init__(
+        self,
+        model: NullModel,
+        *,
+        impute: str = "mean",
+        method: str = "reml",
+        basis: CompressedBasis | None = None,
+    ):
         if method not in METHODS:
             msg = f"unknown method {method!r}; expected one of {', '.join(METHODS)}"
             raise ValueError(msg)
-        super().__init__(model, impute=impute, variance="refit")
+        super().__init__(model, impute=impute, variance="refit", basis=basis)
         self.method = method
         if self.basis is not None and not np.any(model.s > 0):
             # The null model stops at h2 = 0 and keeps no kinship eigenvalues:
@@ -195,9 +203,12 @@ class ExactScanner(Scanner):
     def _test(self, stats: packed.Statistics) -> ScanResult:
         return self._fit(stats).result
 
-    def _fit(self, packed_stats: packed.Statistics) -> ExactResult:
+    def _fit(
+        self, packed_stats: packed.Statistics, rotated: np.ndarray | None = None
+    ) -> ExactResult:
+        """The test of a block; ``rotated``: its ``U'G``, made once for a set of traits."""
         B = packed_stats.ssw.shape[0]
-        stats = self._block_stats(packed_stats)
+        stats = self._block_stats(packed_stats, rotated)
         # Collinearity is a property of x and X, not of d: judged once, at
         # the null fit's d, by the rule of the P3D scan.
         at_null = self._profile(self.reference, stats, np.arange(B), flat=True)
@@ -365,14 +376,19 @@ class ExactScanner(Scanner):
             trace = trace - np.einsum("kij,kji->k", A_inv, M2)
         return _Null(d, inv, inv2, A_inv, beta, yPy, yPPy, trace, logdet, M2, XH2r)
 
-    def _block_stats(self, stats: packed.Statistics) -> dict[str, np.ndarray]:
+    def rotate(self, stats: packed.Statistics) -> np.ndarray:
+        """``U'G = W' N^-1/2 Z'G`` of a block, shape (q, B): the one q x q product."""
+        if self.basis is None:
+            return np.zeros((0, stats.ssw.shape[0]))
+        return self.basis.W.T @ (stats.group_sums / np.sqrt(self.basis.counts)[:, None])
+
+    def _block_stats(
+        self, stats: packed.Statistics, rotated: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """The per-SNP statistics that every ``d`` needs, from the scan's."""
         p = self.exact_lik.p
         B = stats.ssw.shape[0]
-        if self.basis is None:
-            UG = np.zeros((0, B))
-        else:
-            UG = self.basis.W.T @ (stats.group_sums / np.sqrt(self.basis.counts)[:, None])
+        UG = self.rotate(stats) if rotated is None else rotated
         XwG = np.zeros((B, p))
         XwG[:, self._used] = stats.dots[:-1].T
         # The dots hold y_w'x for the trait itself; y here is its residual.

@@ -184,6 +184,7 @@ class Scanner:
         impute: str = "mean",
         variance: str = "null",
         precision: str = "float64",
+        basis: CompressedBasis | None = None,
     ):
         if impute not in IMPUTE_METHODS:
             msg = f"unknown imputation {impute!r}; expected one of {', '.join(IMPUTE_METHODS)}"
@@ -207,9 +208,10 @@ class Scanner:
         self.variance = variance
         # The P3D test needs group sums and within-group parts only; the
         # exact test (a subclass) rotates into the eigenbasis of Kc.
-        self.basis: CompressedBasis | None = (
-            model.basis(vectors=not self._P3D) if model.q > 0 else None
-        )
+        # (A basis given is that of a set of traits with these groups and Kc.)
+        if basis is None and model.q > 0:
+            basis = model.basis(vectors=not self._P3D)
+        self.basis: CompressedBasis | None = basis
         self.df = model.n - model.p - 1
         X, y = model.X, model.y
         Xw = X if self.basis is None else self.basis.within(X)

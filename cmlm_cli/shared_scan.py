@@ -28,12 +28,14 @@ it and the log says which route each trait took).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import scipy.linalg
 
 from cmlm_cli import choices, packed, resources
+from cmlm_cli.exact import ExactScanner
 from cmlm_cli.null_model import NullModel
 from cmlm_cli.scan import (
     TILE,
@@ -52,6 +54,23 @@ SHARE_MIN = 3
 Per SNP the rotation costs 2 q^2 flops for the set and the Cholesky route q^2
 per trait (a triangular product), so the shared route wins from 3 traits.
 """
+
+
+def _check_shared(models: Sequence[NullModel]) -> None:
+    """Refuse models that do not share their groups, group kinship and design."""
+    first = models[0]
+    for m in models[1:]:
+        same = (
+            np.array_equal(m.labels, first.labels)
+            and np.array_equal(m.Kc, first.Kc)
+            and np.array_equal(m.X, first.X)
+        )
+        if not same:
+            msg = "the models of a shared scan must have the same groups, Kc and X"
+            raise ValueError(msg)
+    if first.q == 0:
+        msg = "a shared scan needs models with groups (q > 0)"
+        raise ValueError(msg)
 
 
 class SharedScanner:
@@ -77,19 +96,8 @@ class SharedScanner:
         variance: str = "null",
         precision: str = "float64",
     ):
+        _check_shared(models)
         first = models[0]
-        for m in models[1:]:
-            same = (
-                np.array_equal(m.labels, first.labels)
-                and np.array_equal(m.Kc, first.Kc)
-                and np.array_equal(m.X, first.X)
-            )
-            if not same:
-                msg = "the models of a shared scan must have the same groups, Kc and X"
-                raise ValueError(msg)
-        if first.q == 0:
-            msg = "a shared scan needs models with groups (q > 0)"
-            raise ValueError(msg)
         self.models = list(models)
         self.size = len(self.models)
         self.impute = impute
@@ -211,3 +219,62 @@ class SharedScanner:
                 xPy[t, tile] = (f - C.T @ self._XHy[t])[:width]
                 e[t, tile] = et[:width]
         return [p3d_result(stats, xPx[t], xPy[t], e[t], self.constants[t]) for t in range(T)]
+
+
+class SharedExactScanner:
+    """The exact per-SNP test (``--exact``) of several traits through one eigenbasis.
+
+    Each trait keeps its own :class:`~cmlm_cli.exact.ExactScanner` (its
+    null quantities on the grid of ``d``, its root searches), built on the
+    set's one basis (one O(q^3) decomposition, not one per trait); each block
+    is decoded once and rotated once, ``U'G`` (the q x q product that
+    dominates one trait's exact scan), and every trait's search then costs
+    O(q) per evaluation of its profile. The arithmetic of each trait is that
+    of its scan alone, to the bit.
+
+    Parameters
+    ----------
+    models : sequence of NullModel
+        With the same ``labels``, ``Kc`` and ``X`` (``q > 0``).
+    impute : {"mean", "middle"}
+    method : {"reml", "ml"}
+    """
+
+    def __init__(self, models: Sequence[NullModel], *, impute: str = "mean", method: str = "reml"):
+        _check_shared(models)
+        first = models[0]
+        with resources.blas_threads_for(first.q):
+            basis = first.basis(vectors=True)
+        self.scanners = [ExactScanner(m, impute=impute, method=method, basis=basis) for m in models]
+        self.size = len(self.scanners)
+        self.impute = impute
+        lead = self.scanners[0]
+        self._k = lead._used.size
+        Yw = np.column_stack([s._columns[:, -1] for s in self.scanners])
+        self._columns = np.column_stack([lead._columns[:, :-1], Yw])
+        self.basis = basis
+
+    def layout(self, fam_rows: np.ndarray, *, n_fam: int) -> packed.Layout:
+        """How :meth:`scan_packed` visits the individuals (one decoding for the set)."""
+        return packed.layout(
+            fam_rows,
+            self.basis.labels,
+            self._columns,
+            n_fam=n_fam,
+            subtract_mean=self.scanners[0]._subtract_mean,
+        )
+
+    def scan_packed(
+        self, rows: np.ndarray, plan: packed.Layout, *, parallel: bool = True
+    ) -> list[ScanResult]:
+        """Every trait's exact test of a block of packed .bed rows."""
+        middle = self.impute == "middle"
+        sums = _scratch("sums", (rows.shape[0], plan.starts.size - 1), np.float64, "C")
+        stats = packed.statistics(rows, plan, middle=middle, parallel=parallel, sums=sums)
+        rotated = self.scanners[0].rotate(stats)
+        k = self._k
+        results = []
+        for t, scanner in enumerate(self.scanners):
+            own = dataclasses.replace(stats, dots=stats.dots[[*range(k), k + t]])
+            results.append(scanner._fit(own, rotated).result)
+        return results

@@ -158,3 +158,19 @@ def test_chunks_and_merge_write_the_serial_bytes(traits_file, tmp_path):
         run_scan(fit, str(tmp_path / "two" / "r"), chunk=f"{k}/3")
     run_merge(fit, str(tmp_path / "two" / "r"), chunks=3)
     assert sumstats_bytes(tmp_path / "two" / "r") == sumstats_bytes(tmp_path / "one" / "r")
+
+
+def test_exact_set_gives_each_trait_its_scan_alone_to_the_bit(fitted):
+    # --exact: one rotation per block for the set, each trait's own search.
+    options, inputs, fits = fitted
+    exact = dataclasses.replace(options, exact=True)
+    subset = fits[:3]
+    routes = make_scans([f.model for f in subset], [f.analysed for f in subset], exact)
+    assert [type(s).__name__ for s in routes.sets] == ["SharedExactScanner"]
+    blocks = list(scan_traits(subset, inputs, exact, snps=inputs.snps[:1500]))
+    for k, fit in enumerate(subset):
+        alone = list(scan_traits([fit], inputs, exact, snps=inputs.snps[:1500]))
+        for (_, together), (_, (single,)) in zip(blocks, alone, strict=True):
+            for name in ("beta", "se", "p", "r2_with"):
+                assert np.array_equal(getattr(together[k], name), getattr(single, name),
+                                      equal_nan=True), name
