@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean validate bench bench-shared bench-threads
+.PHONY: demo test lint clean validate power bench bench-shared bench-threads bench-traits
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ bench-shared: $(STAMP)
 # beside a BLAS job (the thresholds in cmlm_cli/resources.py).
 bench-threads: $(STAMP)
 	$(BIN)/python bench/threads.py
+
+# Twenty traits against one (the shared eigenbasis), with plink2 --glm on the
+# same 20 phenotypes and GEMMA per trait, on S and M (about half an hour);
+# the table goes to bench/results-traits.md.
+TRAIT_SIZES ?= S,M
+bench-traits: $(STAMP)
+	$(BIN)/python bench/traits.py --sizes $(TRAIT_SIZES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cmlm_cli tests conftest.py bench validate

@@ -194,6 +194,17 @@ def make_scans(
             sets.append(make_scanner(models[t], options))
             set_rows.append(rows[t])
             members.append([t])
+            if names is not None and len(models) > 1 and models[t].q:
+                log.info(
+                    "%s: its own scan (%s of its %d x %d group kinship; %s)",
+                    names[t],
+                    "eigenbasis" if options.exact else "Cholesky factor",
+                    models[t].q,
+                    models[t].q,
+                    "no other trait has its individuals, design and groups"
+                    if len(group) == 1
+                    else f"{len(group)} traits share them, fewer than {SHARE_MIN}",
+                )
     return Scans(sets, set_rows, members)
 
 
