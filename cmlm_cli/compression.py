@@ -36,7 +36,6 @@ from cmlm_cli.null_model import (
     CompressedBasis,
     NullModel,
     fit_glm,
-    fit_null,
     fit_null_basis,
 )
 from cmlm_cli.options import GwasOptions
@@ -474,10 +473,18 @@ def fit_traits(
         return results
     if options.model == "mlm":
         results = []
+        # Traits on the same individuals share K's decomposition (q^3, the
+        # dearest part of the fit): one per distinct set of individuals.
+        bases: dict[bytes, CompressedBasis] = {}
         for t in traits:
             labels = np.arange(t.analysed.size)
-            K = rel.K[np.ix_(t.analysed, t.analysed)]
-            model = fit_null(t.y, t.X, labels, K, method=options.method, solver=options.solver)
+            key = np.asarray(t.analysed, dtype=np.int64).tobytes()
+            if key not in bases:
+                K = rel.K[np.ix_(t.analysed, t.analysed)]
+                bases[key] = CompressedBasis.build(labels, K, vectors=False)
+            basis = bases[key]
+            K = basis.Kc
+            model = fit_null_basis(t.y, t.X, basis, method=options.method, solver=options.solver)
             level = Level(t.analysed.size, model, labels, labels, kinship=options.kinship)
             pcs, rows = None, ()
             if select:
