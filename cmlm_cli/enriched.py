@@ -30,6 +30,7 @@ from cmlm_cli.compression import (
     choose_combined,
     finish_trait,
     fit_traits,
+    level_counts,
     partition_at,
 )
 from cmlm_cli.inputs import Inputs, TraitData
@@ -90,15 +91,39 @@ def fit_enriched(
         if traits is None:
             traits = designs(inputs, rel, options)
             rows = [[] for _ in traits]
+        n = inputs.samples.size
+        counts = level_counts(options, n, traits[0].X.shape[1])
+        # n groups are the singletons whatever the clustering, and every
+        # group kinship of singletons is K itself: that level (the dearest,
+        # q = n) is fitted once per kinship and shared by its combinations.
+        singletons: list[Level] | None = None
         for cluster, of_cluster in itertools.groupby(of_kinship, key=lambda c: c[1]):
             tree = grouping.linkage(rel.K, method=cluster)
             for combination in of_cluster:
                 single = _search_options(options, combination)
-                for trait_rows, fit in zip(
-                    rows, fit_traits(traits, rel, tree, single), strict=True
-                ):
-                    trait_rows.extend(fit.levels)
+                # (identity's singletons have Kc = I, not K.)
+                eligible = counts[0] == n and combination[2] != "identity"
+                shared = singletons if eligible else None
+                fits = None
+                if shared is None:
+                    fits = fit_traits(traits, rel, tree, single)
+                elif len(counts) > 1:
+                    rest = ",".join(map(str, counts[1:]))
+                    fits = fit_traits(traits, rel, tree, dataclasses.replace(single, groups=rest))
+                for k, trait_rows in enumerate(rows):
+                    levels = [] if fits is None else list(fits[k].levels)
+                    if shared is not None:
+                        levels.insert(
+                            0,
+                            dataclasses.replace(
+                                shared[k], cluster=combination[1], group_kinship=combination[2]
+                            ),
+                        )
+                    trait_rows.extend(levels)
                     _release_kinships(trait_rows, options.choose)
+                if eligible and singletons is None:
+                    assert fits is not None
+                    singletons = [fit.levels[0] for fit in fits]
             lap(f"searches with {kinship} kinship, {cluster} clustering")
         del rel
     assert traits is not None
