@@ -28,6 +28,13 @@ test: $(STAMP)
 validate: $(STAMP)
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python validate/run.py
 
+# Power of GLM, GLM + PCs, MLM, CMLM and ECMLM on traits simulated on the
+# real maize and mouse genotypes (100 replicates per setting, about 14
+# minutes on 2 cores); the table goes to validate/power.md, the curves to
+# validate/power.png.
+power: $(STAMP)
+	$(BIN)/python validate/power.py
+
 # Wall time, CPU time and memory of cmlm, plink2 --glm and GEMMA on simulated
 # panels S, M, L (hours on a laptop; SIZES=S for a few minutes); the table
 # goes to bench/results.md. Not part of `make test`.
