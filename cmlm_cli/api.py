@@ -33,7 +33,7 @@ import numpy as np
 
 from cmlm_cli import plots, sumstats
 from cmlm_cli.association import scan_traits
-from cmlm_cli.compression import TraitResult, profile_table
+from cmlm_cli.compression import TraitResult
 from cmlm_cli.genomic_prediction import (
     DEFAULT_SEED,
     CvSettings,
@@ -44,7 +44,7 @@ from cmlm_cli.genomic_prediction import (
 )
 from cmlm_cli.inputs import Inputs, load_inputs
 from cmlm_cli.options import GwasOptions, check_options
-from cmlm_cli.outputs import trait_predictions
+from cmlm_cli.outputs import profile_table, trait_predictions
 from cmlm_cli.pipeline import fit_inputs
 from cmlm_cli.prediction import BLUP_COLUMNS
 
@@ -181,7 +181,7 @@ def profile(result: TraitResult) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of str to ndarray, each of shape (rows,)
-        :data:`cmlm_cli.compression.PROFILE_COLUMNS`: kinship, cluster,
+        :data:`cmlm_cli.outputs.PROFILE_COLUMNS`: kinship, cluster,
         group_kinship, groups, groups_used, neg2logL, vg, ve, h2 and chosen,
         one row per combination and group count of the search (an enriched
         search, ``--model ecmlm`` or comma lists, has a row for each).

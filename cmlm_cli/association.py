@@ -108,8 +108,8 @@ class Scans:
         num_threads: int | None,
     ) -> Blocks:
         """:func:`cmlm_cli.scan.scan_snps` over the sets, each block's results in trait order."""
-        n = sum(len(m) for m in self.members)
-        flat = [t for members in self.members for t in members]
+        # scan_snps gives the sets' members in turn; position of each trait.
+        order = np.argsort([t for members in self.members for t in members])
         for block, results in scan_snps(
             bfile,
             snps,
@@ -119,10 +119,7 @@ class Scans:
             block_size=block_size,
             num_threads=num_threads,
         ):
-            ordered: list[ScanResult | None] = [None] * n
-            for t, res in zip(flat, results, strict=True):
-                ordered[t] = res
-            yield block, [res for res in ordered if res is not None]
+            yield block, [results[i] for i in order]
 
 
 def make_scans(

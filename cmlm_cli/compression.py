@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cmlm_cli.choices import CHOICE_RULES
-from cmlm_cli.files import MISSING
 from cmlm_cli.grouping import by_first_appearance, cut_tree, group_kinship, incidence
 from cmlm_cli.inputs import TraitData
 from cmlm_cli.kinship import Relationship
@@ -41,7 +40,6 @@ from cmlm_cli.null_model import (
 from cmlm_cli.options import GwasOptions
 from cmlm_cli.pcs_selection import PcsRow, cut_pcs, select_pcs
 from cmlm_cli.prediction import Targets
-from cmlm_cli.sumstats import COMPRESSION_COLUMNS
 
 log = logging.getLogger("cmlm")
 
@@ -388,6 +386,15 @@ def _release_kinships(levels: list[Level]) -> None:
         int(np.argmin([level.model.neg2logL for level in levels])),
         choose(levels, rule="best"),
     }
+    drop_kinships(levels, keep)
+
+
+def drop_kinships(levels: list[Level], keep: set[int]) -> None:
+    """Replace, in place, every level not in ``keep`` by one without its q x q ``Kc``.
+
+    The numbers of the compression profile stay; only a level that may still
+    be chosen keeps the matrix the scan and the BLUPs need.
+    """
     for i, level in enumerate(levels):
         if i not in keep and level.model.Kc.size:
             light = dataclasses.replace(level.model, Kc=np.zeros((0, 0)))
@@ -644,46 +651,6 @@ def choose_combined(levels: Sequence[Level], *, rule: str = "best") -> int:
     ties = [i for i, v in enumerate(neg2) if v <= best + ROUNDING * max(1.0, abs(best))]
     fewest = min(levels[i].groups for i in ties)
     return next(i for i in ties if levels[i].groups == fewest)
-
-
-PROFILE_COLUMNS = ("kinship", "cluster", "group_kinship", *COMPRESSION_COLUMNS)
-"""``OUT.TRAIT.compression.tsv``: a row per combination and group count."""
-
-
-def profile_table(result: TraitResult) -> dict[str, np.ndarray]:
-    """The compression profile of a trait as columns (:data:`PROFILE_COLUMNS`).
-
-    One row per level tried, in the order of the search: each combination
-    of kinship, clustering and group kinship in turn, its counts from the
-    largest. The GLM has one row with no groups; text that does not apply
-    (the MLM's clustering) is ``NA``.
-
-    Returns
-    -------
-    dict of str to ndarray, each of shape (rows,)
-    """
-    levels = result.levels
-    if not levels:
-        m = result.model
-        rows = [("", "", "", 0, 0, m.neg2logL, m.vg, m.ve, m.h2, True)]
-    else:
-        rows = [
-            (lvl.kinship, lvl.cluster, lvl.group_kinship, lvl.groups, lvl.model.q)
-            + (lvl.model.neg2logL, lvl.model.vg, lvl.model.ve, lvl.model.h2, i == result.chosen)
-            for i, lvl in enumerate(levels)
-        ]
-    columns = list(zip(*rows, strict=True))
-    table = {}
-    for name, values in zip(PROFILE_COLUMNS, columns, strict=True):
-        if name in ("kinship", "cluster", "group_kinship"):
-            table[name] = np.array([v or MISSING for v in values])
-        elif name in ("groups", "groups_used"):
-            table[name] = np.array(values, dtype=np.int64)
-        elif name == "chosen":
-            table[name] = np.array(values, dtype=bool)
-        else:
-            table[name] = np.array(values, dtype=np.float64)
-    return table
 
 
 def _log_pcs(name: str, pcs: int, rows: Sequence[PcsRow]) -> None:

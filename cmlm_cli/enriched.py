@@ -28,6 +28,7 @@ from cmlm_cli.compression import (
     Partition,
     TraitResult,
     choose_combined,
+    drop_kinships,
     finish_trait,
     fit_traits,
     level_counts,
@@ -162,11 +163,7 @@ def _release_kinships(levels: list[Level], rule: str) -> None:
     of the profile without its q x q matrix.
     """
     neg2 = [level.model.neg2logL for level in levels]
-    keep = {0, int(np.argmin(neg2)), choose_combined(levels, rule=rule)}
-    for i, level in enumerate(levels):
-        if i not in keep and level.model.Kc.size:
-            light = dataclasses.replace(level.model, Kc=np.zeros((0, 0)))
-            levels[i] = dataclasses.replace(level, model=light)
+    drop_kinships(levels, {0, int(np.argmin(neg2)), choose_combined(levels, rule=rule)})
 
 
 def _log_winner(name: str, levels: Sequence[Level], chosen: int, kinship: str) -> None:

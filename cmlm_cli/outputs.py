@@ -17,11 +17,11 @@ from dataclasses import asdict
 import numpy as np
 
 from cmlm_cli import __version__, files, ssf
-from cmlm_cli.compression import PROFILE_COLUMNS, TraitResult, profile_table
+from cmlm_cli.compression import TraitResult
 from cmlm_cli.inputs import Inputs, fixed_names
 from cmlm_cli.options import GwasOptions
 from cmlm_cli.prediction import BLUP_COLUMNS, Predictions, predict
-from cmlm_cli.sumstats import format_float, sumstats_path
+from cmlm_cli.sumstats import COMPRESSION_COLUMNS, format_float, sumstats_path
 
 log = logging.getLogger("cmlm")
 
@@ -249,3 +249,43 @@ def log_summary(result: TraitResult) -> None:
             min(h2),
             max(h2),
         )
+
+
+PROFILE_COLUMNS = ("kinship", "cluster", "group_kinship", *COMPRESSION_COLUMNS)
+"""``OUT.TRAIT.compression.tsv``: a row per combination and group count."""
+
+
+def profile_table(result: TraitResult) -> dict[str, np.ndarray]:
+    """The compression profile of a trait as columns (:data:`PROFILE_COLUMNS`).
+
+    One row per level tried, in the order of the search: each combination
+    of kinship, clustering and group kinship in turn, its counts from the
+    largest. The GLM has one row with no groups; text that does not apply
+    (the MLM's clustering) is ``NA``.
+
+    Returns
+    -------
+    dict of str to ndarray, each of shape (rows,)
+    """
+    levels = result.levels
+    if not levels:
+        m = result.model
+        rows = [("", "", "", 0, 0, m.neg2logL, m.vg, m.ve, m.h2, True)]
+    else:
+        rows = [
+            (lvl.kinship, lvl.cluster, lvl.group_kinship, lvl.groups, lvl.model.q)
+            + (lvl.model.neg2logL, lvl.model.vg, lvl.model.ve, lvl.model.h2, i == result.chosen)
+            for i, lvl in enumerate(levels)
+        ]
+    columns = list(zip(*rows, strict=True))
+    table = {}
+    for name, values in zip(PROFILE_COLUMNS, columns, strict=True):
+        if name in ("kinship", "cluster", "group_kinship"):
+            table[name] = np.array([v or files.MISSING for v in values])
+        elif name in ("groups", "groups_used"):
+            table[name] = np.array(values, dtype=np.int64)
+        elif name == "chosen":
+            table[name] = np.array(values, dtype=bool)
+        else:
+            table[name] = np.array(values, dtype=np.float64)
+    return table

@@ -342,11 +342,7 @@ class Scanner:
         -------
         ScanResult
         """
-        middle = self.impute == "middle"
-        # The group sums are used up by the test: a buffer of this thread's.
-        sums = _scratch("sums", (rows.shape[0], plan.starts.size - 1), np.float64, "C")
-        stats = packed.statistics(rows, plan, middle=middle, parallel=parallel, sums=sums)
-        return self._test(stats)
+        return self._test(decode(rows, plan, impute=self.impute, parallel=parallel))
 
     def _test(self, stats: packed.Statistics) -> ScanResult:
         """The GLS test of each SNP from its sufficient statistics."""
@@ -405,6 +401,24 @@ class Scanner:
         # p x p: the GIL is held for ~8 us per tile (module Notes).
         C = scipy.linalg.cho_solve(self._chol, XHG, check_finite=False)
         return e - np.einsum("ij,ij->j", XHG, C), f - C.T @ self.XHy, e
+
+
+def decode(
+    rows: np.ndarray, plan: packed.Layout, *, impute: str, parallel: bool
+) -> packed.Statistics:
+    """The sufficient statistics of a block of packed .bed rows, for any scanner.
+
+    Parameters
+    ----------
+    rows : ndarray, shape (B, ceil(n_fam / 4)), uint8
+    plan : packed.Layout
+    impute : {"mean", "middle"}
+    parallel : bool
+        Decode over numba's threads (:func:`cmlm_cli.packed.statistics`).
+    """
+    # The group sums are used up by the test: a buffer of this thread's.
+    sums = _scratch("sums", (rows.shape[0], plan.starts.size - 1), np.float64, "C")
+    return packed.statistics(rows, plan, middle=impute == "middle", parallel=parallel, sums=sums)
 
 
 def dosage_statistics(

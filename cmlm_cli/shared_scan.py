@@ -36,12 +36,12 @@ import scipy.linalg
 
 from cmlm_cli import choices, packed, resources
 from cmlm_cli.exact import ExactScanner
-from cmlm_cli.null_model import NullModel
+from cmlm_cli.null_model import CompressedBasis, NullModel
 from cmlm_cli.scan import (
     TILE,
     ScanResult,
     TraitConstants,
-    _scratch,
+    decode,
     dosage_statistics,
     log_det_h,
     p3d_result,
@@ -73,7 +73,59 @@ def _check_shared(models: Sequence[NullModel]) -> None:
         raise ValueError(msg)
 
 
-class SharedScanner:
+class _TraitSet:
+    """What both shared scanners do alike: one layout and one decoding for the set.
+
+    A subclass sets ``basis`` (the set's groups), ``_columns`` (the dot
+    products: the design's within-group columns, then every trait's
+    ``y_w``), ``_subtract_mean``, ``impute`` and ``size``, and tests a
+    block's statistics in :meth:`test`.
+    """
+
+    basis: CompressedBasis
+    impute: str
+    size: int
+    _columns: np.ndarray
+    _subtract_mean: bool
+
+    def layout(self, fam_rows: np.ndarray, *, n_fam: int) -> packed.Layout:
+        """How :meth:`scan_packed` visits the individuals (one decoding for the set)."""
+        return packed.layout(
+            fam_rows,
+            self.basis.labels,
+            self._columns,
+            n_fam=n_fam,
+            subtract_mean=self._subtract_mean,
+        )
+
+    def scan_packed(
+        self, rows: np.ndarray, plan: packed.Layout, *, parallel: bool = True
+    ) -> list[ScanResult]:
+        """Every trait's test of a block of packed .bed rows, in the set's order."""
+        return self.test(decode(rows, plan, impute=self.impute, parallel=parallel))
+
+    def scan(self, G: np.ndarray) -> list[ScanResult]:
+        """Every trait's test of a block of float dosages (the same test as :meth:`scan_packed`).
+
+        Parameters
+        ----------
+        G : ndarray, shape (n, B)
+            A1 dosages in the models' row order, ``NaN`` where missing.
+        """
+        stats = dosage_statistics(
+            G,
+            self.basis,
+            self._columns,
+            impute_with=self.impute,
+            subtract_mean=self._subtract_mean,
+        )
+        return self.test(stats)
+
+    def test(self, stats: packed.Statistics) -> list[ScanResult]:
+        raise NotImplementedError
+
+
+class SharedScanner(_TraitSet):
     """The P3D test of several traits with the same individuals, design and groups.
 
     Parameters
@@ -151,42 +203,6 @@ class SharedScanner:
         self._MX = np.vstack([(PX * weights[:, [t]]).T for t in range(self.size)])
         self._MY = (PY * weights).T
 
-    def layout(self, fam_rows: np.ndarray, *, n_fam: int) -> packed.Layout:
-        """How :meth:`scan_packed` visits the individuals (one decoding for the set)."""
-        return packed.layout(
-            fam_rows,
-            self.basis.labels,
-            self._columns,
-            n_fam=n_fam,
-            subtract_mean=self._subtract_mean,
-        )
-
-    def scan_packed(
-        self, rows: np.ndarray, plan: packed.Layout, *, parallel: bool = True
-    ) -> list[ScanResult]:
-        """Every trait's test of a block of packed .bed rows, in the order of ``models``."""
-        middle = self.impute == "middle"
-        sums = _scratch("sums", (rows.shape[0], plan.starts.size - 1), np.float64, "C")
-        stats = packed.statistics(rows, plan, middle=middle, parallel=parallel, sums=sums)
-        return self.test(stats)
-
-    def scan(self, G: np.ndarray) -> list[ScanResult]:
-        """Every trait's test of a block of float dosages (the same test as :meth:`scan_packed`).
-
-        Parameters
-        ----------
-        G : ndarray, shape (n, B)
-            A1 dosages in the models' row order, ``NaN`` where missing.
-        """
-        stats = dosage_statistics(
-            G,
-            self.basis,
-            self._columns,
-            impute_with=self.impute,
-            subtract_mean=self._subtract_mean,
-        )
-        return self.test(stats)
-
     def test(self, stats: packed.Statistics) -> list[ScanResult]:
         """Every trait's test from the block's sufficient statistics."""
         B = stats.ssw.shape[0]
@@ -221,7 +237,7 @@ class SharedScanner:
         return [p3d_result(stats, xPx[t], xPy[t], e[t], self.constants[t]) for t in range(T)]
 
 
-class SharedExactScanner:
+class SharedExactScanner(_TraitSet):
     """The exact per-SNP test (``--exact``) of several traits through one eigenbasis.
 
     Each trait keeps its own :class:`~cmlm_cli.exact.ExactScanner` (its
@@ -253,24 +269,10 @@ class SharedExactScanner:
         Yw = np.column_stack([s._columns[:, -1] for s in self.scanners])
         self._columns = np.column_stack([lead._columns[:, :-1], Yw])
         self.basis = basis
+        self._subtract_mean = lead._subtract_mean
 
-    def layout(self, fam_rows: np.ndarray, *, n_fam: int) -> packed.Layout:
-        """How :meth:`scan_packed` visits the individuals (one decoding for the set)."""
-        return packed.layout(
-            fam_rows,
-            self.basis.labels,
-            self._columns,
-            n_fam=n_fam,
-            subtract_mean=self.scanners[0]._subtract_mean,
-        )
-
-    def scan_packed(
-        self, rows: np.ndarray, plan: packed.Layout, *, parallel: bool = True
-    ) -> list[ScanResult]:
-        """Every trait's exact test of a block of packed .bed rows."""
-        middle = self.impute == "middle"
-        sums = _scratch("sums", (rows.shape[0], plan.starts.size - 1), np.float64, "C")
-        stats = packed.statistics(rows, plan, middle=middle, parallel=parallel, sums=sums)
+    def test(self, stats: packed.Statistics) -> list[ScanResult]:
+        """Every trait's exact test from the block's statistics: one ``U'G`` for all."""
         rotated = self.scanners[0].rotate(stats)
         k = self._k
         results = []

@@ -101,10 +101,12 @@ def test_the_scan_uses_the_chosen_count(tmp_path):
         selected = read_sumstats(tmp_path / f"s.{trait}.sumstats.tsv")
         fixed = read_sumstats(tmp_path / f"f{trait}.{trait}.sumstats.tsv")
         np.testing.assert_allclose(selected["p_value"], fixed["p_value"], rtol=1e-9)
-    # EarHT keeps none of the 4 PCs and dpoll 2 (a check that the test sees both cases).
+    # The comparison covers a trait that keeps no PC and one that keeps some
+    # (which counts are right is the dense oracle's test above).
     counts = [json.loads((tmp_path / f"s.{t}.model.json").read_text())["pcs"]
               for t in ("EarHT", "dpoll")]
-    assert counts == [0, 2]
+    assert min(counts) == 0
+    assert max(counts) > 0
 
 
 def test_fit_scan_merge_write_the_same_files(tmp_path):
