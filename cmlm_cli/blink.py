@@ -152,7 +152,7 @@ def bic_values(y: np.ndarray, X: np.ndarray, columns: np.ndarray) -> np.ndarray:
 
 
 def bic_prefix(y: np.ndarray, X: np.ndarray, columns: np.ndarray) -> int:
-    """Length of the prefix of ``columns`` with the smallest :func:`bic_values` (the first if tied)."""
+    """Length of the prefix of ``columns`` with the smallest BIC (the first if tied)."""
     return int(np.argmin(bic_values(y, X, columns))) + 1
 
 
@@ -189,7 +189,7 @@ def _standardised(columns: np.ndarray) -> np.ndarray:
 
 def _greedy(standard: np.ndarray, threshold: float, kept: np.ndarray, *, limit: int
             ) -> tuple[list[int], np.ndarray]:
-    """Keep columns of ``standard`` in order unless one correlates above ``threshold`` with a kept one.
+    """Keep columns in order unless one correlates above ``threshold`` with a kept one.
 
     ``kept`` holds the standardised columns kept before (n, k0); returns the
     positions kept here and the grown ``kept``, stopping at ``limit`` in all.
@@ -323,7 +323,7 @@ def qtn_p_values(genotypes: Genotypes, y: np.ndarray, W: np.ndarray, scan: GlmSc
 
 
 def _rss_with_snp(scan: GlmScan, rss: float, df: int) -> np.ndarray:
-    """Residual sum of squares of ``y ~ W + x_j`` from the scan's t of SNP j (NaN where untested)."""
+    """RSS of ``y ~ W + x_j`` from the scan's t of SNP j (NaN where untested)."""
     t2 = (scan.beta / scan.se) ** 2
     return rss * df / (df + t2)
 
@@ -353,7 +353,7 @@ def _prior(p: np.ndarray) -> np.ndarray:
 
 
 def _gapit_rescaled(prior: np.ndarray) -> np.ndarray:
-    """GAPIT's p-values when BLINK finds nothing: -log10 p scaled so that the 5% quantile is 10^-1.3."""
+    """GAPIT's p-values when BLINK finds nothing: the 5% quantile moved to 10^-1.3 in log scale."""
     scale = -math.log10(float(np.quantile(prior, 0.05))) / 1.3
     return np.minimum(10 ** (np.log10(prior) / scale), 1.0)
 
@@ -370,7 +370,8 @@ def _tie_order(genotypes: Genotypes, *, gapit: bool) -> np.ndarray:
     if gapit:
         return np.arange(m)
     labels = np.asarray(genotypes.chromosome).astype(str)
-    unique = sorted(set(labels.tolist()), key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
+    unique = sorted(set(labels.tolist()),
+                    key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
     rank = {c: i for i, c in enumerate(unique)}
     chromosome = np.array([rank[c] for c in labels], dtype=np.int64)
     return np.lexsort((np.asarray(genotypes.position), chromosome)).argsort()

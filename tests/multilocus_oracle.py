@@ -71,9 +71,11 @@ class DenseGenotypes:
         Q = Q[:, np.abs(np.diag(R)) > 1e-10 * np.abs(R).max()]
         ry = y - Q @ (Q.T @ y)
         G = self.dosages
-        rG = G - Q @ (Q.T @ G)
+        # einsum rather than BLAS: identical columns give identical numbers
+        # wherever they sit, so ties between duplicated SNPs are exact.
+        rG = G - np.einsum("ik,kj->ij", Q, np.einsum("ik,ij->kj", Q, G))
         xx = np.einsum("ij,ij->j", rG, rG)
-        xy = rG.T @ ry
+        xy = np.einsum("ij,i->j", rG, ry)
         testable = xx > COLLINEAR * np.einsum("ij,ij->j", G, G)
         df = n - rank - 1
         with np.errstate(divide="ignore", invalid="ignore"):
