@@ -156,28 +156,6 @@ def bic_prefix(y: np.ndarray, X: np.ndarray, columns: np.ndarray) -> int:
     return int(np.argmin(bic_values(y, X, columns))) + 1
 
 
-def remove_correlated(columns: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy LD thinning of candidates in their order of preference.
-
-    A candidate is kept unless its Pearson ``|r|`` with an already kept one
-    exceeds ``threshold`` (GAPIT's ``Blink.LDRemoveBlock``). Constant columns
-    are never kept.
-
-    Parameters
-    ----------
-    columns : ndarray, shape (n, c)
-        Dosages of the candidates, best first.
-    threshold : float
-
-    Returns
-    -------
-    ndarray, shape (k,), int
-        Positions (0..c-1) of the kept candidates, in order.
-    """
-    return np.asarray(_greedy(_standardised(columns), threshold, np.empty((columns.shape[0], 0)),
-                              limit=columns.shape[1])[0], dtype=np.int64)
-
-
 def _standardised(columns: np.ndarray) -> np.ndarray:
     """Centred columns of unit norm (so that products are Pearson r); NaN for constant ones."""
     centred = columns - columns.mean(axis=0)

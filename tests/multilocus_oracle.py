@@ -67,8 +67,9 @@ class DenseGenotypes:
         self.scans += 1
         n = len(y)
         Q, R = np.linalg.qr(X)
-        rank = int(np.sum(np.abs(np.diag(R)) > 1e-10 * np.abs(R).max()))
-        Q = Q[:, np.abs(np.diag(R)) > 1e-10 * np.abs(R).max()]
+        independent = np.abs(np.diag(R)) > 1e-10 * np.abs(R).max()
+        rank = int(independent.sum())
+        Q = Q[:, independent]
         ry = y - Q @ (Q.T @ y)
         G = self.dosages
         # einsum rather than BLAS: identical columns give identical numbers

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from multilocus_oracle import DenseGenotypes, gapit_coded
 
 from cmlm_cli import blink
-from cmlm_cli.blink import bic_prefix, bic_values, qtn_p_values, remove_correlated, run_blink
+from cmlm_cli.blink import bic_prefix, bic_values, qtn_p_values, run_blink
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GAPIT = TEST_DATA / "gapit_multilocus"
@@ -72,6 +72,15 @@ def test_every_iteration_chooses_gapits_pseudo_qtns_in_gapits_order(maize):
     assert ours == gapit_iterations(trait)
     assert result.converged
     assert sorted(result.qtns + 1) == sorted(gapit_iterations(trait)[-1])
+
+
+def test_gapit_compatibility_changes_nothing_on_gapits_runs(maize):
+    # No covariates, no tied candidates, fewer than 1,000 candidates: the
+    # departures from GAPIT (docs/blink.md) do not arise.
+    _, genotypes, y, _, result = maize
+    gapit = run_blink(genotypes, y, np.ones((len(y), 1)), gapit=True)
+    assert gapit.iterations == result.iterations
+    np.testing.assert_array_equal(gapit.p, result.p)
 
 
 def test_every_p_value_and_effect_equals_gapits_nyc_table(maize):
@@ -202,6 +211,28 @@ def test_bic_by_hand():
     np.testing.assert_allclose(bic, [by_hand(34.08, 1), by_hand(2.08, 2), by_hand(0.08, 3)],
                                rtol=1e-12)
     assert bic_prefix(y, one, np.column_stack([U3, U1, U2])) == 3
+    # With u1 a covariate, RSS = 0.08 with u2 and with u2, u3; the penalty
+    # counts the covariate: (p + k - 1) ln n with p = 2.
+    bic = bic_values(y, np.column_stack([one, U1]), np.column_stack([U2, U3]))
+    np.testing.assert_allclose(bic, [by_hand(0.08, 2), by_hand(0.08, 3)], rtol=1e-12)
+
+
+def test_bic_models_hold_the_covariates_unless_gapit(monkeypatch):
+    # GAPIT leaves the covariates out of Blink.BICselection.
+    seen = []
+
+    def spy(y, X, columns):
+        seen.append(X.shape[1])
+        return bic_prefix(y, X, columns)
+
+    monkeypatch.setattr(blink, "bic_prefix", spy)
+    G, y, chromosome, position = simulated(1)
+    X = np.column_stack([np.ones(len(y)), np.linspace(-1, 1, len(y))])
+    for gapit, columns in ((False, 2), (True, 1)):
+        seen.clear()
+        run_blink(DenseGenotypes(G, chromosome, position), y, X, gapit=gapit)
+        assert seen
+        assert set(seen) == {columns}
 
 
 def test_bic_models_hold_at_most_n_over_ln_n_snps():
@@ -214,10 +245,18 @@ def test_ld_removal_by_hand():
     # r(u1, u1 + u2) = r(u1 + u2, u2) = 1/sqrt(2) = 0.707 > 0.7, r(u1, u2) = 0:
     # u1 + u2 goes, and u2 stays, since only kept SNPs remove others; a
     # constant column never stays; r(u1, u1 + 0.2 u3) = 1/sqrt(1.04) = 0.98.
-    columns = np.column_stack([U1, U1 + U2, np.ones(8), U2, U1 + 0.2 * U3])
-    assert remove_correlated(columns, 0.7).tolist() == [0, 3]
-    # r(u1, u1 + u3) = 0.707: above 0.7, but not above 0.71.
-    assert remove_correlated(np.column_stack([U1, U1 + U3]), 0.71).tolist() == [0, 1]
+    genotypes = DenseGenotypes(np.column_stack([U1, U1 + U2, np.ones(8), U2, U1 + 0.2 * U3]) + 1,
+                               np.full(5, "1"), np.arange(5))
+    candidates = np.arange(5)
+    for gapit in (False, True):
+        kept = blink._thin_by_ld(genotypes, candidates, threshold=0.7, limit=49, gapit=gapit)
+        assert kept == [0, 3]
+        # r(u1, u1 + u3) = 0.707: above 0.7, but not above 0.71.
+        pair = DenseGenotypes(np.column_stack([U1, U1 + U3]) + 1, np.full(2, "1"), np.arange(2))
+        kept = blink._thin_by_ld(pair, np.arange(2), threshold=0.71, limit=49, gapit=gapit)
+        assert kept == [0, 1]
+    # Only the first `limit` kept candidates can enter a BIC model.
+    assert blink._thin_by_ld(genotypes, candidates, threshold=0.7, limit=1, gapit=False) == [0]
 
 
 def test_gapit_ld_blocks_reuse_the_first_blocks_dosages(monkeypatch):
