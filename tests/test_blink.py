@@ -61,13 +61,13 @@ def gapit_iterations(trait: str) -> list[list[int]]:
 @pytest.fixture(scope="module", params=["EarHT", "Sim1"])
 def maize(request):
     trait = request.param
-    genotypes, y, _, snp = gapit_coded(DATA / "mdp", PHENO[trait], trait)
+    genotypes, y, iid, snp = gapit_coded(DATA / "mdp", PHENO[trait], trait)
     result = run_blink(genotypes, y, np.ones((len(y), 1)))
-    return trait, genotypes, y, snp, result
+    return trait, genotypes, y, snp, result, iid
 
 
 def test_every_iteration_chooses_gapits_pseudo_qtns_in_gapits_order(maize):
-    trait, _, _, _, result = maize
+    trait, _, _, _, result, _ = maize
     ours = [[i + 1 for i in qtns] for qtns in result.iterations]
     assert ours == gapit_iterations(trait)
     assert result.converged
@@ -77,14 +77,14 @@ def test_every_iteration_chooses_gapits_pseudo_qtns_in_gapits_order(maize):
 def test_gapit_compatibility_changes_nothing_on_gapits_runs(maize):
     # No covariates, no tied candidates, fewer than 1,000 candidates: the
     # departures from GAPIT (docs/blink.md) do not arise.
-    _, genotypes, y, _, result = maize
+    _, genotypes, y, _, result, _ = maize
     gapit = run_blink(genotypes, y, np.ones((len(y), 1)), gapit=True)
     assert gapit.iterations == result.iterations
     np.testing.assert_array_equal(gapit.p, result.p)
 
 
 def test_every_p_value_and_effect_equals_gapits_nyc_table(maize):
-    trait, _, _, snp, result = maize
+    trait, _, _, snp, result, _ = maize
     gapit = gapit_table(f"BLINK_PCA0_{trait}.gwas.csv")
     compared = 0
     for j, name in enumerate(snp):
@@ -107,13 +107,12 @@ def test_every_p_value_and_effect_equals_gapits_nyc_table(maize):
 def test_the_one_remaining_difference_is_gapits_coding_of_the_four_allele_snp(maize):
     # Coded as GAPIT codes it (every homozygote 0, heterozygotes and missing 1,
     # from GAPIT's own HapMap file), the SNP gets GAPIT's p-value too.
-    trait, genotypes, y, snp, result = maize
+    trait, genotypes, y, snp, result, iid = maize
     hapmap = [line.split("\t") for line in
               (TEST_DATA / "mdp_gapit" / "mdp_genotype_test.hmp.txt").read_text().splitlines()]
     taxa = hapmap[0][11:]
     calls = next(row[11:] for row in hapmap if row[0] == GAPIT_FOUR_ALLELE_SNP)
     code = {t: 0.0 if c[0] == c[1] and c != "NN" else 1.0 for t, c in zip(taxa, calls, strict=True)}
-    _, _, iid, _ = gapit_coded(DATA / "mdp", PHENO[trait], trait)
     j = snp.index(GAPIT_FOUR_ALLELE_SNP)
     dosages = genotypes.dosages.copy()
     dosages[:, j] = [code[t] for t in iid]
@@ -291,20 +290,40 @@ def test_simulated_qtns_are_found():
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), sample_seed=st.integers(0, 2**16),
-       snp_seed=st.integers(0, 2**16))
-def test_result_does_not_depend_on_sample_or_snp_order(seed, sample_seed, snp_seed):
+       snp_seed=st.integers(0, 2**16), chunk=st.integers(1, 600))
+def test_result_does_not_depend_on_sample_or_snp_order_or_chunk(seed, sample_seed, snp_seed,
+                                                                chunk):
     G, y, chromosome, position = simulated(seed)
     n, m = G.shape
     X = np.column_stack([np.ones(n), np.linspace(-1, 1, n)])
     before = run_blink(DenseGenotypes(G, chromosome, position), y, X)
     rows = np.random.default_rng(sample_seed).permutation(n)
     cols = np.random.default_rng(snp_seed).permutation(m)
-    after = run_blink(DenseGenotypes(G[rows][:, cols], chromosome[cols], position[cols]),
-                      y[rows], X[rows])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(blink, "LD_CHUNK", chunk)
+        after = run_blink(DenseGenotypes(G[rows][:, cols], chromosome[cols], position[cols]),
+                          y[rows], X[rows])
     mapped = [[int(cols[i]) for i in q] for q in after.iterations]
     assert mapped == [list(q) for q in before.iterations]
     np.testing.assert_allclose(after.p, before.p[cols], rtol=1e-8)
     np.testing.assert_allclose(after.beta, before.beta[cols], rtol=1e-8)
+
+
+def test_a_single_candidate_skips_ld_and_bic():
+    # One SNP passes each threshold: it is the pseudo-QTN as it is, and the
+    # loop stops when the same set comes back; its p-value is the smallest it
+    # reaches as a covariate over every SNP's model.
+    rng = np.random.default_rng(0)
+    n, m = 60, 200
+    G = rng.binomial(2, 0.4, size=(n, m)).astype(float)
+    y = 1.5 * G[:, 5] + rng.normal(size=n)
+    genotypes = DenseGenotypes(G, np.full(m, "1"), np.arange(m))
+    one = np.ones((n, 1))
+    result = run_blink(genotypes, y, one)
+    assert result.iterations == ((), (5,), (5,))
+    assert result.converged
+    W = np.column_stack([one, G[:, 5]])
+    assert result.p[5] == pytest.approx(brute_force_qtn_p(y, W, G, 1), rel=1e-9)
 
 
 def test_tied_duplicates_are_chosen_by_position_not_input_order():
