@@ -83,3 +83,25 @@ def test_blink_pve_is_gapits_up_to_lme4s_stopping_point(trait):
     theta_ours = np.sqrt(ours / (100 - ours.sum()))
     assert reml.deviance(theta_ours) <= reml.deviance(theta_gapit)
     assert reml.deviance(theta_gapit) - reml.deviance(theta_ours) < 1e-5
+
+
+@pytest.mark.parametrize("trait", ["EarHT", "Sim1"])
+def test_farmcpu_pve_is_gapits_once_its_snp_order_defect_is_reproduced(trait):
+    # GAPIT's FarmCPU branch hands GAPIT.RandomModel a table merged by SNP name
+    # (sorted by name, case-insensitively in GAPIT's locale) with the genotype
+    # matrix in file order: the SNPs it fits are those at the positions the
+    # significant SNPs take in the sorted table, not the SNPs it names.
+    genotypes, y, _, snp = gapit_coded(DATA / "mdp", PHENO[trait], trait)
+    with open(GAPIT / f"FarmCPU_PCA0_{trait}.gwas.csv") as handle:
+        table = sorted(csv.DictReader(handle), key=lambda row: row["SNP"].lower())
+    with open(GAPIT / f"FarmCPU_PCA0_{trait}.pve.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    gapit = np.array([float(row["Phenotype_Variance_Explained(%)"]) for row in rows])
+    fitted = [i for i, row in enumerate(table) if float(row["P.value"]) < 0.05 / len(table)]
+    assert [table[i]["SNP"] for i in fitted] == [row["SNP"] for row in rows]
+    X = np.ones((len(y), 1))
+    ours = pve.variance_explained(y, X, genotypes.columns(np.array(fitted)))
+    np.testing.assert_allclose(ours, gapit, atol=0.02)
+    named = pve.variance_explained(y, X, genotypes.columns(
+        np.array([snp.index(row["SNP"]) for row in rows])))
+    assert np.max(np.abs(named - gapit)) > 5
