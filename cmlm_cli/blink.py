@@ -76,6 +76,8 @@ def run_blink(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, *,
     bic_X = X if not gapit else np.ones((len(y), 1))
     fit = _scan_with_qtns(genotypes, y, X, [])
     scanned: list[tuple[int, ...]] = [()]
+    if max_loops <= 1:
+        return _result(fit, fit.p, [], scanned, converged=False)
     saved: list[int] | None = None
     loop = 1
     while True:

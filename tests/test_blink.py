@@ -322,6 +322,11 @@ def test_a_single_candidate_skips_ld_and_bic():
     result = run_blink(genotypes, y, one)
     assert result.iterations == ((), (5,), (5,))
     assert result.converged
+    # The cap counts the first, plain scan: GAPIT's maxLoop.
+    capped = run_blink(genotypes, y, one, max_loops=2)
+    assert capped.iterations == ((), (5,))
+    assert not capped.converged
+    assert run_blink(genotypes, y, one, max_loops=1).iterations == ((),)
     W = np.column_stack([one, G[:, 5]])
     assert result.p[5] == pytest.approx(brute_force_qtn_p(y, W, G, 1), rel=1e-9)
 
