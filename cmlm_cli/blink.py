@@ -256,7 +256,7 @@ def _scan_with_qtns(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, qtns: li
     beta, se, p = scan.beta.copy(), scan.se.copy(), scan.p.copy()
     if qtns:
         index = np.asarray(qtns)
-        p[index] = qtn_p_values(genotypes, y, W, scan, n_qtns=len(qtns))
+        p[index] = qtn_p_values(genotypes, y, W, scan, qtns=index)
         coef, coef_se = _coefficients(y, W)
         beta[index] = coef[X.shape[1]:]
         se[index] = coef_se[X.shape[1]:]
@@ -264,17 +264,18 @@ def _scan_with_qtns(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, qtns: li
 
 
 def qtn_p_values(genotypes: Genotypes, y: np.ndarray, W: np.ndarray, scan: GlmScan, *,
-                 n_qtns: int) -> np.ndarray:
+                 qtns: np.ndarray) -> np.ndarray:
     """Each pseudo-QTN's smallest covariate p-value over the models ``y ~ W + x_j`` of every SNP j.
 
-    The pseudo-QTNs are the last ``n_qtns`` columns of ``W``. The t-test of
+    The pseudo-QTNs are the last k columns of ``W``. The t-test of
     column k of W in ``y ~ W + x_j`` is the F-test of dropping it:
     ``F = (RSS_-k(j) - RSS(j)) / (RSS(j) / df)``. Both residual sums come from
     scans, since a scan's t of SNP j gives ``RSS(j) = RSS_W df / (df + t^2)``;
     so each pseudo-QTN costs one more scan (``y ~ W without k + x_j``) and no
-    genotype matrix. SNPs the scan of ``W`` cannot test (the pseudo-QTNs
-    themselves, SNPs collinear with W) are left out, as GAPIT leaves out the
-    ``NA`` rows.
+    genotype matrix. The pseudo-QTNs themselves and the SNPs the scan of
+    ``W`` cannot test (collinear with W) are left out, as GAPIT leaves out
+    its ``NA`` rows; the pseudo-QTNs are left out by index, whatever the
+    scan makes of a column collinear with a covariate.
 
     Parameters
     ----------
@@ -283,7 +284,8 @@ def qtn_p_values(genotypes: Genotypes, y: np.ndarray, W: np.ndarray, scan: GlmSc
     W : ndarray, shape (n, p + k)
     scan : GlmScan
         ``genotypes.scan(y, W)``.
-    n_qtns : int
+    qtns : ndarray, shape (k,), int
+        SNP indices of the pseudo-QTNs, in the order of their columns in W.
 
     Returns
     -------
@@ -291,9 +293,10 @@ def qtn_p_values(genotypes: Genotypes, y: np.ndarray, W: np.ndarray, scan: GlmSc
     """
     rss, df = _residual(y, W)
     rss_j = _rss_with_snp(scan, rss, df)
-    p = np.empty(n_qtns)
-    first = W.shape[1] - n_qtns
-    for k in range(n_qtns):
+    rss_j[qtns] = np.nan
+    p = np.empty(len(qtns))
+    first = W.shape[1] - len(qtns)
+    for k in range(len(qtns)):
         W_k = np.delete(W, first + k, axis=1)
         rss_k, df_k = _residual(y, W_k)
         rss_kj = _rss_with_snp(genotypes.scan(y, W_k), rss_k, df_k)

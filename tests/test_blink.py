@@ -159,7 +159,7 @@ def test_pseudo_qtn_p_values_are_the_smallest_over_every_snps_model():
     genotypes = DenseGenotypes(G, np.full(m, "1"), np.arange(m))
     X = np.column_stack([np.ones(n), rng.normal(size=n)])
     W = np.column_stack([X, G[:, [3, 11, 20]]])
-    ours = qtn_p_values(genotypes, y, W, genotypes.scan(y, W), n_qtns=3)
+    ours = qtn_p_values(genotypes, y, W, genotypes.scan(y, W), qtns=np.array([3, 11, 20]))
     expected = [brute_force_qtn_p(y, W, G, 2 + k) for k in range(3)]
     np.testing.assert_allclose(ours, expected, rtol=1e-9)
 
