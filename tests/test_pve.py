@@ -64,6 +64,7 @@ def test_balanced_one_way_anova_by_hand():
     s_g, s_e = (msb - msw) / 4, msw
     ours = pve.variance_explained(y, np.ones((12, 1)), x[:, None])
     assert ours[0] == pytest.approx(100 * s_g / (s_g + s_e), rel=1e-7)
+    assert pve.variance_explained(y, np.ones((12, 1)), np.empty((12, 0))).shape == (0,)
 
 
 @pytest.mark.parametrize("trait", ["EarHT", "Sim1"])
