@@ -431,11 +431,15 @@ def run_farmcpu(
             )
             again = farmcpu_loop(local, y, X, **settings)  # type: ignore[arg-type]
             p[region] = again.p
+            where = genotypes.chromosome[cores[0]], genotypes.position[cores]
             log.info(
-                "FarmCPU region around %s: %d SNPs re-scanned without it, pseudo-QTNs %s",
-                ", ".join(str(c) for c in cores),
+                "FarmCPU (NYC table): the %d SNPs within %g bp of chromosome %s at %s "
+                "re-scanned without it, with %d pseudo-QTNs of their own",
                 region.size,
-                [int(region[q]) for q in again.qtns],
+                window,
+                where[0],
+                ", ".join(str(b) for b in where[1]),
+                again.qtns.size,
             )
     return MultiLocusResult(
         model="farmcpu",
