@@ -95,7 +95,7 @@ def chromosome_codes(chromosome: np.ndarray) -> np.ndarray:
     return np.array([code[c] for c in np.asarray(chromosome, dtype=str)], dtype=np.int64)
 
 
-class _Map:
+class SnpMap:
     """The SNPs' places, and the order that breaks ties between equal p-values.
 
     With ``rules="gapit"`` ties go to the SNP first in the input, as R's
@@ -121,7 +121,7 @@ class _Map:
         return index[np.lexsort((tie, np.isnan(p), key))]
 
 
-def bin_candidates(p: np.ndarray, snps: _Map, *, bin_size: float, count: int) -> np.ndarray:
+def bin_candidates(p: np.ndarray, snps: SnpMap, *, bin_size: float, count: int) -> np.ndarray:
     """The most significant SNP of each bin, the ``count`` most significant bins (GAPIT.Specify).
 
     Bins are ``floor(bp / bin_size)`` within a chromosome. Every SNP at the
@@ -131,7 +131,7 @@ def bin_candidates(p: np.ndarray, snps: _Map, *, bin_size: float, count: int) ->
     Parameters
     ----------
     p : ndarray, shape (m,)
-    snps : _Map
+    snps : SnpMap
     bin_size : float
     count : int
 
@@ -156,7 +156,7 @@ def bin_candidates(p: np.ndarray, snps: _Map, *, bin_size: float, count: int) ->
 
 def remove_linked(
     ranked: np.ndarray,
-    snps: _Map,
+    snps: SnpMap,
     columns: Callable[[np.ndarray], np.ndarray],
     *,
     threshold: float,
@@ -171,7 +171,7 @@ def remove_linked(
     ----------
     ranked : ndarray, shape (k,), int
         Candidates, most significant first.
-    snps : _Map
+    snps : SnpMap
     columns : callable
         ``columns(index) -> (n, k)`` dosages (:meth:`Genotypes.columns`).
     threshold : float
@@ -233,7 +233,7 @@ def farmcpu_loop(
     Loop
     """
     m = genotypes.n_snps
-    snps = _Map(genotypes.chromosome, genotypes.position, rules)
+    snps = SnpMap(genotypes.chromosome, genotypes.position, rules)
     cap = qtn_cap(y.size) if max_qtns is None else max_qtns
     first_threshold = 0.01 / m if p_threshold is None else p_threshold
     scan = genotypes.scan(y, X)
@@ -309,7 +309,7 @@ def _without_qtns(
 
 
 def significant_regions(
-    p: np.ndarray, snps: _Map, *, threshold: float, window: float, rules: str
+    p: np.ndarray, snps: SnpMap, *, threshold: float, window: float, rules: str
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The regions GAPIT re-scans for its NYC table (GAPIT.Bus, ``Multi_iter``).
 
@@ -421,7 +421,7 @@ def run_farmcpu(
     loop = farmcpu_loop(genotypes, y, X, **settings)  # type: ignore[arg-type]
     p = loop.p.copy()
     if table == "nyc":
-        snps = _Map(genotypes.chromosome, genotypes.position, rules)
+        snps = SnpMap(genotypes.chromosome, genotypes.position, rules)
         regions = significant_regions(
             loop.p, snps, threshold=cutoff / genotypes.n_snps, window=window, rules=rules
         )
