@@ -11,6 +11,8 @@ MULTILOCUS_MODELS = ("farmcpu", "blink")
 # GAPIT's two tables of a multi-locus run, and whose rules decide its edge cases.
 MULTILOCUS_TABLES = ("nyc", "kansas")
 MULTILOCUS_RULES = ("cmlm", "gapit")
+# FarmCPU's bins (GAPIT's method.bin).
+FARMCPU_BINS = ("static", "optimum")
 # The grid of --model ecmlm: every clustering, and the group kinships that
 # summarise K (identity ignores it).
 ECMLM_CLUSTERS = ("average", "complete", "ward", "single", "mcquitty", "median", "centroid")

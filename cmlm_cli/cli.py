@@ -357,6 +357,14 @@ analysis_options = _together(
         help="FarmCPU/BLINK edge cases (ties, no signal) as cmlm defines them (order-invariant) "
         "or as GAPIT does.",
     ),
+    click.option(
+        "--farmcpu-bins",
+        type=click.Choice(choices.FARMCPU_BINS),
+        default="static",
+        show_default=True,
+        help="FarmCPU's bins: GAPIT's default (50, 5, then 0.5 Mb) or, each iteration, the "
+        "size and count whose random-effect model fits best.",
+    ),
     click.option("--method", type=click.Choice(choices.METHODS), default="reml", show_default=True),
     click.option(
         "--solver",

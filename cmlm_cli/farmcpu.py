@@ -32,6 +32,11 @@ TABLES = ("nyc", "kansas")
 # GAPIT's FarmCPU: bin sizes (bp) of the iterations 2, 3 and from 4 on
 # (FarmCPU.BIN, method.bin = "static": b[3], b[2], b[1]).
 BIN_SIZES = (5e5, 5e6, 5e7)
+BIN_METHODS = ("static", "optimum")
+# The bin counts FarmCPU.BIN tries with method.bin = "optimum" (then capped).
+BIN_COUNTS = tuple(range(10, 101, 10))
+# GAPIT.get.LL's grid of d = ve / vg: exp of -5 to 5 by 0.1.
+DELTA_GRID = np.exp(np.arange(-50, 51) / 10.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +159,94 @@ def bin_candidates(p: np.ndarray, snps: SnpMap, *, bin_size: float, count: int) 
     return index[np.array(hit, dtype=bool)]
 
 
+def rem_neg2loglik(y: np.ndarray, X: np.ndarray, GK: np.ndarray) -> float:
+    """-2 log-likelihood of FarmCPU's random-effect model of the candidates (FarmCPU.Burger).
+
+    ``y = X b + u + e`` with ``u ~ N(0, vg GK GK')``, ``e ~ N(0, d vg I)``: the
+    maximum-likelihood ``b`` and ``vg`` profiled, ``d`` the best of GAPIT's
+    grid :data:`DELTA_GRID` (GAPIT.get.LL). ``GK GK'`` has rank at most k, so
+    everything goes through the thin SVD ``GK = U S V'`` (singular values
+    above 1e-8): ``log|K + dI| = sum log(s^2 + d) + (n - r) log d`` and the
+    quadratic forms split into ``U'a`` and ``a - U U'a``. O(n k^2), never n x n.
+    Where a covariance of the columns is exactly 0 (a constant column) GAPIT
+    fixes ``d = e^100``, the model without the random effect; so does this.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+        Intercept included.
+    GK : ndarray, shape (n, k)
+        The candidates' dosages.
+
+    Returns
+    -------
+    float
+        ``-2 logL`` with the constant ``n log(2 pi)`` (GAPIT writes 2 * 3.14,
+        the same for every candidate set, so the choice is the same).
+    """
+    n = y.size
+    U, s, _ = np.linalg.svd(GK, full_matrices=False)
+    keep = s > 1e-8
+    d, U1 = s[keep] ** 2, U[:, keep]
+    constant = GK.shape[1] > 0 and np.any(np.atleast_1d(np.cov(GK, rowvar=False)) == 0)
+    deltas = np.array([np.exp(100.0)]) if constant else DELTA_GRID
+    UX, Uy = U1.T @ X, U1.T @ y
+    RX, Ry = X - U1 @ UX, y - U1 @ Uy
+    best = -np.inf
+    for delta in deltas:
+        w = 1.0 / (d + delta)
+        A = (UX * w[:, None]).T @ UX + RX.T @ RX / delta
+        b = UX.T @ (w * Uy) + RX.T @ Ry / delta
+        beta = np.linalg.lstsq(A, b, rcond=None)[0]
+        r1, r2 = Uy - UX @ beta, Ry - RX @ beta
+        rss = np.sum(w * r1**2) + r2 @ r2 / delta
+        logdet = np.sum(np.log(d + delta)) + (n - d.size) * np.log(delta)
+        loglik = -0.5 * (n * np.log(2 * np.pi) + logdet) - 0.5 * (n + n * np.log(rss / n))
+        best = max(best, float(loglik))
+    return -2.0 * best
+
+
+def optimum_candidates(
+    p: np.ndarray,
+    snps: SnpMap,
+    y: np.ndarray,
+    X: np.ndarray,
+    columns: Callable[[np.ndarray], np.ndarray],
+    *,
+    cap: int,
+    rules: str,
+) -> np.ndarray:
+    """FarmCPU.BIN with ``method.bin = "optimum"``: the bins whose candidates fit best.
+
+    Every bin size of :data:`BIN_SIZES` and bin count of :data:`BIN_COUNTS`
+    (counts above ``cap`` become ``cap``) gives a candidate set
+    (:func:`bin_candidates`); the set with the smallest
+    :func:`rem_neg2loglik` wins, the first one on a tie. GAPIT takes the
+    dosages as they are coded (its own: copies of the major allele), so its
+    choice changes with the coding; cmlm (``rules="cmlm"``) centres each
+    column first, which makes ``GK GK'`` the same for either allele.
+
+    Returns
+    -------
+    ndarray, shape (k,), int
+        In input order.
+    """
+    counts = list(dict.fromkeys(min(c, cap) for c in BIN_COUNTS))
+    best: tuple[float, np.ndarray] | None = None
+    for size in BIN_SIZES:
+        for count in counts:
+            candidates = bin_candidates(p, snps, bin_size=size, count=count)
+            GK = columns(candidates)
+            if rules == "cmlm":
+                GK = GK - GK.mean(axis=0)
+            value = rem_neg2loglik(y, X, GK)
+            if best is None or value < best[0]:
+                best = (value, candidates)
+    assert best is not None
+    return best[1]
+
+
 def remove_linked(
     ranked: np.ndarray,
     snps: SnpMap,
@@ -215,6 +308,7 @@ def farmcpu_loop(
     p_threshold: float | None = None,
     max_qtns: int | None = None,
     ld_threshold: float = 0.7,
+    bins: str = "static",
     rules: str = "cmlm",
 ) -> Loop:
     """The FarmCPU iterations, GAPIT's ``FarmCPU`` function with its defaults.
@@ -225,7 +319,7 @@ def farmcpu_loop(
     y : ndarray, shape (n,)
     X : ndarray, shape (n, p)
         Intercept and covariates.
-    max_loop, qtn_threshold, p_threshold, max_qtns, ld_threshold, rules
+    max_loop, qtn_threshold, p_threshold, max_qtns, ld_threshold, bins, rules
         As in :func:`run_farmcpu`.
 
     Returns
@@ -243,10 +337,18 @@ def farmcpu_loop(
     save: np.ndarray | None = None
     before: np.ndarray | None = None
     qtns = np.zeros(0, dtype=np.int64)
+    design = X
     for loop in range(2, max_loop + 1):
-        candidates = bin_candidates(p, snps, bin_size=BIN_SIZES[::-1][min(loop - 2, 2)], count=cap)
         if loop == 2 and not np.nanmin(p, initial=np.inf) <= first_threshold:
             return _without_qtns(scan, beta, se, rules, iterations)
+        if bins == "static":
+            size = BIN_SIZES[::-1][min(loop - 2, 2)]
+            candidates = bin_candidates(p, snps, bin_size=size, count=cap)
+        else:
+            # The random model has the previous scan's pseudo-QTNs as fixed effects.
+            candidates = optimum_candidates(
+                p, snps, y, design, genotypes.columns, cap=cap, rules=rules
+            )
         if save is not None:
             candidates = np.concatenate([candidates, save[~np.isin(save, candidates)]])
         keep = p[candidates] < qtn_threshold
@@ -262,8 +364,7 @@ def farmcpu_loop(
         circle = before is not None and set(qtns.tolist()) == set(before.tolist())
         before, save = save, qtns
         done = loop >= max_loop or same or circle
-        Q = genotypes.columns(qtns)
-        design = np.column_stack([X, Q])
+        design = np.column_stack([X, genotypes.columns(qtns)])
         scan = genotypes.scan(y, design)
         iterations.append(tuple(int(q) for q in qtns))
         log.debug("FarmCPU iteration %d: %d pseudo-QTNs", loop, qtns.size)
@@ -364,6 +465,7 @@ def run_farmcpu(
     p_threshold: float | None = None,
     max_qtns: int | None = None,
     ld_threshold: float = 0.7,
+    bins: str = "static",
     table: str = "nyc",
     cutoff: float = 0.05,
     window: float = 1e5,
@@ -389,6 +491,10 @@ def run_farmcpu(
         Bins chosen per iteration (default :func:`qtn_cap` of n).
     ld_threshold : float
         Candidates with ``|r|`` above this to a more significant one go (0.7).
+    bins : {"static", "optimum"}
+        GAPIT's ``method.bin``: bins of 50, 5 and then 0.5 Mb, ``max_qtns``
+        of them, or at every iteration the bin size and count whose
+        candidates' random-effect model fits best (:func:`optimum_candidates`).
     table : {"nyc", "kansas"}
         The p-values reported: the loop's ("kansas") or with the regions
         around significant SNPs re-scanned without them ("nyc", GAPIT's main table).
@@ -407,6 +513,9 @@ def run_farmcpu(
     if rules not in RULES:
         msg = f"unknown rules {rules!r}; expected one of {', '.join(RULES)}"
         raise ValueError(msg)
+    if bins not in BIN_METHODS:
+        msg = f"unknown bins {bins!r}; expected one of {', '.join(BIN_METHODS)}"
+        raise ValueError(msg)
     if table not in TABLES:
         msg = f"unknown table {table!r}; expected one of {', '.join(TABLES)}"
         raise ValueError(msg)
@@ -416,6 +525,7 @@ def run_farmcpu(
         "p_threshold": p_threshold,
         "max_qtns": max_qtns,
         "ld_threshold": ld_threshold,
+        "bins": bins,
         "rules": rules,
     }
     loop = farmcpu_loop(genotypes, y, X, **settings)  # type: ignore[arg-type]

@@ -102,7 +102,12 @@ def run_trait(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, options: GwasO
     """
     if options.model == "farmcpu":
         return run_farmcpu(
-            genotypes, y, X, table=options.multilocus_table, rules=options.multilocus_rules
+            genotypes,
+            y,
+            X,
+            bins=options.farmcpu_bins,
+            table=options.multilocus_table,
+            rules=options.multilocus_rules,
         )
     from cmlm_cli.blink import run_blink
 

@@ -199,6 +199,7 @@ class GwasOptions:
     loco: bool = False
     multilocus_table: Literal["nyc", "kansas"] = "nyc"
     multilocus_rules: Literal["cmlm", "gapit"] = "cmlm"
+    farmcpu_bins: Literal["static", "optimum"] = "static"
 
     @functools.cached_property
     def group_spec(self) -> GroupSpec:
@@ -285,6 +286,7 @@ def check_options(options: GwasOptions) -> None:
         (options.plot_format, choices.PLOT_FORMATS, "--plot-format"),
         (options.multilocus_table, choices.MULTILOCUS_TABLES, "--multilocus-table"),
         (options.multilocus_rules, choices.MULTILOCUS_RULES, "--multilocus-rules"),
+        (options.farmcpu_bins, choices.FARMCPU_BINS, "--farmcpu-bins"),
     ]
     for value, allowed, flag in checks:
         if value not in allowed:

@@ -407,3 +407,61 @@ def test_gapit_reference_files_are_the_shared_ones():
     sizes = {p.name: p.stat().st_size for p in Path(GAPIT).iterdir()}
     assert sizes["FarmCPU_PCA0_EarHT.gwas.csv"] == 305032
     assert sizes["FarmCPU_PCA0_Sim1.gwas_kansas.csv"] == 305119
+
+
+# --- the random-effect model of the optimum bins --------------------------------------------
+
+
+def test_rem_likelihood_equals_the_dense_normal_density():
+    # -2 logL of y ~ N(X b, vg (GK GK' + d I)) with b and vg at their maximum
+    # for each d of GAPIT's grid, the best d kept: the n x n density of scipy
+    # against the rank-k algebra. Same quantity, two routes: 1e-9 relative.
+    import scipy.stats
+
+    from cmlm_cli.farmcpu import DELTA_GRID, rem_neg2loglik
+
+    rng = np.random.default_rng(5)
+    n, k = 60, 4
+    GK = rng.integers(0, 3, (n, k)).astype(float)
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = GK @ rng.normal(size=k) + X @ [3.0, 1.0] + rng.normal(size=n)
+    K = GK @ GK.T
+    best = -np.inf
+    for d in DELTA_GRID:
+        H = K + d * np.eye(n)
+        Hi = np.linalg.inv(H)
+        b = np.linalg.solve(X.T @ Hi @ X, X.T @ Hi @ y)
+        r = y - X @ b
+        vg = r @ Hi @ r / n
+        best = max(best, scipy.stats.multivariate_normal(X @ b, vg * H).logpdf(y))
+    assert rem_neg2loglik(y, X, GK) == pytest.approx(-2 * best, rel=1e-9)
+    # A constant column: GAPIT's d = e^100, the model without u (least squares).
+    flat = np.column_stack([GK, np.ones(n)])
+    r = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    glm = scipy.stats.multivariate_normal(np.zeros(n), (r @ r / n) * np.eye(n)).logpdf(r)
+    assert rem_neg2loglik(y, X, flat) == pytest.approx(-2 * glm, rel=1e-9)
+
+
+def test_optimum_bins_choose_the_best_fitting_candidates(panel):
+    # method.bin = "optimum": at every iteration the candidate set with the
+    # smallest -2 logL over 3 bin sizes x the capped counts (10, 11 here).
+    from cmlm_cli import farmcpu
+
+    G, chrom, pos, iid, sid = panel
+    y = trait_values("EarHT", iid)
+    keep = ~np.isnan(y)
+    genotypes = DenseGenotypes(G[keep], chrom, pos)
+    X = np.ones((keep.sum(), 1))
+    result = run_farmcpu(genotypes, y[keep], X, bins="optimum")
+    assert sid.index("PZA03188.4") in result.qtns
+    snps = SnpMap(chrom, pos, "cmlm")
+    p = genotypes.scan(y[keep], X).p
+    chosen = farmcpu.optimum_candidates(p, snps, y[keep], X, genotypes.columns, cap=11,
+                                         rules="cmlm")
+    values = []
+    for size in farmcpu.BIN_SIZES:
+        for count in (10, 11):
+            c = bin_candidates(p, snps, bin_size=size, count=count)
+            GK = genotypes.columns(c)
+            values.append((farmcpu.rem_neg2loglik(y[keep], X, GK - GK.mean(axis=0)), c.tolist()))
+    assert chosen.tolist() == min(values, key=lambda v: v[0])[1]
