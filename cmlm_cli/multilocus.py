@@ -284,6 +284,19 @@ class PackedGenotypes:
         self._fam_rows = np.asarray(fam_rows, dtype=np.intp)
         self._impute = impute
         self._block_size = block_size
+        self._frequencies: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def frequencies(self) -> tuple[np.ndarray, np.ndarray]:
+        """A1 frequency over the called genotypes and missing calls of each SNP, shape (m,) each.
+
+        Known after the first :meth:`scan` (they do not depend on the design),
+        so a run needs no pass of its own for them.
+        """
+        if self._frequencies is None:
+            msg = "the frequencies are known after the first scan"
+            raise RuntimeError(msg)
+        return self._frequencies
 
     @property
     def n_snps(self) -> int:
@@ -313,7 +326,10 @@ class PackedGenotypes:
                 yield start, decode(raw, plan, impute=self._impute, parallel=True)
                 start += index.size
 
-        return _glm_scan(test, blocks(), self.n_snps)
+        scan = _glm_scan(test, blocks(), self.n_snps)
+        if scan.af is not None and scan.n_miss is not None:
+            self._frequencies = scan.af, scan.n_miss
+        return scan
 
     def columns(self, index: np.ndarray) -> np.ndarray:
         """Imputed dosages of the SNPs ``index`` (positions among the kept SNPs), shape (n, k)."""

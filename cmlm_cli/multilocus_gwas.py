@@ -140,9 +140,8 @@ def fit_traits(
             impute=options.impute,
             block_size=options.block_size,
         )
-        # The frequencies and missing calls do not depend on the design.
-        first = genotypes.scan(trait.y, trait.X)
         result = run_trait(genotypes, trait.y, trait.X, options)
+        af, n_miss = genotypes.frequencies
         snp = inputs.bfile.snp[inputs.snps]
         for k, qtns in enumerate(result.iterations, start=1):
             log.info(
@@ -168,18 +167,11 @@ def fit_traits(
                 n,
                 n - p - result.qtns.size - 1,
                 result,
-                _required(first.af),
-                _required(first.n_miss),
+                af,
+                n_miss,
             )
         )
     return fitted
-
-
-def _required(values: np.ndarray | None) -> np.ndarray:
-    if values is None:
-        msg = "the packed scan reports the frequencies and missing calls"
-        raise AssertionError(msg)
-    return values
 
 
 def blocks(
