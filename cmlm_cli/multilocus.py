@@ -14,6 +14,7 @@ the pseudo-QTN columns.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -24,7 +25,7 @@ import scipy.special
 from cmlm_cli import packed, plink
 from cmlm_cli.dosage import impute
 from cmlm_cli.null_model import fit_glm
-from cmlm_cli.scan import Scanner, ScanResult, decode
+from cmlm_cli.scan import Scanner, ScanResult, decode, scan_snps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +158,9 @@ class _GlmTest:
     impute : {"mean", "middle"}
     """
 
+    # One trait: :func:`cmlm_cli.scan.scan_snps` takes this as a ScanSet.
+    size = 1
+
     def __init__(self, y: np.ndarray, X: np.ndarray, impute: str):
         self.scanner = Scanner(fit_glm(y, X), impute=impute, variance="refit")
         self._p = X.shape[1]
@@ -164,6 +168,9 @@ class _GlmTest:
         self._beta0 = scipy.linalg.cho_solve(self._chol, X.T @ y)
         self._inv_diag = np.diag(scipy.linalg.cho_solve(self._chol, np.eye(self._p)))
         self._max_t = np.full(self._p, -np.inf)
+        # Blocks are tested on several threads (scan.scan_snps); the running
+        # maximum is the only state they share.
+        self._lock = threading.Lock()
 
     def block(self, stats: packed.Statistics) -> ScanResult:
         """Test a block's SNPs and update the covariates' largest ``|t|``."""
@@ -180,7 +187,9 @@ class _GlmTest:
             b = self._beta0[:, None] - C * result.beta[tested]
             with np.errstate(divide="ignore", invalid="ignore"):
                 t = np.abs(b) / np.sqrt(s2 * (self._inv_diag[:, None] + C**2 / xPx))
-            self._max_t = np.fmax(self._max_t, np.nanmax(t, axis=1, initial=-np.inf))
+            largest = np.nanmax(t, axis=1, initial=-np.inf)
+            with self._lock:
+                self._max_t = np.fmax(self._max_t, largest)
         return result
 
     def covariate_p(self) -> np.ndarray:
@@ -190,12 +199,23 @@ class _GlmTest:
         return np.where(np.isfinite(self._max_t), p, np.nan)
 
 
-def _glm_scan(test: _GlmTest, blocks: Iterator[tuple[int, packed.Statistics]], m: int) -> GlmScan:
-    """Run ``test`` over blocks of statistics (each with its first SNP) into one GlmScan."""
+    def scan_packed(
+        self, rows: np.ndarray, plan: packed.Layout, *, parallel: bool = True
+    ) -> list[ScanResult]:
+        """A block of packed .bed rows (:class:`cmlm_cli.scan.ScanSet`, for ``scan_snps``)."""
+        impute = self.scanner.impute
+        return [self.block(decode(rows, plan, impute=impute, parallel=parallel))]
+
+    def layout(self, fam_rows: np.ndarray, *, n_fam: int) -> packed.Layout:
+        """How the individuals sit in the .bed rows (:class:`cmlm_cli.scan.ScanSet`)."""
+        return self.scanner.layout(fam_rows, n_fam=n_fam)
+
+
+def _glm_scan(test: _GlmTest, results: Iterator[tuple[int, ScanResult]], m: int) -> GlmScan:
+    """Blocks of ``test``'s results (each with its first SNP) as one GlmScan."""
     beta, se, p, af = (np.full(m, np.nan) for _ in range(4))
     n_miss = np.zeros(m, dtype=np.int64)
-    for start, stats in blocks:
-        result = test.block(stats)
+    for start, result in results:
         window = slice(start, start + result.beta.size)
         beta[window], se[window], p[window] = result.beta, result.se, result.p
         af[window], n_miss[window] = result.af, result.n_miss
@@ -244,8 +264,8 @@ class DenseGenotypes:
     def scan(self, y: np.ndarray, X: np.ndarray) -> GlmScan:
         """Test every SNP in ``y ~ X + x_j`` (see :class:`Genotypes`)."""
         test = _GlmTest(y, X, self._impute)
-        blocks = iter([(0, test.scanner.statistics(self._G))])
-        return _glm_scan(test, blocks, self.n_snps)
+        results = iter([(0, test.block(test.scanner.statistics(self._G)))])
+        return _glm_scan(test, results, self.n_snps)
 
     def columns(self, index: np.ndarray) -> np.ndarray:
         """Imputed dosages of the SNPs ``index``, shape (n, k)."""
@@ -255,8 +275,9 @@ class DenseGenotypes:
 class PackedGenotypes:
     """:class:`Genotypes` on a .bed: each scan streams the packed bytes in SNP blocks.
 
-    A scan decodes every block straight from its bytes
-    (:func:`cmlm_cli.scan.decode`) and tests it; no dosage matrix is formed.
+    A scan is the run's one loop over the .bed (:func:`cmlm_cli.scan.scan_snps`:
+    blocks on threads, each decoded straight from its bytes and tested); no
+    dosage matrix is formed.
     :meth:`columns` reads the bytes of the requested SNPs only.
 
     Parameters
@@ -268,6 +289,9 @@ class PackedGenotypes:
         .fam row of each of the trait's individuals, in the order of ``y``.
     impute : {"mean", "middle"}
     block_size : int
+    num_threads : int or None
+        Threads testing blocks at once (:func:`cmlm_cli.scan.scan_snps`; all
+        cores if None).
     """
 
     def __init__(
@@ -278,12 +302,14 @@ class PackedGenotypes:
         *,
         impute: str,
         block_size: int = 2000,
+        num_threads: int | None = None,
     ):
         self._bfile = bfile
         self._snps = np.asarray(snps, dtype=np.intp)
         self._fam_rows = np.asarray(fam_rows, dtype=np.intp)
         self._impute = impute
         self._block_size = block_size
+        self._threads = num_threads
         self._frequencies: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -316,17 +342,23 @@ class PackedGenotypes:
     def scan(self, y: np.ndarray, X: np.ndarray) -> GlmScan:
         """Test every SNP in ``y ~ X + x_j``, one pass over the packed bytes."""
         test = _GlmTest(y, X, self._impute)
-        plan = test.scanner.layout(self._fam_rows, n_fam=self._bfile.n_samples)
 
-        def blocks() -> Iterator[tuple[int, packed.Statistics]]:
+        def results() -> Iterator[tuple[int, ScanResult]]:
+            # The run's one loop over the .bed (blocks on threads, BLAS on one each).
             start = 0
-            for index, raw in plink.packed_blocks(
-                self._bfile, self._snps, block_size=self._block_size
+            for index, (result,) in scan_snps(
+                self._bfile,
+                self._snps,
+                np.arange(self._bfile.n_samples),
+                [test],
+                [self._fam_rows],
+                block_size=self._block_size,
+                num_threads=self._threads,
             ):
-                yield start, decode(raw, plan, impute=self._impute, parallel=True)
+                yield start, result
                 start += index.size
 
-        scan = _glm_scan(test, blocks(), self.n_snps)
+        scan = _glm_scan(test, results(), self.n_snps)
         if scan.af is not None and scan.n_miss is not None:
             self._frequencies = scan.af, scan.n_miss
         return scan

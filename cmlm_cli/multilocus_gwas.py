@@ -139,6 +139,7 @@ def fit_traits(
             inputs.samples[trait.analysed],
             impute=options.impute,
             block_size=options.block_size,
+            num_threads=options.threads,
         )
         result = run_trait(genotypes, trait.y, trait.X, options)
         af, n_miss = genotypes.frequencies
