@@ -22,6 +22,7 @@ from cmlm_cli.farmcpu import qtn_cap, run_farmcpu
 from cmlm_cli.inputs import Inputs, TraitData
 from cmlm_cli.multilocus import Genotypes, MultiLocusResult, PackedGenotypes
 from cmlm_cli.options import GwasOptions
+from cmlm_cli.pve import variance_explained
 from cmlm_cli.scan import ScanResult
 
 log = logging.getLogger("cmlm")
@@ -37,6 +38,7 @@ QTN_COLUMNS = (
     "n",
     "beta",
     "standard_error",
+    "variance_explained",
 )
 
 
@@ -56,6 +58,9 @@ class MultiLocusTrait:
         A1 frequency over the called genotypes of the analysed individuals.
     n_miss : ndarray, shape (m,), int64
         Their missing calls.
+    explained : ndarray, shape (k,)
+        Percent of the phenotypic variance each final pseudo-QTN explains
+        (:func:`cmlm_cli.pve.variance_explained`, GAPIT's PVE).
     lambda_gc : float
         Of the reported p-values (1-df chi-square scale).
     files : tuple of str
@@ -67,6 +72,7 @@ class MultiLocusTrait:
     result: MultiLocusResult
     af: np.ndarray
     n_miss: np.ndarray
+    explained: np.ndarray
     lambda_gc: float = float("nan")
     files: tuple[str, ...] = ()
 
@@ -143,6 +149,11 @@ def fit_traits(
         )
         result = run_trait(genotypes, trait.y, trait.X, options)
         af, n_miss = genotypes.frequencies
+        explained = (
+            variance_explained(trait.y, trait.X, genotypes.columns(result.qtns))
+            if result.qtns.size
+            else np.zeros(0)
+        )
         snp = inputs.bfile.snp[inputs.snps]
         for k, qtns in enumerate(result.iterations, start=1):
             log.info(
@@ -170,6 +181,7 @@ def fit_traits(
                 result,
                 af,
                 n_miss,
+                explained,
             )
         )
     return fitted
@@ -219,11 +231,13 @@ def write_qtns(inputs: Inputs, trait: MultiLocusTrait, out: str, impute: str) ->
     """``OUT.TRAIT.qtns.tsv``: the final pseudo-QTNs, most significant first.
 
     ``maf`` is GAPIT's: the minor allele frequency of the imputed dosages of
-    the analysed individuals (missing calls count as the imputed value).
+    the analysed individuals (missing calls count as the imputed value);
+    ``variance_explained`` is GAPIT's PVE in percent, the pseudo-QTNs fitted
+    together as random factors (:func:`cmlm_cli.pve.variance_explained`).
     """
     bfile, kept = inputs.bfile, inputs.snps
     rows = []
-    for q in trait.result.qtns:
+    for q, explained in zip(trait.result.qtns, trait.explained, strict=True):
         called = trait.n - int(trait.n_miss[q])
         fill = 1.0 if impute == "middle" else 2.0 * trait.af[q]
         mean = (2.0 * trait.af[q] * called + fill * trait.n_miss[q]) / trait.n
@@ -239,6 +253,7 @@ def write_qtns(inputs: Inputs, trait: MultiLocusTrait, out: str, impute: str) ->
                 called,
                 float(trait.result.beta[q]),
                 float(trait.result.se[q]),
+                float(explained),
             ]
         )
     path = qtns_path(out, trait.name)

@@ -19,7 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bed_reader import open_bed
-from helpers import DATA, TEST_DATA, expect_error, gapit_calls, read_sumstats, read_tsv, run
+from helpers import (
+    DATA,
+    TEST_DATA,
+    as_float,
+    expect_error,
+    gapit_calls,
+    read_sumstats,
+    read_tsv,
+    run,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,7 +147,7 @@ def test_tables_equal_gapit(panel, trait, which, table):
         assert changed.size == {"EarHT": 12, "Sim1": 17}[trait]
 
 
-def test_command_line_equals_gapit_but_for_its_coding_of_one_snp(tmp_path):
+def test_command_line_equals_gapit_but_for_its_coding_of_one_snp(tmp_path, panel):
     # The bed with --impute middle is GAPIT's coding for every SNP but the
     # 4-allele PZB00063.1 (GAPIT: every homozygote 0, the bed: its two common
     # alleles): the same pseudo-QTNs, every other p-value to rounding, and the
@@ -170,6 +179,19 @@ def test_command_line_equals_gapit_but_for_its_coding_of_one_snp(tmp_path):
         row = list(qtns["variant_id"]).index(snp)
         assert float(qtns["p_value"][row]) == pytest.approx(float(pve[snp]["P.value"]), rel=1e-7)
         assert float(qtns["maf"][row]) == pytest.approx(float(pve[snp]["MAF"]), abs=1e-9)
+    # Variance explained: GAPIT's REML of one random factor per SNP, here the
+    # 23 pseudo-QTNs together; their genotype classes are the same in GAPIT's
+    # coding, so are the percentages, up to where L-BFGS-B stops on the flat
+    # REML deviance of 23 parameters (4e-4 points apart here).
+    from cmlm_cli.pve import variance_explained
+
+    G, _, _, iid, _ = panel
+    y = trait_values("EarHT", iid)
+    keep = ~np.isnan(y)
+    index = [sid.index(s) for s in qtns["variant_id"]]
+    gapit_coded = variance_explained(y[keep], np.ones((keep.sum(), 1)), G[keep][:, index])
+    np.testing.assert_allclose(as_float(qtns["variance_explained"]), gapit_coded, atol=1e-3)
+    assert 0 < gapit_coded.sum() < 100
     log = (tmp_path / "f.log").read_text()
     assert "EarHT: farmcpu iteration 6 scanned with 23 pseudo-QTNs" in log
     assert "farmcpu converged after 6 iterations" in log
