@@ -17,6 +17,7 @@ one GLM scan per iteration and the dosage columns of the few candidates.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -367,7 +368,6 @@ def farmcpu_loop(
         design = np.column_stack([X, genotypes.columns(qtns)])
         scan = genotypes.scan(y, design)
         iterations.append(tuple(int(q) for q in qtns))
-        log.debug("FarmCPU iteration %d: %d pseudo-QTNs", loop, qtns.size)
         beta, se = scan.beta.copy(), scan.se.copy()
         p = scan.p.copy()
         if scan.covariate_p is None:
@@ -519,16 +519,18 @@ def run_farmcpu(
     if table not in TABLES:
         msg = f"unknown table {table!r}; expected one of {', '.join(TABLES)}"
         raise ValueError(msg)
-    settings = {
-        "max_loop": max_loop,
-        "qtn_threshold": qtn_threshold,
-        "p_threshold": p_threshold,
-        "max_qtns": max_qtns,
-        "ld_threshold": ld_threshold,
-        "bins": bins,
-        "rules": rules,
-    }
-    loop = farmcpu_loop(genotypes, y, X, **settings)  # type: ignore[arg-type]
+    # The region re-scans of the NYC table run the same loop.
+    farmcpu = functools.partial(
+        farmcpu_loop,
+        max_loop=max_loop,
+        qtn_threshold=qtn_threshold,
+        p_threshold=p_threshold,
+        max_qtns=max_qtns,
+        ld_threshold=ld_threshold,
+        bins=bins,
+        rules=rules,
+    )
+    loop = farmcpu(genotypes, y, X)
     p = loop.p.copy()
     if table == "nyc":
         snps = SnpMap(genotypes.chromosome, genotypes.position, rules)
@@ -539,7 +541,7 @@ def run_farmcpu(
             local = DenseGenotypes(
                 genotypes.columns(region), genotypes.chromosome[region], genotypes.position[region]
             )
-            again = farmcpu_loop(local, y, X, **settings)  # type: ignore[arg-type]
+            again = farmcpu(local, y, X)
             p[region] = again.p
             where = genotypes.chromosome[cores[0]], genotypes.position[cores]
             log.info(

@@ -367,16 +367,20 @@ def test_result_does_not_depend_on_sample_or_snp_order(small_panel, seed):
 
 
 @settings(max_examples=3, deadline=None)
-@given(block_size=st.integers(1, 700))
-def test_packed_result_does_not_depend_on_block_size(block_size):
+@given(block_size=st.integers(1, 700), threads=st.sampled_from([1, 2]))
+def test_packed_result_does_not_depend_on_block_size_or_threads(block_size, threads):
     bfile = plink.open_bfile(DATA / "mdp")
     y_all = trait_values("Sim1", list(bfile.iid))
     samples = np.arange(bfile.n_samples)
     snps = np.flatnonzero(bfile.chrom == "5")
     X = np.ones((samples.size, 1))
     runs = [
-        run_farmcpu(PackedGenotypes(bfile, snps, samples, impute="middle", block_size=b), y_all, X)
-        for b in (block_size, 2000)
+        run_farmcpu(
+            PackedGenotypes(bfile, snps, samples, impute="middle", block_size=b, num_threads=t),
+            y_all,
+            X,
+        )
+        for b, t in ((block_size, threads), (2000, 1))
     ]
     np.testing.assert_array_equal(runs[0].qtns, runs[1].qtns)
     np.testing.assert_allclose(runs[0].p, runs[1].p, rtol=1e-12)
