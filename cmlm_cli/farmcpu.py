@@ -119,6 +119,8 @@ class SnpMap:
         )
         self.rank = np.empty(m, dtype=np.int64)
         self.rank[order] = np.arange(m)
+        # Chromosome and position as one number (positions stay below 2^40).
+        self.place = self.chrom * (1 << 40) + self.pos
 
     def by_p(self, index: np.ndarray, p: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
         """``index`` sorted by ``p`` (NaN last), ties by ``tie`` (default: the tie rank)."""
@@ -155,9 +157,7 @@ def bin_candidates(p: np.ndarray, snps: SnpMap, *, bin_size: float, count: int) 
     leaders = order[first]
     # Leaders by p, ties in bin order (GAPIT's stable sort of the bin table).
     leaders = snps.by_p(leaders, p[leaders], tie=np.arange(leaders.size))[:count]
-    chosen = set(zip(snps.chrom[leaders].tolist(), snps.pos[leaders].tolist(), strict=True))
-    hit = [(c, b) in chosen for c, b in zip(snps.chrom.tolist(), snps.pos.tolist(), strict=True)]
-    return index[np.array(hit, dtype=bool)]
+    return index[np.isin(snps.place, snps.place[leaders])]
 
 
 def rem_neg2loglik(y: np.ndarray, X: np.ndarray, GK: np.ndarray) -> float:
