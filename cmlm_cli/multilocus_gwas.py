@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import scipy.special
 
-from cmlm_cli import files, sumstats
+from cmlm_cli import files, resources, sumstats
 from cmlm_cli.errors import CmlmError
 from cmlm_cli.farmcpu import qtn_cap, run_farmcpu
 from cmlm_cli.inputs import Inputs, TraitData
@@ -147,13 +147,17 @@ def fit_traits(
             block_size=options.block_size,
             num_threads=options.threads,
         )
-        result = run_trait(genotypes, trait.y, trait.X, options)
+        # Between the scans (which hold BLAS to one thread per block) the
+        # algebra is on a few columns: BLAS threads would only wait for each
+        # other (resources.SMALL_MATRIX), the more so on a busy machine.
+        with resources.blas_threads_for(trait.X.shape[1] + qtn_cap(trait.y.size)):
+            result = run_trait(genotypes, trait.y, trait.X, options)
+            explained = (
+                variance_explained(trait.y, trait.X, genotypes.columns(result.qtns))
+                if result.qtns.size
+                else np.zeros(0)
+            )
         af, n_miss = genotypes.frequencies
-        explained = (
-            variance_explained(trait.y, trait.X, genotypes.columns(result.qtns))
-            if result.qtns.size
-            else np.zeros(0)
-        )
         snp = inputs.bfile.snp[inputs.snps]
         for k, qtns in enumerate(result.iterations, start=1):
             log.info(
