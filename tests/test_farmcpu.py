@@ -147,22 +147,25 @@ def test_tables_equal_gapit(panel, trait, which, table):
         assert changed.size == {"EarHT": 12, "Sim1": 17}[trait]
 
 
-def test_command_line_equals_gapit_but_for_its_coding_of_one_snp(tmp_path, panel):
+@pytest.mark.parametrize(("trait", "pheno"), [
+    ("EarHT", DATA / "mdp.pheno.tsv"), ("Sim1", GAPIT / "sim_traits.txt"),
+])
+def test_command_line_equals_gapit_but_for_its_coding_of_one_snp(tmp_path, panel, trait, pheno):
     # The bed with --impute middle is GAPIT's coding for every SNP but the
     # 4-allele PZB00063.1 (GAPIT: every homozygote 0, the bed: its two common
     # alleles): the same pseudo-QTNs, every other p-value to rounding, and the
     # effects of the opposite sign (A1 is the minor allele, GAPIT counts the
-    # major one).
-    result = run("--bfile", str(DATA / "mdp"), "--pheno", str(DATA / "mdp.pheno.tsv"),
-                 "--pheno-name", "EarHT", "--model", "farmcpu", "--impute", "middle",
-                 "--out", str(tmp_path / "f"))
+    # major one). On Sim1, PZB00063.1 lies in the NYC region re-scanned around
+    # PZB00083.1; its coding changes no other p-value there.
+    result = run("--bfile", str(DATA / "mdp"), "--pheno", str(pheno), "--pheno-name", trait,
+                 "--model", "farmcpu", "--impute", "middle", "--out", str(tmp_path / "f"))
     assert result.exit_code == 0, result.output
-    ours = read_sumstats(tmp_path / "f.EarHT.sumstats.tsv")
-    gapit = gapit_table("EarHT")
+    ours = read_sumstats(tmp_path / f"f.{trait}.sumstats.tsv")
+    gapit = gapit_table(trait)
     for snp, p, beta in zip(ours["variant_id"], ours["p_value"], ours["beta"], strict=True):
         theirs = float(gapit[snp]["P.value"])
         if snp == FOUR_ALLELE:
-            assert abs(np.log10(p) - np.log10(theirs)) > 0.1
+            assert abs(np.log10(p) - np.log10(theirs)) > 0.05
             continue
         if np.isnan(p):
             assert theirs == 1.0, snp
@@ -170,31 +173,36 @@ def test_command_line_equals_gapit_but_for_its_coding_of_one_snp(tmp_path, panel
         assert abs(np.log10(p) - np.log10(theirs)) < LOG10_TOL, snp
         sign = 1.0 if snp in GAPIT_COUNTS_A1 else -1.0
         assert beta == pytest.approx(sign * float(gapit[snp]["Effect"]), rel=1e-7), snp
-    qtns = read_tsv(tmp_path / "f.EarHT.qtns.tsv")
+    qtns = read_tsv(tmp_path / f"f.{trait}.qtns.tsv")
     sid = list(plink.open_bfile(DATA / "mdp").snp)
-    assert list(qtns["variant_id"]) == [sid[q - 1] for q in gapit_iterations("EarHT")[-1]]
-    # GAPIT's PVE table lists the two pseudo-QTNs below its line: same p and MAF.
-    pve = gapit_table("EarHT", "pve")
-    for snp in ("PZA03188.4", "PZA03647.3"):
+    loops = gapit_iterations(trait)
+    assert list(qtns["variant_id"]) == [sid[q - 1] for q in loops[-1]]
+    # GAPIT's PVE table names the pseudo-QTNs below its line: same p and MAF.
+    pve = gapit_table(trait, "pve")
+    named = [snp for snp in qtns["variant_id"] if snp in pve]
+    assert len(named) == {"EarHT": 2, "Sim1": 4}[trait]
+    for snp in named:
         row = list(qtns["variant_id"]).index(snp)
         assert float(qtns["p_value"][row]) == pytest.approx(float(pve[snp]["P.value"]), rel=1e-7)
         assert float(qtns["maf"][row]) == pytest.approx(float(pve[snp]["MAF"]), abs=1e-9)
     # Variance explained: GAPIT's REML of one random factor per SNP, here the
     # 23 pseudo-QTNs together; their genotype classes are the same in GAPIT's
     # coding, so are the percentages, up to where L-BFGS-B stops on the flat
-    # REML deviance of 23 parameters (4e-4 points apart here).
+    # REML deviance of ~20 parameters (1.3e-3 points apart at most here; lme4
+    # and pve.py differ by up to 0.02, tests/test_pve.py).
     from cmlm_cli.pve import variance_explained
 
     G, _, _, iid, _ = panel
-    y = trait_values("EarHT", iid)
+    y = trait_values(trait, iid)
     keep = ~np.isnan(y)
     index = [sid.index(s) for s in qtns["variant_id"]]
     gapit_coded = variance_explained(y[keep], np.ones((keep.sum(), 1)), G[keep][:, index])
-    np.testing.assert_allclose(as_float(qtns["variance_explained"]), gapit_coded, atol=1e-3)
+    np.testing.assert_allclose(as_float(qtns["variance_explained"]), gapit_coded, atol=0.01)
     assert 0 < gapit_coded.sum() < 100
     log = (tmp_path / "f.log").read_text()
-    assert "EarHT: farmcpu iteration 6 scanned with 23 pseudo-QTNs" in log
-    assert "farmcpu converged after 6 iterations" in log
+    last = f"{trait}: farmcpu iteration {len(loops)} scanned with {len(loops[-1])} pseudo-QTNs"
+    assert last in log
+    assert f"farmcpu converged after {len(loops)} iterations" in log
 
 
 # --- the pieces, by hand ------------------------------------------------------------------
