@@ -341,7 +341,7 @@ def farmcpu_loop(
     design = X
     for loop in range(2, max_loop + 1):
         if loop == 2 and not np.nanmin(p, initial=np.inf) <= first_threshold:
-            return _without_qtns(scan, beta, se, rules, iterations)
+            return _without_qtns(scan, rules, iterations)
         if bins == "static":
             size = BIN_SIZES[::-1][min(loop - 2, 2)]
             candidates = bin_candidates(p, snps, bin_size=size, count=cap)
@@ -357,7 +357,7 @@ def farmcpu_loop(
             keep |= np.isin(candidates, save)
         candidates = candidates[keep]
         if candidates.size == 0:
-            return _without_qtns(scan, beta, se, rules, iterations)
+            return _without_qtns(scan, rules, iterations)
         tie = np.arange(candidates.size) if rules == "gapit" else snps.rank[candidates]
         ordered = candidates[np.lexsort((tie, p[candidates]))]
         qtns = remove_linked(ordered, snps, genotypes.columns, threshold=ld_threshold)
@@ -391,9 +391,7 @@ def _no_zero(p: np.ndarray) -> np.ndarray:
     return p
 
 
-def _without_qtns(
-    scan: GlmScan, beta: np.ndarray, se: np.ndarray, rules: str, iterations: list
-) -> Loop:
+def _without_qtns(scan: GlmScan, rules: str, iterations: list[tuple[int, ...]]) -> Loop:
     """The result when no SNP passes the first threshold: the first scan.
 
     GAPIT (``rules="gapit"``) then rescales every ``-log10 p`` so that the 5%
@@ -406,7 +404,7 @@ def _without_qtns(
         # R's quantile type 7 is numpy's "linear".
         scale = -np.log10(np.quantile(tested, 0.05)) / 1.3
         p = np.minimum(10.0 ** (np.log10(p) / scale), 1.0)
-    return Loop(beta, se, p, np.zeros(0, dtype=np.int64), tuple(iterations), True)
+    return Loop(scan.beta, scan.se, p, np.zeros(0, dtype=np.int64), tuple(iterations), True)
 
 
 def significant_regions(
