@@ -99,8 +99,13 @@ def check_sample_size(trait: TraitData, model: str) -> None:
         raise CmlmError(msg)
 
 
-def run_trait(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, options: GwasOptions):
+def run_trait(
+    genotypes: Genotypes, y: np.ndarray, X: np.ndarray, options: GwasOptions
+) -> MultiLocusResult:
     """The multi-locus loop of ``options.model`` on one trait.
+
+    ``--model blink`` calls :func:`cmlm_cli.blink.run_blink` with the call
+    shape of :func:`cmlm_cli.farmcpu.run_farmcpu`, its defaults as they are.
 
     Returns
     -------

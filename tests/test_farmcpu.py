@@ -205,6 +205,24 @@ def test_command_line_equals_gapit_but_for_its_coding_of_one_snp(tmp_path, panel
     assert f"farmcpu converged after {len(loops)} iterations" in log
 
 
+def test_several_traits_and_the_kansas_table(tmp_path):
+    # Two traits in one run, GAPIT's Kansas table asked for: EarHT's equals
+    # GAPIT's (PZB00063.1 apart, as above); each trait has its own files.
+    result = run("--bfile", str(DATA / "mdp"), "--pheno", str(DATA / "mdp.pheno.tsv"),
+                 "--pheno-name", "EarHT,dpoll", "--model", "farmcpu", "--impute", "middle",
+                 "--multilocus-table", "kansas", "--out", str(tmp_path / "f"))
+    assert result.exit_code == 0, result.output
+    ours = read_sumstats(tmp_path / "f.EarHT.sumstats.tsv")
+    gapit = gapit_table("EarHT", "gwas_kansas")
+    for snp, p in zip(ours["variant_id"], ours["p_value"], strict=True):
+        theirs = float(gapit[snp]["P.value"])
+        if snp != FOUR_ALLELE and not np.isnan(p):
+            assert abs(np.log10(p) - np.log10(theirs)) < LOG10_TOL, snp
+    dpoll = read_sumstats(tmp_path / "f.dpoll.sumstats.tsv")
+    assert dpoll["n"].max() == 276  # dpoll's lines with a call
+    assert len(read_tsv(tmp_path / "f.dpoll.qtns.tsv")["variant_id"]) > 0
+
+
 # --- the pieces, by hand ------------------------------------------------------------------
 
 
