@@ -147,7 +147,11 @@ def run_multilocus_gwas(
     lap("writing")
     if options.plots:
         pictures = plots.write_plots(
-            [t.name for t in written], out, gzip=options.gzip, fmt=options.plot_format
+            [t.name for t in written],
+            out,
+            gzip=options.gzip,
+            fmt=options.plot_format,
+            compression=False,
         )
         written = [dataclasses.replace(t, files=(*t.files, *pictures[t.name])) for t in written]
         lap("plots")

@@ -517,3 +517,14 @@ def test_optimum_bins_choose_the_best_fitting_candidates(panel):
             GK = genotypes.columns(c)
             values.append((farmcpu.rem_neg2loglik(y[keep], X, GK - GK.mean(axis=0)), c.tolist()))
     assert chosen.tolist() == min(values, key=lambda v: v[0])[1]
+
+
+@pytest.mark.plots
+def test_pictures_without_a_compression_profile(tmp_path):
+    # No compression search, no profile file: the Manhattan and QQ plots, no warning.
+    result = run("--bfile", str(DATA / "mdp"), "--pheno", str(DATA / "mdp.pheno.tsv"),
+                 "--pheno-name", "EarHT", "--model", "farmcpu", "--out", str(tmp_path / "f"))
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    assert {p.name for p in tmp_path.glob("f.EarHT.*.png")} == {
+        "f.EarHT.manhattan.png", "f.EarHT.qq.png"}
