@@ -704,6 +704,12 @@ def gwas(
         from cmlm_cli import pipeline
 
         options = _gwas_options(settings)
+        if options.multilocus and (dask_scheduler or dask_scheduler_file or dask_local):
+            msg = (
+                f"--dask-* spreads the blocks of one scan, and --model {options.model} runs "
+                "several scans, each decided by the last; leave the --dask options out"
+            )
+            raise CmlmError(msg)
         with (
             hapmap_io.genotype_source(
                 hapmap_io.GenotypeSource(bfile, pfile, vcf, hapmap, gd, gm),

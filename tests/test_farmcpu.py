@@ -528,3 +528,9 @@ def test_pictures_without_a_compression_profile(tmp_path):
     assert "warning" not in result.output
     assert {p.name for p in tmp_path.glob("f.EarHT.*.png")} == {
         "f.EarHT.manhattan.png", "f.EarHT.qq.png"}
+
+
+def test_dask_is_refused(tmp_path):
+    result = run("--bfile", str(DATA / "mdp"), "--pheno", str(DATA / "mdp.pheno.tsv"),
+                 "--model", "farmcpu", "--dask-local", "1", "--out", str(tmp_path / "f"))
+    expect_error(result, "--model farmcpu runs several scans", "leave the --dask options out")
