@@ -157,11 +157,13 @@ def fit_traits(
         # other (resources.SMALL_MATRIX), the more so on a busy machine.
         with resources.blas_threads_for(trait.X.shape[1] + qtn_cap(trait.y.size)):
             result = run_trait(genotypes, trait.y, trait.X, options)
-            explained = (
-                variance_explained(trait.y, trait.X, genotypes.columns(result.qtns))
-                if result.qtns.size
-                else np.zeros(0)
+            # GAPIT's PVE takes the genotype codes as factor levels, a missing
+            # call as a heterozygote (its "Middle" coding), whatever --impute:
+            # a mean-imputed call would make a level of its own.
+            coded = PackedGenotypes(
+                inputs.bfile, inputs.snps, inputs.samples[trait.analysed], impute="middle"
             )
+            explained = variance_explained(trait.y, trait.X, coded.columns(result.qtns))
         af, n_miss = genotypes.frequencies
         snp = inputs.bfile.snp[inputs.snps]
         for k, qtns in enumerate(result.iterations, start=1):
@@ -242,7 +244,8 @@ def write_qtns(inputs: Inputs, trait: MultiLocusTrait, out: str, impute: str) ->
     ``maf`` is GAPIT's: the minor allele frequency of the imputed dosages of
     the analysed individuals (missing calls count as the imputed value);
     ``variance_explained`` is GAPIT's PVE in percent, the pseudo-QTNs fitted
-    together as random factors (:func:`cmlm_cli.pve.variance_explained`).
+    together as random factors of their genotype codes, a missing call as a
+    heterozygote (:func:`cmlm_cli.pve.variance_explained`).
     """
     bfile, kept = inputs.bfile, inputs.snps
     rows = []

@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cmlm_cli import files, grouping, multilocus_gwas, plots, ssf, sumstats
+from cmlm_cli import files, grouping, plots, ssf, sumstats
 from cmlm_cli.association import BlockExecutor, scan_traits
 from cmlm_cli.compression import TraitResult, fit_traits
 from cmlm_cli.enriched import fit_enriched
@@ -33,11 +34,13 @@ from cmlm_cli.inputs import Inputs, TraitData, load_inputs, trait_data
 from cmlm_cli.kinship import Relationship, build_relationship
 from cmlm_cli.large import RANDOM_SEED, GroupedKinship, build_grouped
 from cmlm_cli.loco import block_starts, chromosomes, fit_loco
-from cmlm_cli.multilocus_gwas import MultiLocusTrait
 from cmlm_cli.options import GwasOptions, check_options, choose_path
 from cmlm_cli.outputs import log_summary, write_blup, write_ssf, write_trait_files
 from cmlm_cli.pcs_selection import cut_pcs
 from cmlm_cli.progress import Stopwatch
+
+if TYPE_CHECKING:
+    from cmlm_cli.multilocus_gwas import MultiLocusTrait
 
 log = logging.getLogger("cmlm")
 
@@ -136,6 +139,9 @@ def run_multilocus_gwas(
     list of MultiLocusTrait
         One per trait, with the ``files`` written.
     """
+    # Loaded here: a mixed-model run needs none of it (scipy.optimize, for the PVE).
+    from cmlm_cli import multilocus_gwas
+
     lap = Stopwatch()
     inputs = prepare_inputs(bfile, pheno, out, options)
     lap("reading inputs")

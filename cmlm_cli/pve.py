@@ -36,7 +36,9 @@ def variance_explained(y: np.ndarray, X: np.ndarray, Q: np.ndarray) -> np.ndarra
     X : ndarray, shape (n, p)
         Fixed effects, intercept included.
     Q : ndarray, shape (n, k)
-        Genotypes of the SNPs; each column is a factor of its distinct values.
+        Genotypes of the SNPs; each column is a factor of its distinct values
+        (0, 1, 2 with GAPIT's coding, missing calls 1; mean-imputed calls
+        would form levels of their own).
 
     Returns
     -------
@@ -46,6 +48,8 @@ def variance_explained(y: np.ndarray, X: np.ndarray, Q: np.ndarray) -> np.ndarra
     y = np.asarray(y, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     Q = np.asarray(Q, dtype=np.float64)
+    if Q.shape[1] == 0:
+        return np.empty(0)
     blocks = [(Q[:, [j]] == np.unique(Q[:, j])).astype(np.float64) for j in range(Q.shape[1])]
     owner = np.concatenate([np.full(b.shape[1], j) for j, b in enumerate(blocks)])
     Z = np.hstack(blocks)

@@ -534,3 +534,23 @@ def test_dask_is_refused(tmp_path):
     result = run("--bfile", str(DATA / "mdp"), "--pheno", str(DATA / "mdp.pheno.tsv"),
                  "--model", "farmcpu", "--dask-local", "1", "--out", str(tmp_path / "f"))
     expect_error(result, "--model farmcpu runs several scans", "leave the --dask options out")
+
+
+def test_variance_explained_codes_missing_calls_as_gapit_does(tmp_path, panel):
+    # With --impute mean the scans see mean-imputed calls, but the PVE's
+    # factor levels are GAPIT's codes: a missing call is a heterozygote, not a
+    # level of its own.
+    from cmlm_cli.pve import variance_explained
+
+    result = run("--bfile", str(DATA / "mdp"), "--pheno", str(DATA / "mdp.pheno.tsv"),
+                 "--pheno-name", "EarHT", "--model", "farmcpu", "--out", str(tmp_path / "f"))
+    assert result.exit_code == 0, result.output
+    qtns = read_tsv(tmp_path / "f.EarHT.qtns.tsv")
+    G, _, _, iid, sid = panel
+    assert FOUR_ALLELE not in qtns["variant_id"]
+    y = trait_values("EarHT", iid)
+    keep = ~np.isnan(y)
+    index = [sid.index(s) for s in qtns["variant_id"]]
+    expected = variance_explained(y[keep], np.ones((keep.sum(), 1)), G[keep][:, index])
+    # (L-BFGS-B's stopping point, as in the test above.)
+    np.testing.assert_allclose(as_float(qtns["variance_explained"]), expected, atol=0.01)
