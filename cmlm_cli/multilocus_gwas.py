@@ -77,12 +77,12 @@ class MultiLocusTrait:
     files: tuple[str, ...] = ()
 
 
-def check_sample_size(trait: TraitData, model: str) -> None:
-    """Refuse a trait too small for the pseudo-QTNs the model may put in.
+def check_sample_size(trait: TraitData) -> None:
+    """Refuse a trait too small for the pseudo-QTNs FarmCPU may put in.
 
     With ``p`` fixed effects and up to ``k`` pseudo-QTNs (FarmCPU's cap,
     :func:`cmlm_cli.farmcpu.qtn_cap`), each SNP's test needs ``n >= p + k + 2``
-    for one residual degree of freedom.
+    for one residual degree of freedom. (BLINK's own cap is its module's.)
 
     Raises
     ------
@@ -92,7 +92,7 @@ def check_sample_size(trait: TraitData, model: str) -> None:
     cap = qtn_cap(n) if n > 1 else 1
     if n < p + cap + 2:
         msg = (
-            f"{trait.name}: {n} individuals with the trait, fewer than --model {model} needs "
+            f"{trait.name}: {n} individuals with the trait, fewer than --model farmcpu needs "
             f"with {p} fixed effects and up to {cap} pseudo-QTNs (at least {p + cap + 2}); "
             "phenotype more individuals or use --model glm"
         )
@@ -140,8 +140,9 @@ def fit_traits(
     -------
     list of MultiLocusTrait
     """
-    for trait in traits:
-        check_sample_size(trait, options.model)
+    if options.model == "farmcpu":
+        for trait in traits:
+            check_sample_size(trait)
     fitted = []
     for trait in traits:
         genotypes = PackedGenotypes(
