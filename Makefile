@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean validate power bench bench-shared bench-threads bench-traits
+.PHONY: demo test lint clean validate power bench bench-shared bench-threads bench-traits bench-multilocus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ bench-threads: $(STAMP)
 TRAIT_SIZES ?= S,M
 bench-traits: $(STAMP)
 	$(BIN)/python bench/traits.py --sizes $(TRAIT_SIZES)
+
+# FarmCPU and BLINK against one plink2 --glm scan on S and M: seconds per
+# iteration and the ratio to (iterations + 1) scans; the table goes to
+# bench/results-multilocus.md.
+MULTILOCUS_SIZES ?= S,M
+bench-multilocus: $(STAMP)
+	$(BIN)/python bench/multilocus.py --sizes $(MULTILOCUS_SIZES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cmlm_cli tests conftest.py bench validate

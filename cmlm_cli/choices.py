@@ -5,7 +5,14 @@ exactly these; this module imports nothing heavy, so the command line can
 read it before numpy is loaded (thread settings must precede that).
 """
 
-MODELS = ("cmlm", "ecmlm", "mlm", "glm")
+MODELS = ("cmlm", "ecmlm", "mlm", "glm", "farmcpu", "blink")
+# The multi-locus models: GLM scans with pseudo-QTNs as covariates, no kinship.
+MULTILOCUS_MODELS = ("farmcpu", "blink")
+# GAPIT's two tables of a multi-locus run, and whose rules decide its edge cases.
+MULTILOCUS_TABLES = ("nyc", "kansas")
+MULTILOCUS_RULES = ("cmlm", "gapit")
+# FarmCPU's bins (GAPIT's method.bin).
+FARMCPU_BINS = ("static", "optimum")
 # The grid of --model ecmlm: every clustering, and the group kinships that
 # summarise K (identity ignores it).
 ECMLM_CLUSTERS = ("average", "complete", "ward", "single", "mcquitty", "median", "centroid")

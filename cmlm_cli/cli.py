@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -338,7 +338,32 @@ analysis_options = _together(
         show_default=True,
         help="Compressed MLM, enriched compressed MLM (every clustering x mean, max, min, "
         "median group kinship, with --kinship as given: a method or a comma list), ordinary "
-        "MLM, or no random effect.",
+        "MLM, no random effect, or the multi-locus FarmCPU or BLINK (GAPIT 4.1's; "
+        "docs/multilocus.md).",
+    ),
+    click.option(
+        "--multilocus-table",
+        type=click.Choice(choices.MULTILOCUS_TABLES),
+        default="nyc",
+        show_default=True,
+        help="FarmCPU/BLINK p-values: GAPIT's NYC table (regions around significant SNPs "
+        "re-scanned without them) or the loop's own (Kansas).",
+    ),
+    click.option(
+        "--multilocus-rules",
+        type=click.Choice(choices.MULTILOCUS_RULES),
+        default="cmlm",
+        show_default=True,
+        help="FarmCPU/BLINK edge cases (ties, no signal) as cmlm defines them (order-invariant) "
+        "or as GAPIT does.",
+    ),
+    click.option(
+        "--farmcpu-bins",
+        type=click.Choice(choices.FARMCPU_BINS),
+        default="static",
+        show_default=True,
+        help="FarmCPU's bins: GAPIT's default (50, 5, then 0.5 Mb) or, each iteration, the "
+        "size and count whose random-effect model fits best.",
     ),
     click.option("--method", type=click.Choice(choices.METHODS), default="reml", show_default=True),
     click.option(
@@ -679,6 +704,12 @@ def gwas(
         from cmlm_cli import pipeline
 
         options = _gwas_options(settings)
+        if options.multilocus and (dask_scheduler or dask_scheduler_file or dask_local):
+            msg = (
+                f"--dask-* spreads the blocks of one scan, and --model {options.model} runs "
+                "several scans, each decided by the last; leave the --dask options out"
+            )
+            raise CmlmError(msg)
         with (
             hapmap_io.genotype_source(
                 hapmap_io.GenotypeSource(bfile, pfile, vcf, hapmap, gd, gm),
@@ -686,13 +717,17 @@ def gwas(
             ) as genotypes,
             _executor(dask_scheduler, dask_scheduler_file, dask_local) as executor,
         ):
-            results = pipeline.run_gwas(
-                genotypes,
-                pheno,
-                out,
-                options,
-                executor=executor,
-                progress_bar=_progress_bar(quiet),
+            results: Sequence[Any] = (
+                pipeline.run_multilocus_gwas(genotypes, pheno, out, options)
+                if options.multilocus
+                else pipeline.run_gwas(
+                    genotypes,
+                    pheno,
+                    out,
+                    options,
+                    executor=executor,
+                    progress_bar=_progress_bar(quiet),
+                )
             )
         for result in results:
             log.info("wrote %s", ", ".join(result.files))

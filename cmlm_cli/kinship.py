@@ -656,7 +656,7 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> Relationship:
     One pass over the packed .bed rows of the kept SNPs
     (:func:`cmlm_cli.plink.packed_blocks`, :func:`relationship_packed`), or
     ``--kinship FILE`` aligned to the kept samples and a pass for the
-    ``--pcs`` alone; ``--model glm`` needs no kinship.
+    ``--pcs`` alone; ``--model glm``, ``farmcpu`` and ``blink`` need no kinship.
 
     Parameters
     ----------
@@ -702,9 +702,9 @@ def build_relationship(inputs: Inputs, options: GwasOptions) -> Relationship:
     def pcs_only() -> np.ndarray:
         return computed("vanraden", options.pcs).pcs if options.pcs else np.zeros((samples.size, 0))
 
-    if options.model == "glm":
+    if options.model == "glm" or options.multilocus:
         # No random effect: only the principal components need a pass.
-        log.info("--model glm uses no kinship")
+        log.info("--model %s uses no kinship", options.model)
         return Relationship(K=np.zeros((0, 0)), pcs=pcs_only(), n_snps=0)
     if options.kinship in choices.KINSHIP_METHODS:
         precision = choices.block_precision(options.kinship_precision, samples.size)

@@ -21,7 +21,7 @@ import numpy as np
 from cmlm_cli import choices, ssf
 from cmlm_cli.errors import CmlmError
 
-Model = Literal["cmlm", "ecmlm", "mlm", "glm"]
+Model = Literal["cmlm", "ecmlm", "mlm", "glm", "farmcpu", "blink"]
 Precision = Literal["auto", "float64", "float32"]
 
 
@@ -197,6 +197,9 @@ class GwasOptions:
     exact: bool = False
     blup: bool = True
     loco: bool = False
+    multilocus_table: Literal["nyc", "kansas"] = "nyc"
+    multilocus_rules: Literal["cmlm", "gapit"] = "cmlm"
+    farmcpu_bins: Literal["static", "optimum"] = "static"
 
     @functools.cached_property
     def group_spec(self) -> GroupSpec:
@@ -216,6 +219,11 @@ class GwasOptions:
     def compressed(self) -> bool:
         """A compression search: ``cmlm``, or ``ecmlm`` (its enriched grid)."""
         return self.model in ("cmlm", "ecmlm")
+
+    @property
+    def multilocus(self) -> bool:
+        """FarmCPU or BLINK: GLM scans with pseudo-QTNs, no kinship (:mod:`cmlm_cli.multilocus`)."""
+        return self.model in choices.MULTILOCUS_MODELS
 
     @property
     def kinships(self) -> tuple[str, ...]:
@@ -276,6 +284,9 @@ def check_options(options: GwasOptions) -> None:
         (options.choose, choices.CHOICE_RULES, "--choose"),
         (options.path, choices.PATHS, "--path"),
         (options.plot_format, choices.PLOT_FORMATS, "--plot-format"),
+        (options.multilocus_table, choices.MULTILOCUS_TABLES, "--multilocus-table"),
+        (options.multilocus_rules, choices.MULTILOCUS_RULES, "--multilocus-rules"),
+        (options.farmcpu_bins, choices.FARMCPU_BINS, "--farmcpu-bins"),
     ]
     for value, allowed, flag in checks:
         if value not in allowed:
@@ -328,6 +339,8 @@ def check_options(options: GwasOptions) -> None:
             "has none; use --model mlm or cmlm, or leave --exact out"
         )
         raise CmlmError(msg)
+    if options.multilocus:
+        _check_multilocus(options)
     if options.loco:
         _check_loco(options)
     if options.max_groups < 1:
@@ -385,6 +398,33 @@ def _check_grid(options: GwasOptions) -> None:
             f"{','.join(choices.ECMLM_GROUP_KINSHIPS)}); for another grid give --model cmlm "
             "with comma lists"
         )
+        raise CmlmError(msg)
+
+
+def _check_multilocus(options: GwasOptions) -> None:
+    """Refuse the settings of a mixed model with ``--model farmcpu`` or ``blink``."""
+    model = f"--model {options.model}"
+    problem = None
+    if options.exact:
+        problem = (
+            f"--exact re-estimates variance components for every SNP, and {model} has none: "
+            "its scans are fixed-effect scans with pseudo-QTNs as covariates"
+        )
+        fix = "leave --exact out"
+    elif options.loco:
+        problem = (
+            f"--loco leaves a chromosome out of the kinship, and {model} uses no kinship: "
+            "its pseudo-QTNs stand in for the genetic background"
+        )
+        fix = "leave --loco out"
+    elif options.kinship != "vanraden":
+        problem = f"--kinship {options.kinship} is not used by {model}, which has no random effect"
+        fix = "leave --kinship out"
+    elif options.snp_variance == "null":
+        problem = f"--snp-variance null keeps a null model's variance, and {model} refits it"
+        fix = "leave --snp-variance out"
+    if problem:
+        msg = f"{problem}; {fix}, or use --model cmlm or mlm"
         raise CmlmError(msg)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from cmlm_cli import files, grouping, plots, ssf, sumstats
 from cmlm_cli.association import BlockExecutor, scan_traits
 from cmlm_cli.compression import TraitResult, fit_traits
 from cmlm_cli.enriched import fit_enriched
+from cmlm_cli.errors import CmlmError
 from cmlm_cli.inputs import Inputs, TraitData, load_inputs, trait_data
 from cmlm_cli.kinship import Relationship, build_relationship
 from cmlm_cli.large import RANDOM_SEED, GroupedKinship, build_grouped
@@ -36,6 +38,9 @@ from cmlm_cli.options import GwasOptions, check_options, choose_path
 from cmlm_cli.outputs import log_summary, write_blup, write_ssf, write_trait_files
 from cmlm_cli.pcs_selection import cut_pcs
 from cmlm_cli.progress import Stopwatch
+
+if TYPE_CHECKING:
+    from cmlm_cli.multilocus_gwas import MultiLocusTrait
 
 log = logging.getLogger("cmlm")
 
@@ -119,6 +124,46 @@ def run_gwas(
     return write_outputs(results, inputs, out, options, lap, step="writing")
 
 
+def run_multilocus_gwas(
+    bfile: str, pheno: str, out: str, options: GwasOptions
+) -> list[MultiLocusTrait]:
+    """``--model farmcpu`` or ``blink``: each trait's loop, its summary statistics and pseudo-QTNs.
+
+    Parameters
+    ----------
+    bfile, pheno, out, options
+        As in :func:`run_gwas`.
+
+    Returns
+    -------
+    list of MultiLocusTrait
+        One per trait, with the ``files`` written.
+    """
+    # Loaded here: a mixed-model run needs none of it (scipy.optimize, for the PVE).
+    from cmlm_cli import multilocus_gwas
+
+    lap = Stopwatch()
+    inputs = prepare_inputs(bfile, pheno, out, options)
+    lap("reading inputs")
+    traits = trait_designs(inputs, build_relationship(inputs, options), options)
+    lap("principal components")
+    fitted = multilocus_gwas.fit_traits(inputs, traits, options)
+    lap(options.model)
+    written = multilocus_gwas.write_sumstats(inputs, fitted, out, options)
+    lap("writing")
+    if options.plots:
+        pictures = plots.write_plots(
+            [t.name for t in written],
+            out,
+            gzip=options.gzip,
+            fmt=options.plot_format,
+            compression=False,
+        )
+        written = [dataclasses.replace(t, files=(*t.files, *pictures[t.name])) for t in written]
+        lap("plots")
+    return written
+
+
 def prepare_inputs(bfile: str, pheno: str, out: str, options: GwasOptions) -> Inputs:
     """Check the options and ``--out``, read and check every input, make the out folder.
 
@@ -169,6 +214,12 @@ def fit_inputs(
         One per trait, in the phenotype table's order.
     """
     lap = lap or Stopwatch()
+    if options.multilocus:
+        msg = (
+            f"--model {options.model} runs in cmlm gwas only (no null model to fit or save); "
+            "use cmlm gwas"
+        )
+        raise CmlmError(msg)
     if options.enriched:
         # Several kinships, clusterings or group kinships (--loco refused).
         _, fits = fit_enriched(inputs, options, trait_designs, lap)

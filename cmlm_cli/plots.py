@@ -863,7 +863,9 @@ def plot_files(
     return written
 
 
-def write_plots(traits: Sequence[str], out: str, *, gzip: bool, fmt: str) -> dict[str, list[str]]:
+def write_plots(
+    traits: Sequence[str], out: str, *, gzip: bool, fmt: str, compression: bool = True
+) -> dict[str, list[str]]:
     """Every trait's pictures of a run, drawn from its written files.
 
     The results are complete before this runs and nothing here may lose
@@ -879,6 +881,8 @@ def write_plots(traits: Sequence[str], out: str, *, gzip: bool, fmt: str) -> dic
     gzip : bool
         The summary statistics are gzipped.
     fmt : {"png", "pdf"}
+    compression : bool
+        The run wrote compression profiles (not ``--model farmcpu`` or ``blink``).
 
     Returns
     -------
@@ -895,7 +899,7 @@ def write_plots(traits: Sequence[str], out: str, *, gzip: bool, fmt: str) -> dic
         try:
             written[trait] = plot_files(
                 sumstats.sumstats_path(out, trait, gzip=gzip),
-                compression=f"{out}.{trait}.compression.tsv",
+                compression=f"{out}.{trait}.compression.tsv" if compression else None,
                 out_prefix=f"{out}.{trait}",
                 fmt=fmt,
                 title=trait,

@@ -344,6 +344,16 @@ class Scanner:
         """
         return self._test(decode(rows, plan, impute=self.impute, parallel=parallel))
 
+    def test(self, stats: packed.Statistics) -> ScanResult:
+        """The test of :meth:`scan` on statistics a caller has decoded (and uses further).
+
+        Parameters
+        ----------
+        stats : packed.Statistics
+            From :meth:`statistics` or :func:`decode` with this scanner's layout.
+        """
+        return self._test(stats)
+
     def _test(self, stats: packed.Statistics) -> ScanResult:
         """The GLS test of each SNP from its sufficient statistics."""
         model = self.model

@@ -111,3 +111,19 @@ def read_sumstats(path: str | Path) -> dict[str, np.ndarray]:
         name: values if name in TEXT_COLUMNS else as_float(values)
         for name, values in read_tsv(path).items()
     }
+
+
+# --- GAPIT's coding of the example panel -------------------------------------------------
+
+
+def gapit_calls(hapmap: Path, snp: str, taxa: list[str]) -> list[str]:
+    """The HapMap calls of one SNP, in the order of ``taxa``."""
+    with hapmap.open() as fh:
+        header = fh.readline().rstrip("\r\n").split("\t")
+        for line in fh:
+            fields = line.rstrip("\r\n").split("\t")
+            if fields[0] == snp:
+                by_taxon = dict(zip(header[11:], fields[11:], strict=True))
+                return [by_taxon[t] for t in taxa]
+    msg = f"{snp} is not in {hapmap}"
+    raise AssertionError(msg)

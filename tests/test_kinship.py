@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bed_reader import open_bed
-from helpers import TEST_DATA, read_sumstats
+from helpers import TEST_DATA, gapit_calls, read_sumstats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_plink import encode_bed
@@ -371,19 +371,6 @@ def test_vanraden_matches_gapit_on_mdp():
     G[:, j] = np.where(homozygous, 0.0, 1.0)
     K = relationship(stream(G, 500), method="vanraden", impute="middle").K
     np.testing.assert_allclose(K, K_gapit, rtol=0, atol=TOL)
-
-
-def gapit_calls(hapmap: Path, snp: str, taxa: list[str]) -> list[str]:
-    """The HapMap calls of one SNP, in the order of ``taxa``."""
-    with hapmap.open() as fh:
-        header = fh.readline().rstrip("\r\n").split("\t")
-        for line in fh:
-            fields = line.rstrip("\r\n").split("\t")
-            if fields[0] == snp:
-                by_taxon = dict(zip(header[11:], fields[11:], strict=True))
-                return [by_taxon[t] for t in taxa]
-    msg = f"{snp} is not in {hapmap}"
-    raise AssertionError(msg)
 
 
 def test_float32_block_products_move_kinship_and_p_values_by_little(tmp_path):
