@@ -28,7 +28,10 @@ that every later pass reads. The rules:
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
+import struct
 from pathlib import Path
 from typing import IO, Any
 
@@ -102,11 +105,11 @@ def bgen_to_dosage(
     if not os.path.isfile(path):
         msg = f"BGEN file '{path}' not found"
         raise CmlmError(msg)
+    check_layout(path)
     try:
         reader = cbgen.bgen_file(path)
     except RuntimeError as err:
-        msg = f"BGEN file '{path}' cannot be read as a BGEN ({_reason(err)}); is it a BGEN file?"
-        raise CmlmError(msg) from None
+        raise _not_bgen(path, _reason(err)) from None
     metafile = Path(f"{prefix}.metafile")
     with reader:
         n = reader.nsamples
@@ -132,6 +135,70 @@ def bgen_to_dosage(
                 return _convert(reader, index, path, prefix, fam)
         finally:
             metafile.unlink(missing_ok=True)
+
+
+def check_layout(path: str) -> None:
+    """Walk the header and every variant block's lengths, within the file's size.
+
+    cbgen indexes a truncated BGEN without a word and then reads past its
+    end (a segmentation fault): the blocks are checked here first, which
+    costs a few reads per variant and no decompression.
+
+    Raises
+    ------
+    CmlmError
+        Not a BGEN (no magic number ``bgen``, an unknown layout or
+        compression), or a variant that ends past the end of the file.
+    """
+    size = os.path.getsize(path)
+    if size < 24:
+        raise _not_bgen(path, f"{size} bytes, fewer than a BGEN header")
+    with open(path, "rb") as handle, contextlib.ExitStack() as stack:
+        data = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        first, header, m, n, magic = struct.unpack_from("<IIII4s", data, 0)
+        if magic not in (b"bgen", b"\0\0\0\0"):
+            raise _not_bgen(path, f"no magic number 'bgen' but {magic!r}")
+        if header + 4 > size or header < 20:
+            raise _not_bgen(path, f"a header of {header} bytes in a file of {size}")
+        # The flags end the header block, which starts at byte 4.
+        flags = struct.unpack_from("<I", data, header)[0]
+        compression, layout = flags & 3, (flags >> 2) & 15
+        if layout not in (1, 2) or compression == 3:
+            raise _not_bgen(path, f"layout {layout}, compression {compression}")
+        at = 4 + first
+        for k in range(m):
+            try:
+                at = _variant_end(data, at, layout=layout, compression=compression, n=n)
+            except struct.error:
+                at = size + 1
+            if at > size:
+                msg = (
+                    f"BGEN file '{path}': variant {k + 1} of the {m} its header announces ends "
+                    f"past the end of the file ({size} bytes); the file is truncated"
+                )
+                raise CmlmError(msg)
+
+
+def _variant_end(data: mmap.mmap, at: int, *, layout: int, compression: int, n: int) -> int:
+    """Where the variant block starting at byte ``at`` ends (struct.error past the data)."""
+    at += 4 if layout == 1 else 0  # BGEN 1.1 repeats N in every variant
+    for _ in range(3):  # the variant ID, rsid and chromosome
+        at += 2 + struct.unpack_from("<H", data, at)[0]
+    at += 4
+    alleles = 2
+    if layout == 2:
+        alleles = struct.unpack_from("<H", data, at)[0]
+        at += 2
+    for _ in range(alleles):
+        at += 4 + struct.unpack_from("<I", data, at)[0]
+    if layout == 1 and compression == 0:
+        return at + 6 * n
+    return at + 4 + struct.unpack_from("<I", data, at)[0]
+
+
+def _not_bgen(path: str, problem: str) -> CmlmError:
+    msg = f"BGEN file '{path}' cannot be read as a BGEN ({problem}); is it a BGEN 1.1-1.3 file?"
+    return CmlmError(msg)
 
 
 def _reason(err: Exception) -> str:
