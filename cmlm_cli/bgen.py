@@ -39,10 +39,7 @@ import numpy as np
 
 from cmlm_cli import plink, tables
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.vcf import is_snp
-
-# Dosages converted at once: 8 bytes per float64 dosage.
-_BLOCK_CALLS = 8 * 2**20
+from cmlm_cli.vcf import DOSAGE_CALLS, is_snp
 
 
 def read_sample(path: str, n: int) -> list[str]:
@@ -208,7 +205,7 @@ def _reason(err: Exception) -> str:
 def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) -> plink.Conversion:
     """Stream every partition of the index's variants into the .dosage and .bim."""
     n = len(fam)
-    step = max(1, _BLOCK_CALLS // max(n, 1))
+    step = max(1, DOSAGE_CALLS // max(n, 1))
     block = np.empty((step, n))
     rows = n_snps = n_missing = n_skipped = n_not_snp = 0
     with plink.bed_writer(prefix, fam, dosage=True) as (out, bim):

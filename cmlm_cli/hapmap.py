@@ -37,6 +37,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -653,6 +654,8 @@ def genotype_source(source: GenotypeSource, workdir: str | os.PathLike[str] = ".
         raise CmlmError(msg) from None
     with folder as tmp:
         prefix = os.path.join(tmp, "genotypes")
+        start = time.perf_counter()
         done, name = convert_to_bed(source, prefix)
         log.info("%s (temporary, removed after the run)", done.describe(name))
+        log.info("conversion took %.2f s", time.perf_counter() - start)
         yield prefix

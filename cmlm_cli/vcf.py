@@ -32,6 +32,8 @@ from cmlm_cli import plink
 from cmlm_cli.errors import CmlmError
 
 _BLOCK_CALLS = 16 * 2**20
+# Dosages are float64 (with a few temporaries of the block when written).
+DOSAGE_CALLS = 4 * 2**20
 _BASES = frozenset("ACGT")
 # cyvcf2's gt_types codes (HOM_REF, HET, UNKNOWN, HOM_ALT) as ALT counts.
 _ALT_COUNT = np.array([0, 1, -1, 2], dtype=np.int8)
@@ -108,7 +110,7 @@ def vcf_to_bed(
         )
         raise CmlmError(msg)
     n = len(samples)
-    step = max(1, _BLOCK_CALLS // n)
+    step = max(1, (_BLOCK_CALLS if dosage_field is None else DOSAGE_CALLS) // n)
     skipped = {"multiallelic": 0, "not SNP": 0}
     n_snps = n_missing = 0
     block = np.empty((step, n), dtype=np.int8 if dosage_field is None else np.float64)
