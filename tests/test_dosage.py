@@ -101,6 +101,21 @@ def test_fixed_point_dosages_against_numpy():
     np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-14)
 
 
+def test_a_group_too_large_for_exact_integers():
+    """Past 92,000 samples in a group, c Q - S^2 of 16-bit dosages leaves int64: float64."""
+    rng = np.random.default_rng(3)
+    n = 100_000
+    G = np.round(rng.uniform(0, 2, (3, n)) * ONE) / ONE
+    G[1] = 2.0  # constant at the largest value: the test of constancy must not overflow
+    G[2, :10] = np.nan
+    plan = packed.layout(np.arange(n), np.zeros(n, dtype=int), np.zeros((n, 0)), n_fam=n)
+    stats = packed.statistics(packed.fixed_point(G), plan, middle=False)
+    X = impute(G.T)
+    expected = ((X - X.mean(axis=0)) ** 2).sum(axis=0)
+    np.testing.assert_allclose(stats.ssw, expected, rtol=1e-12, atol=1e-9)
+    assert stats.constant.tolist() == [False, True, False]
+
+
 def test_fixed_point_refuses_what_is_not_a_dosage():
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
         packed.fixed_point(np.array([[0.5, 2.1]]))
