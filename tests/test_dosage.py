@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import dense_fit, dense_scan, group_mean_kinship, h_matrix, impute
 
-from cmlm_cli import grouping, packed, plink
+from cmlm_cli import GwasOptions, grouping, packed, plink, run_gwas
 from cmlm_cli.cli import main
 
 BGEN = TEST_DATA / "mdp_bgen" / "mdp.bgen"
@@ -220,6 +221,55 @@ def test_block_size_and_threads_change_nothing(imputed, tmp_path):
     assert other.exit_code == 0, other.output
     for suffix in (".EarHT.sumstats.tsv", ".EarHT.compression.tsv", ".EarHT.blup.tsv"):
         assert (tmp_path / f"a{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes()
+
+
+def write_dosages(directory: Path, G: np.ndarray, samples: np.ndarray, snps: np.ndarray) -> str:
+    """A .dosage fileset of the maize panel's samples and SNPs in these orders."""
+    fam = (DATA / "mdp.fam").read_text().splitlines(keepends=True)
+    bim = (DATA / "mdp.bim").read_text().splitlines(keepends=True)
+    prefix = str(directory / "d")
+    with plink.bed_writer(prefix, [fam[i] for i in samples], dosage=True) as (out, bim_file):
+        out.write(plink.pack_dosage(G[np.ix_(samples, snps)].T))
+        bim_file.writelines(bim[j] for j in snps)
+    return prefix
+
+
+def order_free_run(prefix: str, out: Path, block_size: int):
+    """EarHT's numbers by SNP id, the groups as sets of IIDs, and the profile."""
+    options = GwasOptions(pheno_names=("EarHT",), pcs=2, groups="281,120,40",
+                          block_size=block_size)  # fmt: skip
+    (result,) = run_gwas(prefix, PHENO, str(out), options)
+    table = read_tsv(f"{out}.EarHT.sumstats.tsv")
+    numbers = np.column_stack([as_float(table[c]) for c in ("beta", "standard_error", "p_value")])
+    groups: dict[str, set[str]] = {}
+    for line in Path(f"{out}.EarHT.groups.tsv").read_text().splitlines()[1:]:
+        _, iid, g = line.split("\t")
+        groups.setdefault(g, set()).add(iid)
+    profile = [(level.groups, level.model.neg2logL) for level in result.levels]
+    return (
+        dict(zip(table["variant_id"], numbers, strict=True)),
+        sorted(map(sorted, groups.values())),
+        profile,
+    )
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), block_size=st.sampled_from([1, 7, 64, 1000]))
+def test_order_and_block_size_change_nothing_on_dosages(imputed, seed, block_size):
+    G = imputed[1][:, :400]
+    with tempfile.TemporaryDirectory() as folder:
+        base = order_free_run(write_dosages(Path(folder), G, np.arange(281), np.arange(400)),
+                              Path(folder) / "base", 2000)  # fmt: skip
+        rng = np.random.default_rng(seed)
+        prefix = write_dosages(Path(folder), G, rng.permutation(281), rng.permutation(400))
+        by_snp, groups, profile = order_free_run(prefix, Path(folder) / "other", block_size)
+    assert groups == base[1]
+    for (g, neg2), (g0, neg20) in zip(profile, base[2], strict=True):
+        assert g == g0
+        assert neg2 == pytest.approx(neg20, rel=1e-10)
+    assert by_snp.keys() == base[0].keys()
+    for snp, values in by_snp.items():
+        np.testing.assert_allclose(values, base[0][snp], rtol=1e-7, err_msg=snp)
 
 
 # --- the maize panel written by plink2 -------------------------------------------------------
