@@ -143,12 +143,13 @@ def imputed(tmp_path_factory):
     path = tmp_path_factory.mktemp("imputed") / "imputed.vcf"
     with path.open("w") as vcf:
         vcf.write('##fileformat=VCFv4.2\n##FORMAT=<ID=DS,Number=A,Type=Float,Description="d">\n')
+        vcf.writelines(f"##contig=<ID={c}>\n" for c in dict.fromkeys(line[0] for line in bim))
         vcf.write("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(iid))
         for j, (chrom, snp, _, pos, a1, a2) in enumerate(bim):
             values = ["." if np.isnan(d) else f"{d:.3f}" for d in D[:, j]]
             vcf.write(f"\n{chrom}\t{pos}\t{snp}\t{a2}\t{a1}\t.\t.\t.\tDS\t" + "\t".join(values))
         vcf.write("\n")
-    rows = [line.split("\t")[9:] for line in path.read_text().splitlines()[3:]]
+    rows = [line.split("\t")[9:] for line in path.read_text().splitlines() if line[0] != "#"]
     written = np.array([[np.nan if v == "." else float(v) for v in row] for row in rows])
     analysed = np.rint(written.T.astype(np.float32).astype(np.float64) * ONE) / ONE
     return path, analysed
@@ -188,13 +189,17 @@ def test_dosages_equal_the_dense_oracle(imputed, model, tmp_path):
         Kc = group_mean_kinship(K, labels)[np.ix_(used, used)]
     fit = dense_fit(y, X, groups, Kc)
     assert content["neg2logL"] == pytest.approx(fit.neg2logL, rel=1e-9)
-    dense = dense_scan(y, X, h_matrix(fit.delta, groups, Kc), G[analysed], sigma2=fit.vg)
-    p = as_float(ours["p_value"])
+    # Every third SNP: an O(n^3) GLS each (the kinship above has them all).
+    some = np.arange(0, G.shape[1], 3)
+    H = h_matrix(fit.delta, groups, Kc)
+    dense = dense_scan(y, X, H, G[np.ix_(analysed, some)], sigma2=fit.vg)
+    p = as_float(ours["p_value"])[some]
     tested = np.isfinite(dense.p)
-    assert tested.sum() > 3000
+    assert tested.sum() > 1000
     assert np.array_equal(np.isfinite(p), tested)
     np.testing.assert_allclose(p[tested], dense.p[tested], rtol=1e-8)
-    np.testing.assert_allclose(as_float(ours["beta"])[tested], dense.beta[tested], rtol=1e-7)
+    beta = as_float(ours["beta"])[some]
+    np.testing.assert_allclose(beta[tested], dense.beta[tested], rtol=1e-7)
     af = np.nanmean(G[analysed], axis=0) / 2
     np.testing.assert_allclose(as_float(ours["effect_allele_frequency"]), af, atol=5e-7)
     assert np.array_equal(ours["n_missing_calls"].astype(int), np.isnan(G[analysed]).sum(axis=0))
