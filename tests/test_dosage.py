@@ -16,6 +16,7 @@ import json
 import shutil
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import dense_fit, dense_scan, group_mean_kinship, h_matrix, impute
 
-from cmlm_cli import GwasOptions, grouping, packed, plink, run_gwas
+from cmlm_cli import GwasOptions, bgen, grouping, packed, plink, run_gwas
 from cmlm_cli.cli import main
 
 BGEN = TEST_DATA / "mdp_bgen" / "mdp.bgen"
@@ -330,6 +331,68 @@ def test_read_dosages_of_a_dosage_fileset(tmp_path):
     samples = np.array([3, 1, 2])
     got = plink.read_dosages(bfile, snps, samples=samples)
     assert np.array_equal(got, G[np.ix_(samples, snps)], equal_nan=True)
+
+
+def write_bgen(path: Path, stored: list[np.ndarray], *, phased: bool, ploidy: np.ndarray,
+               missing: np.ndarray) -> None:  # fmt: skip
+    """A BGEN 1.2 (layout 2, zlib, 8 bits) by the specification, written by hand.
+
+    ``stored[j]`` holds variant j's probabilities as integers out of 255,
+    (N, 2): unphased P(A1A1), P(A1A2) of a diploid sample and P(A1) of a
+    haploid one (first column); phased P(haplotype h = A1) per haplotype.
+    """
+    n = ploidy.size
+    samples = b"".join(struct.pack("<H", 2) + f"s{i}".zfill(2).encode() for i in range(n))
+    sample_block = struct.pack("<II", 8 + len(samples), n) + samples
+    header = struct.pack("<IIII", 20, len(stored), n, 0)[:12] + b"bgen"
+    header += struct.pack("<I", (1 << 31) | (2 << 2) | 1)  # sample IDs, layout 2, zlib
+    variants = b""
+    for j, values in enumerate(stored):
+        # Unphased: ploidy + 1 genotypes, the last implied; phased: one per haplotype.
+        per_sample = [values[i, : ploidy[i]] for i in range(n)]
+        data = struct.pack("<IHBB", n, 2, int(ploidy.min()), int(ploidy.max()))
+        data += bytes(int(z) | (128 if m else 0) for z, m in zip(ploidy, missing[j], strict=True))
+        data += struct.pack("<BB", int(phased), 8)
+        data += bytes(int(v) for row in per_sample for v in row)
+        name = f"v{j}".encode()
+        variants += struct.pack("<H", len(name)) + name + struct.pack("<H", len(name)) + name
+        variants += struct.pack("<H", 1) + b"1" + struct.pack("<IH", j + 1, 2)
+        variants += struct.pack("<I", 1) + b"A" + struct.pack("<I", 1) + b"G"
+        packed_data = zlib.compress(data)
+        variants += struct.pack("<II", len(packed_data) + 4, len(data)) + packed_data
+    path.write_bytes(struct.pack("<I", 20 + len(sample_block)) + header + sample_block + variants)
+
+
+@pytest.mark.parametrize("phased", [False, True], ids=["unphased", "phased"])
+def test_bgen_dosages_by_the_specification(tmp_path, phased):
+    """Diploid and haploid samples, missing ones, phased or not: the expected first-allele count."""
+    rng = np.random.default_rng(5)
+    n, m = 9, 6
+    ploidy = np.array([2, 2, 2, 1, 2, 2, 1, 2, 2])
+    missing = rng.random((m, n)) < 0.15
+    stored = []
+    for _ in range(m):
+        if phased:
+            values = rng.integers(0, 256, (n, 2))
+        else:
+            first = rng.integers(0, 256, n)
+            values = np.column_stack([first, rng.integers(0, 256 - first)])
+        stored.append(values)
+    path = tmp_path / "hand.bgen"
+    write_bgen(path, stored, phased=phased, ploidy=ploidy, missing=missing)
+    conversion = bgen.bgen_to_dosage(path, None, tmp_path / "out")
+    assert (conversion.n_samples, conversion.n_snps) == (n, m)
+    assert conversion.n_missing == missing.sum()
+    got = plink.read_dosages(plink.open_bfile(tmp_path / "out"), np.arange(m))
+    expected = np.empty((n, m))
+    for j, values in enumerate(stored):
+        p = values / 255.0
+        diploid = (p[:, 0] + p[:, 1]) if phased else (2 * p[:, 0] + p[:, 1])
+        expected[:, j] = np.where(ploidy == 2, diploid, 2 * p[:, 0])
+    expected = np.where(missing.T, np.nan, np.rint(np.minimum(expected, 2) * ONE) / ONE)
+    np.testing.assert_array_equal(got, expected)
+    bim = (tmp_path / "out.bim").read_text().splitlines()
+    assert bim[0].split() == ["1", "v0", "0", "1", "A", "G"]
 
 
 # --- bad input -----------------------------------------------------------------------------
