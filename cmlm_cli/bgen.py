@@ -1,6 +1,6 @@
 """BGEN genotype probabilities to the fixed-point dosages of a ``.dosage``, through cbgen.
 
-BGEN 1.1, 1.2 and 1.3 (any bit depth, zlib or zstd) are read with ``cbgen``,
+BGEN 1.2 and 1.3 (any bit depth, zlib or zstd) are read with ``cbgen``,
 the C library under ``bgen-reader`` (which would also pull in pandas,
 xarray and an older Dask than the ``dask`` extra's). The variants are
 streamed one at a time into blocks of expected allele counts, written as
@@ -145,14 +145,14 @@ def check_layout(path: str) -> None:
     ------
     CmlmError
         Not a BGEN (no magic number ``bgen``, an unknown layout or
-        compression), or a variant that ends past the end of the file.
+        compression), BGEN 1.1, or a variant that ends past the end of the file.
     """
     size = os.path.getsize(path)
     if size < 24:
         raise _not_bgen(path, f"{size} bytes, fewer than a BGEN header")
     with open(path, "rb") as handle, contextlib.ExitStack() as stack:
         data = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-        first, header, m, n, magic = struct.unpack_from("<IIII4s", data, 0)
+        first, header, m, _, magic = struct.unpack_from("<IIII4s", data, 0)
         if magic not in (b"bgen", b"\0\0\0\0"):
             raise _not_bgen(path, f"no magic number 'bgen' but {magic!r}")
         if header + 4 > size or header < 20:
@@ -162,10 +162,17 @@ def check_layout(path: str) -> None:
         compression, layout = flags & 3, (flags >> 2) & 15
         if layout not in (1, 2) or compression == 3:
             raise _not_bgen(path, f"layout {layout}, compression {compression}")
+        if layout == 1:
+            msg = (
+                f"BGEN file '{path}' is BGEN 1.1 (layout 1), which cbgen cannot index; rewrite "
+                "it as BGEN 1.2, keeping its allele order: plink2 --bgen FILE ref-unknown "
+                "[--sample FILE] --export bgen-1.2 --out NEW"
+            )
+            raise CmlmError(msg)
         at = 4 + first
         for k in range(m):
             try:
-                at = _variant_end(data, at, layout=layout, compression=compression, n=n)
+                at = _variant_end(data, at)
             except struct.error:
                 at = size + 1
             if at > size:
@@ -176,25 +183,19 @@ def check_layout(path: str) -> None:
                 raise CmlmError(msg)
 
 
-def _variant_end(data: mmap.mmap, at: int, *, layout: int, compression: int, n: int) -> int:
-    """Where the variant block starting at byte ``at`` ends (struct.error past the data)."""
-    at += 4 if layout == 1 else 0  # BGEN 1.1 repeats N in every variant
+def _variant_end(data: mmap.mmap, at: int) -> int:
+    """Where the layout-2 variant block at byte ``at`` ends; struct.error past the data."""
     for _ in range(3):  # the variant ID, rsid and chromosome
         at += 2 + struct.unpack_from("<H", data, at)[0]
-    at += 4
-    alleles = 2
-    if layout == 2:
-        alleles = struct.unpack_from("<H", data, at)[0]
-        at += 2
+    alleles = struct.unpack_from("<H", data, at + 4)[0]  # after the position
+    at += 6
     for _ in range(alleles):
         at += 4 + struct.unpack_from("<I", data, at)[0]
-    if layout == 1 and compression == 0:
-        return at + 6 * n
     return at + 4 + struct.unpack_from("<I", data, at)[0]
 
 
 def _not_bgen(path: str, problem: str) -> CmlmError:
-    msg = f"BGEN file '{path}' cannot be read as a BGEN ({problem}); is it a BGEN 1.1-1.3 file?"
+    msg = f"BGEN file '{path}' cannot be read as a BGEN ({problem}); is it a BGEN 1.2 or 1.3 file?"
     return CmlmError(msg)
 
 

@@ -204,7 +204,7 @@ gapit_genotype_options = _together(
     click.option(
         "--bgen",
         metavar="FILE",
-        help="BGEN 1.1-1.3 genotype probabilities, analysed as dosages of the first allele.",
+        help="BGEN 1.2/1.3 genotype probabilities, analysed as dosages of the first allele.",
     ),
     click.option(
         "--sample", metavar="FILE", help="Oxford .sample file of --bgen (ID_1 = FID, ID_2 = IID)."

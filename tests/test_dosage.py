@@ -33,6 +33,7 @@ from cmlm_cli.cli import main
 
 BGEN = TEST_DATA / "mdp_bgen" / "mdp.bgen"
 SAMPLE = TEST_DATA / "mdp_bgen" / "mdp.sample"
+CHR10 = TEST_DATA / "mdp_bgen" / "chr10_v13.bgen"
 DS_VCF = TEST_DATA / "mdp_vcf" / "mdp_ds.vcf.gz"
 PHENO = str(DATA / "mdp.pheno.tsv")
 FAST = ("--pheno", PHENO, "--pheno-name", "EarHT", "--model", "mlm", "--no-plots", "--no-blup",
@@ -316,6 +317,24 @@ def test_whole_run_on_bgen_equals_the_bed_run(tmp_path, settings):
         assert (tmp_path / f"bed{suffix}").read_bytes() == (tmp_path / f"bgen{suffix}").read_bytes()
 
 
+@pytest.mark.parametrize(
+    "source",
+    [("--bgen", str(CHR10)), ("--bgen", str(CHR10), "--sample", str(BGEN.parent / "chr10.sample"))],
+    ids=["ids-stored", "sample-file"],
+)  # fmt: skip
+def test_bgen_1_3_equals_the_bed_run(tmp_path, source):
+    snps = [line.split()[1] for line in (DATA / "mdp.bim").read_text().splitlines()
+            if line.split()[0] == "10"]  # fmt: skip
+    (tmp_path / "chr10.txt").write_text("\n".join(snps) + "\n")
+    on_bed = run("--bfile", str(DATA / "mdp"), "--extract", str(tmp_path / "chr10.txt"), *FAST,
+                 "--out", str(tmp_path / "bed"))  # fmt: skip
+    on_bgen = run(*source, *FAST, "--out", str(tmp_path / "bgen"))
+    assert on_bed.exit_code == 0, on_bed.output
+    assert on_bgen.exit_code == 0, on_bgen.output
+    for suffix in (".EarHT.sumstats.tsv", ".EarHT.compression.tsv"):
+        assert (tmp_path / f"bed{suffix}").read_bytes() == (tmp_path / f"bgen{suffix}").read_bytes()
+
+
 def test_read_dosages_of_a_dosage_fileset(tmp_path):
     """The library's reader gives a .dosage's values, like bed-reader a .bed's."""
     prefix = str(tmp_path / "g")
@@ -411,6 +430,7 @@ def strip_sample_ids(path: Path) -> None:
     ("damage", "fragments"),
     [
         ("no sample ids", ["mdp.bgen", "stores no sample IDs", "--sample"]),
+        ("BGEN 1.1", ["chr10_v11.bgen", "BGEN 1.1", "--export bgen-1.2"]),
         ("short sample", ["mdp.sample", "lists 280 samples", "281"]),
         ("not a sample", ["mdp.sample", "ID_1 ID_2"]),
         ("truncated", ["mdp.bgen", "truncated"]),
@@ -429,6 +449,8 @@ def test_broken_dosage_input_is_one_line(tmp_path, damage, fragments):
     source = ["--bgen", str(bgen)]
     if damage == "no sample ids":
         strip_sample_ids(bgen)
+    elif damage == "BGEN 1.1":
+        source = ["--bgen", str(BGEN.parent / "chr10_v11.bgen")]
     elif damage == "short sample":
         sample.write_text("\n".join(sample.read_text().splitlines()[:-1]) + "\n")
         source += ["--sample", str(sample)]
