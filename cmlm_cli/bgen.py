@@ -33,13 +33,13 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from cmlm_cli import plink, tables
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.vcf import DOSAGE_CALLS, is_snp
+from cmlm_cli.vcf import DOSAGE_CALLS, is_snp, write_dosages
 
 
 def read_sample(path: str, n: int) -> list[str]:
@@ -235,10 +235,10 @@ def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) ->
                 bim.write(f"{chrom}\t{name}\t0\t{pos}\t{a1}\t{a2}\n")
                 rows += 1
                 if rows == step:
-                    n_missing += _write(out, block)
+                    n_missing += write_dosages(out, block)
                     n_snps, rows = n_snps + rows, 0
         if rows:
-            n_missing += _write(out, block[:rows])
+            n_missing += write_dosages(out, block[:rows])
             n_snps += rows
         if n_snps == 0:
             msg = (
@@ -249,12 +249,6 @@ def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) ->
     return plink.Conversion(
         prefix, n, n_snps, n_missing, n_skipped=n_skipped, n_not_snp=n_not_snp, dosage=True
     )
-
-
-def _write(out: IO[bytes], dosages: np.ndarray) -> int:
-    """Write a block of dosages (B, n) as .dosage rows; its missing ones."""
-    out.write(plink.pack_dosage(dosages))
-    return int(np.count_nonzero(np.isnan(dosages)))
 
 
 def _first_allele_dosage(genotype: Any, path: str, name: str) -> np.ndarray:

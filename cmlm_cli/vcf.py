@@ -115,7 +115,7 @@ def vcf_to_bed(
     n_snps = n_missing = 0
     block = np.empty((step, n), dtype=np.int8 if dosage_field is None else np.float64)
     rows = 0
-    write = _write_calls if dosage_field is None else _write_dosages
+    write = _write_calls if dosage_field is None else write_dosages
     fam = plink.fam_lines(samples)
     with plink.bed_writer(prefix, fam, dosage=dosage_field is not None) as (bed, bim):
         variants = iter(reader)
@@ -166,7 +166,7 @@ def _write_calls(bed: IO[bytes], calls: np.ndarray) -> int:
     return int(np.count_nonzero(calls < 0))
 
 
-def _write_dosages(out: IO[bytes], dosages: np.ndarray) -> int:
+def write_dosages(out: IO[bytes], dosages: np.ndarray) -> int:
     """Write a block of dosages (B, n), NaN missing, as .dosage rows; its missing ones."""
     out.write(plink.pack_dosage(dosages))
     return int(np.count_nonzero(np.isnan(dosages)))

@@ -414,6 +414,16 @@ def test_bgen_dosages_by_the_specification(tmp_path, phased):
     assert bim[0].split() == ["1", "v0", "0", "1", "A", "G"]
 
 
+def test_bgen_ploidy_above_two_is_one_line(tmp_path):
+    ploidy = np.array([2, 3])
+    values = np.array([[10, 20, 0], [10, 20, 30]])  # a triploid stores 3 of its 4 genotypes
+    write_bgen(tmp_path / "t.bgen", [values], phased=False, ploidy=ploidy,
+               missing=np.zeros((1, 2), bool))  # fmt: skip
+    with pytest.raises(plink.CmlmError, match="variant v0 has a sample of ploidy 3"):
+        bgen.bgen_to_dosage(tmp_path / "t.bgen", None, tmp_path / "out")
+    assert not list(tmp_path.glob("out*"))
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 
