@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import dense_fit, dense_scan, group_mean_kinship, h_matrix, impute
 
-from cmlm_cli import GwasOptions, bgen, grouping, packed, plink, run_gwas
+from cmlm_cli import GwasOptions, bgen, grouping, packed, plink, run_gwas, vcf
 from cmlm_cli.cli import main
 
 BGEN = TEST_DATA / "mdp_bgen" / "mdp.bgen"
@@ -412,6 +412,31 @@ def test_bgen_dosages_by_the_specification(tmp_path, phased):
     np.testing.assert_array_equal(got, expected)
     bim = (tmp_path / "out.bim").read_text().splitlines()
     assert bim[0].split() == ["1", "v0", "0", "1", "A", "G"]
+
+
+@pytest.mark.parametrize("field", ["DS", "HDS"])
+def test_vcf_dosage_fields_by_hand(tmp_path, field):
+    """DS as written; HDS summed over the two haplotypes, twice a haploid one; '.' missing."""
+    lines = [
+        "##fileformat=VCFv4.2",
+        "##contig=<ID=1>",
+        '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dosage">',
+        '##FORMAT=<ID=HDS,Number=.,Type=Float,Description="haplotype ALT dosages">',
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ta\tb\tc\td",
+        "1\t10\tx\tA\tC\t.\t.\t.\tDS:HDS\t0.25:0.1,0.15\t1.5:0.9,0.6\t.:.\t2:1,1",
+        "1\t20\ty\tG\tT\t.\t.\t.\tDS:HDS\t0.4:0.2\t0:0,0\t1.999:1,0.999\t0.7:0.3,0.4",
+        "1\t30\tz\tG\tGT\t.\t.\t.\tDS:HDS\t0:0,0\t0:0,0\t0:0,0\t0:0,0",
+    ]
+    (tmp_path / "d.vcf").write_text("\n".join(lines) + "\n")
+    done = vcf.vcf_to_bed(tmp_path / "d.vcf", tmp_path / "out", dosage_field=field)
+    assert (done.n_snps, done.n_not_snp, done.n_missing) == (2, 1, 1)
+    got = plink.read_dosages(plink.open_bfile(tmp_path / "out"), np.arange(2))
+    # The HDS pairs sum to the DS values; sample a's one HDS of y (haploid) counts twice.
+    expected = [[0.25, 0.4], [1.5, 0.0], [np.nan, 1.999], [2.0, 0.7]]
+    quantised = np.rint(np.float32(expected).astype(np.float64) * ONE) / ONE
+    np.testing.assert_array_equal(got, quantised)
+    bim = (tmp_path / "out.bim").read_text().split()
+    assert bim[:6] == ["1", "x", "0", "10", "C", "A"]
 
 
 def test_bgen_ploidy_above_two_is_one_line(tmp_path):
