@@ -8,10 +8,10 @@ back to back (so that a burst of load on the machine hits both alike),
 after one untimed run of each (numba compiles its kernels for the 16-bit
 rows on first use; the files enter the page cache). The BGEN holds the
 .bed's hard calls, so both runs must give the same p-values, which is
-checked: to the last digit with ``--threads 1``, and to ~1e-13 otherwise,
-as LAPACK's factorisations take as many threads as the machine's load
-leaves idle (``cmlm_cli.resources.blas_threads_for``), which moves their
-rounding from run to run, on either input. The table gives the median wall
+checked: to the last digit with ``--threads 1``, and to 1e-9 in log10
+otherwise (1.6e-10 on M), as LAPACK's factorisations take as many threads
+as the machine's load leaves idle (``cmlm_cli.resources.blas_threads_for``),
+which moves their rounding from run to run, on either input. The table gives the median wall
 time, CPU time and peak memory of each, the ratio to the .bed run, and the
 steps' times from the logs (the BGEN run's conversion to 16-bit
 fixed-point dosages is its own step). It is printed and written to
