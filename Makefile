@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean validate power bench bench-shared bench-threads bench-traits bench-multilocus
+.PHONY: demo test lint clean validate power bench bench-shared bench-threads bench-traits bench-multilocus bench-dosage
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ bench-shared: $(STAMP)
 # beside a BLAS job (the thresholds in cmlm_cli/resources.py).
 bench-threads: $(STAMP)
 	$(BIN)/python bench/threads.py
+
+# Dosage input (a 16-bit BGEN by plink2) against the .bed for the same run,
+# back to back on the simulated panel S; the table goes to
+# bench/results-dosage.md.
+bench-dosage: $(STAMP)
+	$(BIN)/python bench/dosage.py --size $(or $(DOSAGE_SIZE),S)
 
 # Twenty traits against one (the shared eigenbasis), with plink2 --glm on the
 # same 20 phenotypes and GEMMA per trait, on S and M (about half an hour);

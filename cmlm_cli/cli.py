@@ -195,6 +195,20 @@ gapit_genotype_options = _together(
     click.option(
         "--vcf", metavar="FILE", help="VCF, plain or bgzipped: GT hard calls of biallelic SNPs."
     ),
+    click.option(
+        "--vcf-dosage",
+        type=click.Choice(["DS", "HDS"]),
+        help="Analyse the --vcf file's ALT dosages in this FORMAT field instead of GT (HDS: "
+        "the sum of the two haplotype dosages).",
+    ),
+    click.option(
+        "--bgen",
+        metavar="FILE",
+        help="BGEN 1.2/1.3 genotype probabilities, analysed as dosages of the first allele.",
+    ),
+    click.option(
+        "--sample", metavar="FILE", help="Oxford .sample file of --bgen (ID_1 = FID, ID_2 = IID)."
+    ),
     click.option("--hapmap", metavar="FILE", help="GAPIT/TASSEL HapMap genotypes."),
     click.option("--gd", metavar="FILE", help="GAPIT numeric genotypes (taxa x SNPs, 0/1/2)."),
     click.option(
@@ -206,8 +220,8 @@ gapit_genotype_options = _together(
 # which its later scans read).
 genotype_options = _together(
     bfile_option(
-        help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam (or --pfile, --vcf, --hapmap, or "
-        "--gd with --gm)."
+        help="PLINK 1 binary fileset PREFIX.bed/.bim/.fam (or --pfile, --vcf, --bgen, --hapmap, "
+        "or --gd with --gm)."
     ),
     gapit_genotype_options,
 )
@@ -686,6 +700,9 @@ def gwas(
     bfile,
     pfile,
     vcf,
+    vcf_dosage,
+    bgen,
+    sample,
     hapmap,
     gd,
     gm,
@@ -712,7 +729,9 @@ def gwas(
             raise CmlmError(msg)
         with (
             hapmap_io.genotype_source(
-                hapmap_io.GenotypeSource(bfile, pfile, vcf, hapmap, gd, gm),
+                hapmap_io.GenotypeSource(
+                    bfile, pfile, vcf, hapmap, gd, gm, vcf_dosage, bgen, sample
+                ),
                 workdir=os.path.dirname(out) or ".",
             ) as genotypes,
             _executor(dask_scheduler, dask_scheduler_file, dask_local) as executor,
@@ -872,6 +891,9 @@ def cv(
     bfile,
     pfile,
     vcf,
+    vcf_dosage,
+    bgen,
+    sample,
     hapmap,
     gd,
     gm,
@@ -904,7 +926,7 @@ def cv(
         options = _gwas_options(settings)
         cv_settings = CvSettings(folds=folds, repeats=repeats, seed=seed, by_level=cv_by_level)
         with hapmap_io.genotype_source(
-            hapmap_io.GenotypeSource(bfile, pfile, vcf, hapmap, gd, gm),
+            hapmap_io.GenotypeSource(bfile, pfile, vcf, hapmap, gd, gm, vcf_dosage, bgen, sample),
             workdir=os.path.dirname(out) or ".",
         ) as genotypes:
             run_cv(genotypes, pheno, out, options, cv_settings)
@@ -1061,14 +1083,21 @@ def plot(sumstats_path, compression, out, fmt, title, quiet, verbose) -> None:
     "--out", required=True, metavar="PREFIX", help="Writes PREFIX.bed/.bim/.fam and PREFIX.log."
 )
 @log_options
-def convert(pfile, vcf, hapmap, gd, gm, out, quiet, verbose) -> None:
-    """Convert PLINK 2, VCF, HapMap or GAPIT GD/GM genotypes to a PLINK 1 fileset."""
+def convert(pfile, vcf, vcf_dosage, bgen, sample, hapmap, gd, gm, out, quiet, verbose) -> None:
+    """Convert PLINK 2, VCF, HapMap or GAPIT GD/GM genotypes to a PLINK 1 fileset.
+
+    Dosages (--bgen, --vcf-dosage) are refused: a .bed holds hard calls only.
+    """
     with _session(f"{out}.log", quiet=quiet, verbose=verbose, threads=None) as log:
         from cmlm_cli import files
         from cmlm_cli import hapmap as hapmap_io
 
-        source = hapmap_io.GenotypeSource(pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm)
+        source = hapmap_io.GenotypeSource(
+            pfile=pfile, vcf=vcf, hapmap=hapmap, gd=gd, gm=gm, vcf_dosage=vcf_dosage, bgen=bgen,
+            sample=sample,
+        )  # fmt: skip
         source.check(allow_bfile=False)
+        hapmap_io.refuse_dosage(source)
         files.check_out(out)
         files.make_out_folder(out)
         done, name = hapmap_io.convert_to_bed(source, out)

@@ -246,11 +246,12 @@ def _filter_maf(
         for _, rows in plink.packed_blocks(bfile, snps, block_size=size):
             stats = packed.statistics(rows, plan, middle=False)
             alleles = 2.0 * (samples.size - stats.n_miss)
-            # The A1 count is an integer: the minor count is taken before
-            # dividing, so a SNP and its mirror image (A1 and A2 swapped) get
-            # the same number to the last bit (1 - af would round differently
-            # and move SNPs that sit exactly on the threshold).
-            a1 = np.rint(stats.af * alleles)
+            # The A1 count is an integer (a multiple of 1/16,384 for dosages):
+            # the minor count is taken before dividing, so a SNP and its
+            # mirror image (A1 and A2 swapped) get the same number to the
+            # last bit (1 - af would round differently and move SNPs that
+            # sit exactly on the threshold).
+            a1 = np.rint(stats.af * alleles * packed.DOSAGE_ONE) / packed.DOSAGE_ONE
             with np.errstate(invalid="ignore"):
                 maf[start : start + rows.shape[0]] = np.minimum(a1, alleles - a1) / alleles
             start += rows.shape[0]

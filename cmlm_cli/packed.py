@@ -28,6 +28,16 @@ within-group sum of squares is
 
 whose first numerator is an exact integer: no cancellation, unlike
 ``sum x^2 - (Z'x)^2 / n_g``, so singleton groups give exactly 0.
+
+Imputed dosages reach the same kernels as 16-bit fixed-point rows
+(:func:`fixed_point`): one uint16 per sample, the dosage in units of
+1/16,384 (:data:`DOSAGE_ONE`, the resolution of PLINK 2's .pgen dosages),
+:data:`DOSAGE_MISSING` for a missing one. The kernels sum these integers
+exactly as they sum the 2-bit codes, and scale the results by 2^-14 at the
+end; the scaling is exact, so hard-call dosages give the .bed run's numbers
+bit for bit. A block of SNPs is therefore one of two arrays, told apart by
+dtype: uint8 .bed rows of shape (B, ceil(n_fam / 4)), or uint16 fixed-point
+rows of shape (B, n_fam).
 """
 
 from __future__ import annotations
@@ -53,6 +63,53 @@ _KERNEL_LOCK = threading.Lock()
 # numba's pool costs when the other cores are busy (bench/threads.py). Each
 # SNP is computed by one thread either way, so the numbers are the same.
 SMALL_BLOCK = resources.SMALL_BLOCK
+DOSAGE_ONE = 16384
+"""A dosage of 1 in fixed-point rows: 2^14, so that 2 (32,768) fits in 16 bits."""
+DOSAGE_MISSING = 65535
+"""A missing dosage in fixed-point rows."""
+_UNIT = 1.0 / DOSAGE_ONE
+# Within a group of more samples than this, c Q_g - S_g^2 of fixed-point
+# dosages (up to c^2 2^30) could overflow int64: it is taken in float64.
+_EXACT_GROUP = 92_000
+
+
+def fixed_point(dosage: np.ndarray) -> np.ndarray:
+    """16-bit fixed-point rows of a block of dosages (NaN missing).
+
+    Parameters
+    ----------
+    dosage : ndarray, shape (B, n), float
+        A1 dosages in [0, 2], ``NaN`` where missing.
+
+    Returns
+    -------
+    ndarray, shape (B, n), uint16
+        ``round(16384 x)``, :data:`DOSAGE_MISSING` where missing.
+
+    Raises
+    ------
+    ValueError
+        A dosage outside [0, 2] (beyond the rounding).
+    """
+    dosage = np.asarray(dosage, dtype=np.float64)
+    missing = np.isnan(dosage)
+    scaled = np.rint(np.where(missing, 0.0, dosage) * DOSAGE_ONE)
+    if scaled.size and (scaled.min() < 0 or scaled.max() > 2 * DOSAGE_ONE):
+        msg = "dosages must lie in [0, 2]"
+        raise ValueError(msg)
+    out = scaled.astype(np.uint16)
+    out[missing] = DOSAGE_MISSING
+    return out
+
+
+def _kind(rows: np.ndarray, what: str) -> tuple[np.ndarray, bool, int]:
+    """The rows as the kernels read them, whether fixed-point, and their samples."""
+    fixed = np.asarray(rows).dtype == np.uint16
+    rows = np.ascontiguousarray(rows, dtype=np.uint16 if fixed else np.uint8)
+    if rows.ndim != 2:
+        msg = f"{what} must be 2-dimensional; got shape {rows.shape}"
+        raise ValueError(msg)
+    return rows, fixed, rows.shape[1] if fixed else 4 * rows.shape[1]
 
 
 @dataclass(frozen=True)
@@ -172,8 +229,8 @@ def statistics(
 
     Parameters
     ----------
-    packed : ndarray, shape (B, ceil(n_fam / 4)), uint8
-        .bed rows of the block.
+    packed : ndarray, shape (B, ceil(n_fam / 4)), uint8, or (B, n_fam), uint16
+        .bed rows of the block, or its fixed-point dosages (:func:`fixed_point`).
     plan : Layout
     middle : bool
         Impute missing calls with 1 (GAPIT's "Middle") rather than the SNP
@@ -190,10 +247,10 @@ def statistics(
     -------
     Statistics
     """
-    packed = np.ascontiguousarray(packed, dtype=np.uint8)
-    if packed.ndim != 2 or (plan.position.size and 4 * packed.shape[1] <= plan.position.max()):
+    packed, fixed, n_fam = _kind(packed, "packed")
+    if plan.position.size and n_fam <= plan.position.max():
         # The kernel does not check its indices: refuse rows too short here.
-        msg = f"packed must have shape (B, >= {plan.position.max() // 4 + 1}); got {packed.shape}"
+        msg = f"packed rows hold {n_fam} samples, fewer than the layout's {plan.position.max() + 1}"
         raise ValueError(msg)
     B = packed.shape[0]
     segments = plan.starts.size - 1
@@ -217,6 +274,8 @@ def statistics(
         plan.starts,
         plan.columns,
         middle,
+        fixed,
+        float(DOSAGE_ONE) if fixed else 1.0,
         plan.centre,
         plan.subtract_mean,
         out.group_sums.T,
@@ -231,6 +290,10 @@ def statistics(
             _block_parallel(*arguments)
     else:
         _block_serial(*arguments)
+    if fixed:
+        # Powers of two: the same numbers as from the dosages themselves.
+        for array, power in ((out.group_sums, 1), (out.dots, 1), (out.ssw, 2), (out.af, 1)):
+            array *= _UNIT**power
     return out
 
 
@@ -302,6 +365,8 @@ def _block(
     starts,
     columns,
     middle,
+    fixed,
+    one,
     centre,
     subtract_mean,
     group_sums,
@@ -330,20 +395,24 @@ def _block(
             break
     for chunk in numba.prange((B + _CHUNK - 1) // _CHUNK):
         # int8 keeps the decoded row in L1 cache for the gather.
-        decoded = np.empty(4 * width, dtype=np.int8)
+        decoded = np.empty(0 if fixed else 4 * width, dtype=np.int8)
         x = np.empty(n)
         sums = np.empty(segments, dtype=np.int64)
         squares = np.empty(segments, dtype=np.int64)
         misses = np.empty(segments, dtype=np.int64)
         for j in range(chunk * _CHUNK, min(B, (chunk + 1) * _CHUNK)):
-            _decode(packed[j], decoded)
-            if direct:
-                for i in range(n):
-                    x[i] = decoded[i]
+            lowest, highest = 0, 0
+            if fixed:
+                lowest, highest = _gather_fixed(packed[j], position, x)
             else:
-                for i in range(n):
-                    # Unsigned: no wrap-around test for negative indices.
-                    x[i] = decoded[position[i]]
+                _decode(packed[j], decoded)
+                if direct:
+                    for i in range(n):
+                        x[i] = decoded[i]
+                else:
+                    for i in range(n):
+                        # Unsigned: no wrap-around test for negative indices.
+                        x[i] = decoded[position[i]]
             total_s = 0
             total_q = 0
             total_m = 0
@@ -364,10 +433,10 @@ def _block(
             if called > 0:
                 freq = total_s / (2.0 * called)
                 af[j] = freq
-                mu = 1.0 if middle else 2.0 * freq
+                mu = one if middle else 2.0 * freq
             else:
                 af[j] = np.nan
-                mu = 1.0 if middle else 0.0
+                mu = one if middle else 0.0
             if total_m > 0:
                 for i in range(n):
                     x[i] = mu if x[i] < 0.0 else x[i]
@@ -375,6 +444,9 @@ def _block(
             # and the imputed value equal to them too.
             if called == 0:
                 constant[j] = True
+            elif fixed:
+                # The integer test below could overflow at 2^30 per square.
+                constant[j] = lowest == highest and (total_m == 0 or mu == lowest)
             elif called * total_q == total_s * total_s:
                 constant[j] = total_m == 0 or mu * called == total_s
             else:
@@ -391,7 +463,10 @@ def _block(
                 if not centre or m == size[g]:
                     continue
                 c = size[g] - m
-                spread = c * squares[g] - sums[g] * sums[g]
+                if fixed and c > _EXACT_GROUP:
+                    spread = np.float64(c) * squares[g] - np.float64(sums[g]) * sums[g]
+                else:
+                    spread = np.float64(c * squares[g] - sums[g] * sums[g])
                 if m == 0:
                     within += spread * inverse[g]
                 else:
@@ -408,6 +483,22 @@ def _block(
                     group_sums[j, g] -= size[g] * mean
             for r in range(k):
                 dots[r, j] = _dot(columns[r], x)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_fixed(row, position, x):  # pragma: no cover - compiled
+    """Fixed-point dosages of the visited samples into x (-1 if missing); called range."""
+    lowest = DOSAGE_MISSING
+    highest = 0
+    for i in range(position.size):
+        v = np.int64(row[position[i]])
+        if v == DOSAGE_MISSING:
+            x[i] = -1.0
+        else:
+            x[i] = v
+            lowest = min(lowest, v)
+            highest = max(highest, v)
+    return lowest, highest
 
 
 # One kernel, compiled twice: over numba's threads, and on the caller's thread
@@ -441,8 +532,8 @@ def centred(
 
     Parameters
     ----------
-    packed : ndarray, shape (B, ceil(n_fam / 4)), uint8
-        .bed rows of the block.
+    packed : ndarray, shape (B, ceil(n_fam / 4)), uint8, or (B, n_fam), uint16
+        .bed rows of the block, or its fixed-point dosages (:func:`fixed_point`).
     fam_rows : ndarray, shape (n,), int
         .fam row of each output row, in any order.
     middle : bool
@@ -461,12 +552,12 @@ def centred(
     mean : ndarray, shape (B,), float64
         Mean of each SNP's imputed dosages over the n samples.
     """
-    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    packed, fixed, n_fam = _kind(packed, "packed")
     fam_rows = np.asarray(fam_rows, dtype=np.int64)
     n = fam_rows.size
-    if packed.ndim != 2 or (n and (fam_rows.min() < 0 or fam_rows.max() >= 4 * packed.shape[1])):
+    if n and (fam_rows.min() < 0 or fam_rows.max() >= n_fam):
         # The kernel does not check its indices: refuse rows too short here.
-        msg = f"fam_rows must lie in 0..{4 * packed.shape[-1] - 1}; packed has shape {packed.shape}"
+        msg = f"fam_rows must lie in 0..{n_fam - 1}; packed has shape {packed.shape}"
         raise ValueError(msg)
     B = packed.shape[0]
     if out is None:
@@ -477,7 +568,7 @@ def centred(
     Xc = out[:, :B]
     mean = np.empty(B)
     # Xc.T is C-ordered (B, n): each SNP's column is one contiguous row.
-    arguments = (packed, fam_rows.astype(np.uint64), middle, Xc.T, mean)
+    arguments = (packed, fam_rows.astype(np.uint64), middle, fixed, Xc.T, mean)
     if n * B >= SMALL_BLOCK:
         with _KERNEL_LOCK:
             _centre_parallel(*arguments)
@@ -486,14 +577,17 @@ def centred(
     return Xc, mean
 
 
-def _centre(packed, position, middle, out, mean):  # pragma: no cover - compiled
+def _centre(packed, position, middle, fixed, out, mean):  # pragma: no cover - compiled
     B, width = packed.shape
     n = position.size
     for chunk in numba.prange((B + _CHUNK - 1) // _CHUNK):
-        decoded = np.empty(4 * width, dtype=np.int8)
+        decoded = np.empty(0 if fixed else 4 * width, dtype=np.int8)
         # Centred value of each code + 1: missing, 0, 1, 2 copies of A1.
         table = np.empty(4)
         for j in range(chunk * _CHUNK, min(B, (chunk + 1) * _CHUNK)):
+            if fixed:
+                mean[j] = _centre_fixed(packed[j], position, middle, out[j])
+                continue
             _decode(packed[j], decoded)
             total = 0
             called = 0
@@ -517,6 +611,33 @@ def _centre(packed, position, middle, out, mean):  # pragma: no cover - compiled
             for i in range(n):
                 row[i] = table[decoded[position[i]] + 1]
             mean[j] = centre
+
+
+@numba.njit(cache=True, nogil=True)
+def _centre_fixed(row, position, middle, out):  # pragma: no cover - compiled
+    """:func:`_centre` of one SNP's fixed-point dosages; returns its mean dosage.
+
+    In units of 1/16,384 until the last, exact, scaling: hard calls give the
+    numbers of the 2-bit codes' table.
+    """
+    n = position.size
+    total = 0
+    called = 0
+    for i in range(n):
+        v = np.int64(row[position[i]])
+        if v != DOSAGE_MISSING:
+            total += v
+            called += 1
+    if middle:
+        centre = (total + (n - called) * DOSAGE_ONE) / n
+        fill = DOSAGE_ONE - centre
+    else:
+        centre = total / called if called > 0 else 0.0
+        fill = 0.0
+    for i in range(n):
+        v = np.int64(row[position[i]])
+        out[i] = (fill if v == DOSAGE_MISSING else v - centre) * _UNIT
+    return centre * _UNIT
 
 
 _centre_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_centre)

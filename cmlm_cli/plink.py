@@ -11,6 +11,13 @@ them itself (:mod:`cmlm_cli.packed`). :func:`read_dosages` and
 :func:`iter_blocks` read float A1 dosages through bed-reader instead, for a
 notebook, and as a decoder independent of ours. :func:`fingerprint`
 identifies a fileset, so that a saved fit or a Dask worker refuses other files.
+
+Imputed dosages (BGEN, a VCF's DS field) are written once, in a streaming
+pass, as a fileset whose .bed is replaced by a ``PREFIX.dosage`` of 16-bit
+fixed-point rows (:func:`cmlm_cli.packed.fixed_point`) beside the same .bim
+and .fam; :func:`open_bfile` opens either, and :func:`packed_blocks` hands
+every pass the rows of either, which the kernels of
+:mod:`cmlm_cli.packed` read alike.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ _BIM_FIELDS = ("chromosome", "SNP", "cM", "position", "A1", "A2")
 _BED_MAGIC = b"\x6c\x1b"
 _SNP_MAJOR = 0x01
 _INDIVIDUAL_MAJOR = 0x00
+DOSAGE_MAGIC = b"cmlm dosage u16\n"
+"""First bytes of a ``.dosage`` file: then n uint16 (little-endian) per SNP."""
 
 log = logging.getLogger("cmlm")
 
@@ -63,6 +72,8 @@ class Bfile:
         .bim column 4, base-pair position.
     a1, a2 : ndarray, shape (m,), str
         .bim columns 5-6; dosages count ``a1``.
+    dosage : bool
+        The genotypes are ``PREFIX.dosage``'s fixed-point dosages, not a .bed.
     """
 
     prefix: str
@@ -74,6 +85,12 @@ class Bfile:
     pos: np.ndarray
     a1: np.ndarray
     a2: np.ndarray
+    dosage: bool = False
+
+    @property
+    def genotype_file(self) -> str:
+        """The .bed, or the .dosage of a dosage fileset."""
+        return f"{self.prefix}.{'dosage' if self.dosage else 'bed'}"
 
     @property
     def n_samples(self) -> int:
@@ -109,7 +126,8 @@ def open_bfile(prefix: str | os.PathLike[str]) -> Bfile:
         size does not match the n samples and m SNPs of the .fam and .bim.
     """
     prefix = str(prefix)
-    paths = {ext: Path(f"{prefix}.{ext}") for ext in ("bed", "bim", "fam")}
+    dosage = not Path(f"{prefix}.bed").is_file() and Path(f"{prefix}.dosage").is_file()
+    paths = {ext: Path(f"{prefix}.{ext}") for ext in ("dosage" if dosage else "bed", "bim", "fam")}
     absent = [f"'{path}'" for path in paths.values() if not path.is_file()]
     if absent:
         hint = ""
@@ -123,11 +141,14 @@ def open_bfile(prefix: str | os.PathLike[str]) -> Bfile:
         raise CmlmError(msg)
     fid, iid = _read_fam(paths["fam"])
     chrom, snp, cm, pos, a1, a2 = _read_bim(paths["bim"])
-    _check_bed(paths["bed"], n=len(iid), m=len(snp))
+    if dosage:
+        _check_dosage(paths["dosage"], n=len(iid), m=len(snp))
+    else:
+        _check_bed(paths["bed"], n=len(iid), m=len(snp))
     arrays = (fid, iid, chrom, snp, cm, pos, a1, a2)
     for array in arrays:
         array.flags.writeable = False
-    return Bfile(prefix, *arrays)
+    return Bfile(prefix, *arrays, dosage=dosage)
 
 
 def _fields(path: Path, names: tuple[str, ...]) -> list[tuple[int, list[str]]]:
@@ -249,6 +270,20 @@ def _check_bed(path: Path, *, n: int, m: int) -> None:
         raise CmlmError(msg)
 
 
+def _check_dosage(path: Path, *, n: int, m: int) -> None:
+    with path.open("rb") as handle:
+        head = handle.read(len(DOSAGE_MAGIC))
+    expected = len(DOSAGE_MAGIC) + 2 * m * n
+    actual = path.stat().st_size
+    if head != DOSAGE_MAGIC or actual != expected:
+        msg = (
+            f"dosage file '{path}' is not cmlm's 16-bit dosages for the n = {n} samples of "
+            f"the .fam and m = {m} SNPs of the .bim ({actual} bytes, expected {expected}); "
+            "it is truncated or does not belong to this .fam/.bim"
+        )
+        raise CmlmError(msg)
+
+
 def _as_index(indices: np.ndarray | slice) -> np.ndarray | slice:
     return indices if isinstance(indices, slice) else np.asarray(indices, dtype=np.intp)
 
@@ -281,9 +316,16 @@ def read_dosages(
     Returns
     -------
     ndarray, shape (n_sel, B), ``dtype``, Fortran order
-        Counts of the .bim A1 allele (0, 1, 2), ``NaN`` where missing.
+        Counts of the .bim A1 allele (0, 1, 2; any value in [0, 2] for a
+        dosage fileset), ``NaN`` where missing.
     """
     rows = slice(None) if samples is None else _as_index(samples)
+    if bfile.dosage:
+        index = np.arange(bfile.n_snps)[_as_index(snps)]
+        with open(bfile.genotype_file, "rb") as handle:
+            fixed = read_rows(handle, index, n_fam=bfile.n_samples, dosage=True)
+        G = np.where(fixed == packed.DOSAGE_MISSING, np.nan, fixed * (1.0 / packed.DOSAGE_ONE))
+        return np.asfortranarray(G.T[rows], dtype=dtype)
     # bed-reader's default is every core of the machine, not the allocation.
     threads = resources.thread_count(num_threads)
     bed = open_bed(
@@ -359,8 +401,10 @@ large path's passes read ``--block-size`` SNPs at a time, as its memory is
 n x block size; see :func:`cmlm_cli.large.build_grouped`.)"""
 
 
-def read_rows(handle: IO[bytes], snps: np.ndarray, *, n_fam: int) -> np.ndarray:
-    """Read the packed .bed bytes of some SNPs.
+def read_rows(
+    handle: IO[bytes], snps: np.ndarray, *, n_fam: int, dosage: bool = False
+) -> np.ndarray:
+    """Read the packed .bed bytes of some SNPs, or their fixed-point dosages.
 
     A read per run of consecutive SNPs, into one buffer: no memory map, whose
     pages would stay in the process's resident memory for the whole pass.
@@ -368,26 +412,28 @@ def read_rows(handle: IO[bytes], snps: np.ndarray, *, n_fam: int) -> np.ndarray:
     Parameters
     ----------
     handle : binary file
-        The .bed, checked by :func:`open_bfile`.
+        The .bed (or .dosage), checked by :func:`open_bfile`.
     snps : ndarray, shape (B,), int
         .bim rows, increasing.
     n_fam : int
         Samples in the .fam.
+    dosage : bool
+        The file is a .dosage (:attr:`Bfile.dosage`).
 
     Returns
     -------
-    ndarray, shape (B, ceil(n_fam / 4)), uint8
+    ndarray, shape (B, ceil(n_fam / 4)), uint8, or (B, n_fam), uint16 for a .dosage
     """
-    width = -(-n_fam // 4)
+    head, width = (len(DOSAGE_MAGIC), 2 * n_fam) if dosage else (3, -(-n_fam // 4))
     snps = np.asarray(snps, dtype=np.int64)
     rows = np.empty((snps.size, width), dtype=np.uint8)
     cuts = [0, *(np.flatnonzero(np.diff(snps) != 1) + 1).tolist(), snps.size]
     for a, b in itertools.pairwise(cuts):
-        handle.seek(3 + int(snps[a]) * width)
+        handle.seek(head + int(snps[a]) * width)
         if handle.readinto(rows[a:b].data) != (b - a) * width:  # type: ignore[attr-defined]
-            msg = f"the .bed ended before SNP {int(snps[b - 1])}: it changed since it was checked"
+            msg = f"the genotypes ended before SNP {int(snps[b - 1])}: they changed since checked"
             raise OSError(msg)
-    return rows
+    return rows.view("<u2").astype(np.uint16, copy=False) if dosage else rows
 
 
 def packed_blocks(
@@ -408,8 +454,8 @@ def packed_blocks(
     ------
     snp_index : ndarray, shape (B,), int
         .bim rows of the block.
-    rows : ndarray, shape (B, ceil(n / 4)), uint8
-        Their bytes (:func:`read_rows`).
+    rows : ndarray, shape (B, ceil(n / 4)), uint8, or (B, n), uint16
+        Their bytes, or fixed-point dosages (:func:`read_rows`).
 
     Examples
     --------
@@ -421,10 +467,10 @@ def packed_blocks(
         msg = f"block_size must be at least 1, got {block_size}"
         raise ValueError(msg)
     snps = np.asarray(snps, dtype=np.intp)
-    with open(f"{bfile.prefix}.bed", "rb") as bed:
+    with open(bfile.genotype_file, "rb") as genotypes:
         for start in range(0, snps.size, block_size):
             block = snps[start : start + block_size]
-            yield block, read_rows(bed, block, n_fam=bfile.n_samples)
+            yield block, read_rows(genotypes, block, n_fam=bfile.n_samples, dosage=bfile.dosage)
 
 
 BED_HEAD_BYTES = 1 << 20
@@ -450,7 +496,7 @@ def _sha256(path: Path, limit: int | None = None) -> str:
 def fingerprint(bfile: Bfile) -> dict[str, Any]:
     """What identifies a PLINK fileset: where it is, its sizes and checksums."""
     prefix = Path(bfile.prefix)
-    bed, bim, fam = (Path(f"{prefix}.{ext}") for ext in ("bed", "bim", "fam"))
+    bed, bim, fam = Path(bfile.genotype_file), Path(f"{prefix}.bim"), Path(f"{prefix}.fam")
     return {
         "prefix": bfile.prefix,
         "path": os.path.abspath(prefix),
@@ -489,6 +535,8 @@ class Conversion:
         reduction (PLINK 2 and VCF input).
     n_not_snp : int
         Variants left out that are not SNPs: indels, symbolic alleles (VCF).
+    dosage : bool
+        A .dosage was written rather than a .bed (:func:`bed_writer`).
     """
 
     prefix: str
@@ -500,11 +548,13 @@ class Conversion:
     multiallelic: tuple[str, ...] = ()
     n_skipped: int = 0
     n_not_snp: int = 0
+    dosage: bool = False
 
     def describe(self, source: str) -> str:
         """One line for the log."""
         text = (
-            f"converted {source} to {self.prefix}.bed/.bim/.fam: {self.n_samples} samples, "
+            f"converted {source} to {self.prefix}.{'dosage' if self.dosage else 'bed'}/.bim/.fam: "
+            f"{self.n_samples} samples, "
             f"{self.n_snps} SNPs, {self.n_missing} missing calls"
         )
         if self.n_multiallelic:
@@ -536,14 +586,32 @@ def pack_bed(dosage: np.ndarray) -> bytes:
     return packed.encode(np.ascontiguousarray(dosage, dtype=np.int8)).tobytes()
 
 
+def pack_dosage(dosage: np.ndarray) -> bytes:
+    """.dosage bytes of a block of A1 dosages (see :func:`bed_writer`).
+
+    Parameters
+    ----------
+    dosage : ndarray, shape (B, n), float
+        A1 dosages in [0, 2], ``NaN`` where missing; one row per SNP.
+
+    Returns
+    -------
+    bytes
+        B * n little-endian uint16 (:func:`cmlm_cli.packed.fixed_point`).
+    """
+    return packed.fixed_point(dosage).astype("<u2").tobytes()
+
+
 def fam_lines(taxa: list[str]) -> list[str]:
     """.fam lines for individuals known by one name: FID = IID, no parents, sex or phenotype."""
     return [f"{name} {name} 0 0 0 -9\n" for name in taxa]
 
 
 @contextlib.contextmanager
-def bed_writer(prefix: str, fam: list[str]) -> Iterator[tuple[IO[bytes], IO[str]]]:
-    """Open PREFIX.bed and PREFIX.bim for writing and write PREFIX.fam.
+def bed_writer(
+    prefix: str, fam: list[str], *, dosage: bool = False
+) -> Iterator[tuple[IO[bytes], IO[str]]]:
+    """Open PREFIX.bed (or PREFIX.dosage) and PREFIX.bim for writing and write PREFIX.fam.
 
     The converters write the .bed (after its magic bytes) and the .bim
     through the two handles. All three files appear together when the
@@ -554,11 +622,16 @@ def bed_writer(prefix: str, fam: list[str]) -> Iterator[tuple[IO[bytes], IO[str]
     prefix : str
     fam : list of str
         The .fam lines, each ending in a newline.
+    dosage : bool
+        Write a .dosage: little-endian fixed-point rows
+        (:func:`cmlm_cli.packed.fixed_point`), n uint16 per SNP.
     """
     with contextlib.ExitStack() as stack:
-        bed = stack.enter_context(files.atomic_open_binary(f"{prefix}.bed"))
+        genotypes = stack.enter_context(
+            files.atomic_open_binary(f"{prefix}.{'dosage' if dosage else 'bed'}")
+        )
         bim = stack.enter_context(files.atomic_open(f"{prefix}.bim"))
         fam_file = stack.enter_context(files.atomic_open(f"{prefix}.fam"))
         fam_file.writelines(fam)
-        bed.write(b"\x6c\x1b\x01")
-        yield bed, bim
+        genotypes.write(DOSAGE_MAGIC if dosage else b"\x6c\x1b\x01")
+        yield genotypes, bim

@@ -1,8 +1,11 @@
 """VCF genotypes (plain or bgzipped) to a PLINK 1 fileset, through cyvcf2.
 
 Streamed one block of variants at a time into the same 2-bit hard calls a
-.bed holds, so the kernel and every number are those of the .bed run. The
-rules are those of ``plink2 --vcf ... --make-bed``:
+.bed holds, so the kernel and every number are those of the .bed run; or,
+with a dosage field (``DS``, or ``HDS`` whose two haplotype dosages are
+summed), into the fixed-point dosages of a ``.dosage``
+(:func:`cmlm_cli.plink.bed_writer`). The rules are those of ``plink2 --vcf
+... --make-bed``:
 
 * biallelic SNPs only: a site with several ALT alleles, or whose REF or ALT
   is not one of A, C, G, T (indels, symbolic alleles, ``*``), is skipped,
@@ -10,6 +13,10 @@ rules are those of ``plink2 --vcf ... --make-bed``:
 * A1 (the counted, effect allele) is ALT and A2 is REF; the GT field gives
   the ALT count (a haploid call counts as homozygous); a call with a missing
   allele is missing;
+* a dosage is the field's value for the ALT allele (``DS``), or the sum of
+  the two haplotypes' ``HDS`` (twice the one value of a haploid call); a
+  missing value (``.``) is a missing dosage, and a value outside [0, 2] is
+  refused;
 * FID = IID = the VCF sample name (``plink2 --double-id``);
 * a variant without an ID (``.``) is named ``CHROM:POS:REF:ALT``.
 """
@@ -17,6 +24,7 @@ rules are those of ``plink2 --vcf ... --make-bed``:
 from __future__ import annotations
 
 import os
+from typing import IO, Any
 
 import numpy as np
 
@@ -24,19 +32,36 @@ from cmlm_cli import plink
 from cmlm_cli.errors import CmlmError
 
 _BLOCK_CALLS = 16 * 2**20
+# Dosages are float64 (with a few temporaries of the block when written).
+DOSAGE_CALLS = 4 * 2**20
 _BASES = frozenset("ACGT")
 # cyvcf2's gt_types codes (HOM_REF, HET, UNKNOWN, HOM_ALT) as ALT counts.
 _ALT_COUNT = np.array([0, 1, -1, 2], dtype=np.int8)
+# Two haplotype dosages written to a few decimals may sum just past 2.
+_DOSAGE_SLACK = 1e-3
 
 
-def vcf_to_bed(vcf: str | os.PathLike[str], out_prefix: str | os.PathLike[str]) -> plink.Conversion:
+def is_snp(*alleles: str) -> bool:
+    """Every allele is one of the bases A, C, G, T (upper case)."""
+    return all(allele in _BASES for allele in alleles)
+
+
+def vcf_to_bed(
+    vcf: str | os.PathLike[str],
+    out_prefix: str | os.PathLike[str],
+    *,
+    dosage_field: str | None = None,
+) -> plink.Conversion:
     """Rewrite a VCF's biallelic SNPs as OUT_PREFIX.bed/.bim/.fam, in blocks.
 
     Parameters
     ----------
     vcf : str or path-like
-        A VCF, plain or bgzipped, with a GT field.
+        A VCF, plain or bgzipped, with a GT field (or ``dosage_field``).
     out_prefix : str or path-like
+    dosage_field : {None, "DS", "HDS"}
+        Write that field's dosages as OUT_PREFIX.dosage rather than the GT
+        calls as a .bed.
 
     Returns
     -------
@@ -45,8 +70,9 @@ def vcf_to_bed(vcf: str | os.PathLike[str], out_prefix: str | os.PathLike[str]) 
     Raises
     ------
     CmlmError
-        The file is missing or not a VCF, has no samples or no GT field, a
-        sample is named twice, or no biallelic SNP is left.
+        The file is missing or not a VCF, has no samples or no GT field (or
+        no ``dosage_field``), a sample is named twice, a dosage lies outside
+        [0, 2], or no biallelic SNP is left.
     """
     import cyvcf2  # only a run on VCF input pays for it
 
@@ -70,20 +96,28 @@ def vcf_to_bed(vcf: str | os.PathLike[str], out_prefix: str | os.PathLike[str]) 
             raise CmlmError(msg)
         seen.add(name)
     formats = {h.info().get("ID") for h in reader.header_iter() if h["HeaderType"] == "FORMAT"}
-    if "GT" not in formats:
+    if dosage_field is None and "GT" not in formats:
         msg = (
             f"VCF file '{path}' declares no GT field (##FORMAT=<ID=GT...>): it holds no hard "
-            "calls; dosage-only VCFs are not read yet, convert with plink2 --vcf ... "
-            "dosage=DS --make-bed first"
+            "calls; if it holds dosages, add --vcf-dosage DS (or HDS)"
+        )
+        raise CmlmError(msg)
+    if dosage_field is not None and dosage_field not in formats:
+        msg = (
+            f"VCF file '{path}' declares no {dosage_field} field (##FORMAT=<ID={dosage_field}"
+            f"...>) for --vcf-dosage {dosage_field}; it declares {', '.join(sorted(formats))}: "
+            "leave out --vcf-dosage to analyse the GT calls, or name the field it has"
         )
         raise CmlmError(msg)
     n = len(samples)
-    step = max(1, _BLOCK_CALLS // n)
+    step = max(1, (_BLOCK_CALLS if dosage_field is None else DOSAGE_CALLS) // n)
     skipped = {"multiallelic": 0, "not SNP": 0}
     n_snps = n_missing = 0
-    block = np.empty((step, n), dtype=np.int8)
+    block = np.empty((step, n), dtype=np.int8 if dosage_field is None else np.float64)
     rows = 0
-    with plink.bed_writer(prefix, plink.fam_lines(samples)) as (bed, bim):
+    write = _write_calls if dosage_field is None else write_dosages
+    fam = plink.fam_lines(samples)
+    with plink.bed_writer(prefix, fam, dosage=dosage_field is not None) as (bed, bim):
         variants = iter(reader)
         while True:
             try:
@@ -98,20 +132,21 @@ def vcf_to_bed(vcf: str | os.PathLike[str], out_prefix: str | os.PathLike[str]) 
                 skipped["multiallelic" if len(alts) > 1 else "not SNP"] += 1
                 continue
             ref, alt = variant.REF.upper(), alts[0].upper()
-            if ref not in _BASES or alt not in _BASES:
+            if not is_snp(ref, alt):
                 skipped["not SNP"] += 1
                 continue
             name = variant.ID or f"{variant.CHROM}:{variant.POS}:{ref}:{alt}"
             bim.write(f"{variant.CHROM}\t{name}\t0\t{variant.POS}\t{alt}\t{ref}\n")
-            block[rows] = _ALT_COUNT[variant.gt_types]
+            if dosage_field is None:
+                block[rows] = _ALT_COUNT[variant.gt_types]
+            else:
+                block[rows] = _dosages(variant, dosage_field, path)
             rows += 1
             if rows == step:
-                n_missing += int(np.count_nonzero(block < 0))
-                bed.write(plink.pack_bed(block))
+                n_missing += write(bed, block)
                 n_snps, rows = n_snps + rows, 0
         if rows:
-            n_missing += int(np.count_nonzero(block[:rows] < 0))
-            bed.write(plink.pack_bed(block[:rows]))
+            n_missing += write(bed, block[:rows])
             n_snps += rows
         if n_snps == 0:
             msg = (
@@ -121,5 +156,38 @@ def vcf_to_bed(vcf: str | os.PathLike[str], out_prefix: str | os.PathLike[str]) 
             raise CmlmError(msg)
     return plink.Conversion(
         prefix, n, n_snps, n_missing, n_skipped=skipped["multiallelic"],
-        n_not_snp=skipped["not SNP"],
+        n_not_snp=skipped["not SNP"], dosage=dosage_field is not None,
     )  # fmt: skip
+
+
+def _write_calls(bed: IO[bytes], calls: np.ndarray) -> int:
+    """Write a block of ALT counts (B, n) as .bed rows; its missing calls."""
+    bed.write(plink.pack_bed(calls))
+    return int(np.count_nonzero(calls < 0))
+
+
+def write_dosages(out: IO[bytes], dosages: np.ndarray) -> int:
+    """Write a block of dosages (B, n), NaN missing, as .dosage rows; its missing ones."""
+    out.write(plink.pack_dosage(dosages))
+    return int(np.count_nonzero(np.isnan(dosages)))
+
+
+def _dosages(variant: Any, field: str, path: str) -> np.ndarray:
+    """The ALT dosages of one variant from its DS or HDS field, shape (n,), NaN missing."""
+    values = np.asarray(variant.format(field), dtype=np.float64)
+    if field == "HDS":
+        # A haploid call has one haplotype dosage: it counts twice, as a
+        # haploid hard call counts as homozygous.
+        second = values[:, 1] if values.shape[1] > 1 else np.full(values.shape[0], np.nan)
+        dosage = np.where(np.isnan(second), 2.0 * values[:, 0], values[:, 0] + second)
+    else:
+        dosage = values[:, 0]
+    called = dosage[~np.isnan(dosage)]
+    if called.size and (called.min() < 0.0 or called.max() > 2.0 + _DOSAGE_SLACK):
+        bad = called[(called < 0.0) | (called > 2.0 + _DOSAGE_SLACK)][0]
+        msg = (
+            f"VCF file '{path}', variant {variant.ID or '.'} at {variant.CHROM}:{variant.POS}: "
+            f"{field} value {bad:g} is not a dosage in [0, 2]"
+        )
+        raise CmlmError(msg)
+    return np.minimum(dosage, 2.0)
