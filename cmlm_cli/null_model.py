@@ -226,8 +226,10 @@ class CompressedBasis:
                 top,
             )
             # The model keeps the matrix it fits, so that every later use of
-            # Kc (the scan's Cholesky factor) sees the same one; a factored
-            # level is decomposed again, in full (a rare case).
+            # Kc (the scan's Cholesky factor) sees the same one. A factored
+            # level is decomposed again, in full, and kept in the eigenbasis
+            # that defines the repaired matrix (max, min and median group
+            # kinships are rarely PSD: one decomposition more, not two).
             if factors is not None:
                 B = Kc * np.outer(root, root)
                 s, W = scipy.linalg.eigh(B.T, driver="evd", overwrite_a=True)
@@ -235,7 +237,7 @@ class CompressedBasis:
             repaired = ((W * s) @ W.T) / np.outer(root, root)
             if factors is None:
                 return cls(labels, counts, W, s, repaired)
-            return cls.build(labels, (repaired + repaired.T) / 2, vectors=False)
+            return cls(labels, counts, W, s, (repaired + repaired.T) / 2)
         s = np.where(s > EIGEN_RTOL * top, s, 0.0)
         return cls(labels, counts, W, s, Kc, factors)
 

@@ -296,3 +296,27 @@ def test_trait_profiles_take_the_eigenvalues_below_rounding(monkeypatch):
     expected = reference.evaluate(np.array([1e-30, 0.5]))
     np.testing.assert_allclose(low.value, expected.value, rtol=1e-12)
     np.testing.assert_allclose(low.slope, expected.slope, rtol=1e-8, atol=1e-8)
+
+
+def test_a_kinship_that_is_not_psd_is_fitted_as_its_nearest_psd_matrix(monkeypatch):
+    # max/min/median group kinships are rarely PSD: the factored level is
+    # decomposed once more, in full, and fitted in that eigenbasis with the
+    # negative eigenvalues set to 0; the same model as the full decomposition.
+    monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    Y, X, labels, Kc = traits_panel(10)
+    bent = Kc - 0.3 * np.diag(np.diag(Kc))
+    bent[0, 1] = bent[1, 0] = bent[0, 1] + 2.0
+    root = np.sqrt(np.bincount(labels).astype(float))
+    s, W = np.linalg.eigh(bent * np.outer(root, root))
+    assert s.min() < -1e-3 * s.max()
+    nearest = (W * np.clip(s, 0, None)) @ W.T / np.outer(root, root)
+    factored = CompressedBasis.build(labels, bent, vectors=False)
+    full = CompressedBasis.build(labels, bent)
+    assert factored.factors is None
+    np.testing.assert_allclose(factored.Kc, nearest, atol=1e-12 * np.abs(nearest).max())
+    for a, b in zip(null_model.fit_null_traits(Y, X, factored),
+                    null_model.fit_null_traits(Y, X, full), strict=True):
+        assert a.neg2logL == pytest.approx(b.neg2logL, rel=1e-12)
+        H = np.eye(a.n) if np.isinf(a.delta) else h_matrix(a.delta, labels, nearest)
+        dense = dense_profile(H, a.y, X, method="reml")
+        assert a.neg2logL == pytest.approx(dense.neg2logL, rel=1e-10)
