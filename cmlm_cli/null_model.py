@@ -439,6 +439,7 @@ def _trait_profiles(
     ytyw: np.ndarray,
     ds: np.ndarray,
     reml: bool,
+    values: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The GLS quantities of :meth:`CompressedLikelihood.profile` for T traits at K values of d.
 
@@ -466,6 +467,9 @@ def _trait_profiles(
     ytyw : ndarray, shape (T,)
     ds : ndarray, shape (K,)
     reml : bool
+    values : bool
+        Compute ``logdet`` (q logarithms per ``d``, which a slope alone does
+        not need); NaN otherwise.
 
     Returns
     -------
@@ -529,13 +533,15 @@ def _trait_profiles(
         if not _cholesky_in_place(L):
             ok[k] = False
             continue
-        group_log = 0.0
         group_trace = 0.0
         for i in range(q):
-            group_log += np.log(s[i] + d)
             group_trace += 1.0 / (s[i] + d)
-        logdet[k] = group_log + n_within * np.log(d)
         trace[k] = group_trace + n_within / d
+        if values:
+            group_log = 0.0
+            for i in range(q):
+                group_log += np.log(s[i] + d)
+            logdet[k] = group_log + n_within * np.log(d)
         if reml:
             logdet_A = 0.0
             for a in range(p):
@@ -1489,11 +1495,15 @@ class TraitProfiles:
     def traits(self) -> int:
         return self.UY.shape[1]
 
-    def evaluate(self, ds: np.ndarray, *, trait: int | None = None) -> ProfileValues:
+    def evaluate(
+        self, ds: np.ndarray, *, trait: int | None = None, values: bool = True
+    ) -> ProfileValues:
         """Every trait (or the one ``trait``) at every ``d`` of ``ds``, shape (K,).
 
         ``d = inf`` is the limit h2 -> 0, ``H = I``, as in
         :meth:`CompressedLikelihood.profile`; ``ds`` is then that one value.
+        Without ``values`` only the slope, ``yPy`` and ``beta`` are computed
+        (``value`` is NaN): what a root search needs.
         """
         ds = np.asarray(ds, dtype=np.float64)
         cols = slice(None) if trait is None else slice(trait, trait + 1)
@@ -1517,6 +1527,7 @@ class TraitProfiles:
                 ytyw,
                 np.ones(1),
                 self.reml,
+                True,
             )
             ds = np.ones(1)
         else:
@@ -1532,10 +1543,11 @@ class TraitProfiles:
                 ytyw,
                 ds,
                 self.reml,
+                values,
             )
             if not out[-1].all():
                 self._to_eigenbasis()
-                return self.evaluate(ds, trait=trait)
+                return self.evaluate(ds, trait=trait, values=values)
         yPy, yPPy, beta, logdet, trace, _ = out
         r = self.dof
         value = r * np.log(2.0 * np.pi * yPy / r) + r + logdet[:, None]
@@ -1590,7 +1602,8 @@ def _search_brent(profiles: TraitProfiles) -> list[tuple[float, int]]:
         best_x, best_v = grid[int(np.argmin(values))], float(values.min())
 
         def slope(x: float, t: int = t) -> float:
-            return float(profiles.evaluate(np.array([np.exp(x)]), trait=t).slope[0, 0])
+            at = profiles.evaluate(np.array([np.exp(x)]), trait=t, values=False)
+            return float(at.slope[0, 0])
 
         def value(x: float, t: int = t) -> float:
             return float(profiles.evaluate(np.array([np.exp(x)]), trait=t).value[0, 0])
