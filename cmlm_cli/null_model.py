@@ -230,11 +230,14 @@ class CompressedBasis:
             # level is decomposed again, in full, and kept in the eigenbasis
             # that defines the repaired matrix (max, min and median group
             # kinships are rarely PSD: one decomposition more, not two).
-            if factors is not None:
-                B = Kc * np.outer(root, root)
-                s, W = scipy.linalg.eigh(B.T, driver="evd", overwrite_a=True)
-            s = np.where(s > EIGEN_RTOL * top, s, 0.0)
-            repaired = ((W * s) @ W.T) / np.outer(root, root)
+            # Within the same thread limit as the first decomposition: with
+            # more threads than idle cores LAPACK waits for each of them.
+            with resources.blas_threads_for(q):
+                if factors is not None:
+                    B = Kc * np.outer(root, root)
+                    s, W = scipy.linalg.eigh(B.T, driver="evd", overwrite_a=True)
+                s = np.where(s > EIGEN_RTOL * top, s, 0.0)
+                repaired = ((W * s) @ W.T) / np.outer(root, root)
             if factors is None:
                 return cls(labels, counts, W, s, repaired)
             return cls(labels, counts, W, s, (repaired + repaired.T) / 2)
