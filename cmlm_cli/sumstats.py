@@ -65,8 +65,17 @@ def format_float(values: np.ndarray, digits: int = 10) -> list[str]:
     # The scan writes millions of these: math.isfinite and %-formatting (the
     # same text as f"{v:.10g}") cost a third of np.isfinite on a scalar.
     spec = f"%.{digits}g"
-    finite = math.isfinite
     missing = files.MISSING
+    known = np.isfinite(values)
+    if values.size and known.any():
+        tested = values[known]
+        first = tested[0]
+        if np.all(tested == first) and np.all(np.signbit(tested) == np.signbit(first)):
+            # One value and NAs (R^2 without the SNP, the same for every
+            # tested SNP of a trait): formatted once.
+            text = spec % first
+            return [text if k else missing for k in known.tolist()]
+    finite = math.isfinite
     return [spec % v if finite(v) else missing for v in values.tolist()]
 
 

@@ -71,3 +71,16 @@ def test_columns_shared_between_traits_are_formatted_once_and_alike():
     # A column with the same name but another array is formatted anew.
     other = {**columns, "effect_allele_frequency": rng.uniform(size=B)}
     assert sumstats.sumstats_rows(other, formatted) == sumstats.sumstats_rows(other)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from([0.5, -0.0, 0.0, 1e-300, 0.1234567890123, np.nan, np.inf]),
+                max_size=8))
+def test_float_text_is_percent_g_whichever_values_repeat(values):
+    # A column of one repeated value (and NAs) is formatted once: the same
+    # text as value by value, signed zeros and infinities included.
+    from cmlm_cli.sumstats import format_float
+
+    array = np.array(values, dtype=np.float64)
+    expected = ["%.10g" % v if np.isfinite(v) else "NA" for v in values]  # noqa: UP031
+    assert format_float(array) == expected
