@@ -29,8 +29,8 @@ validate: $(STAMP)
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python validate/run.py
 
 # Power of GLM, GLM + PCs, MLM, CMLM and ECMLM on traits simulated on the
-# real maize and mouse genotypes (100 replicates per setting, about 14
-# minutes on 2 cores); the table goes to validate/power.md, the curves to
+# real maize and mouse genotypes (100 replicates per setting, about 17
+# minutes on 2 shared cores); the table goes to validate/power.md, the curves to
 # validate/power.png.
 power: $(STAMP)
 	$(BIN)/python validate/power.py

@@ -149,15 +149,24 @@ def make_scans(
         The traits, for the log (none is written without them).
     """
     keys: dict[bytes, list[int]] = {}
+    # Traits fitted together hold the same arrays (one Kc of q^2 numbers for
+    # the set): each array is hashed once.
+    hashed: dict[int, tuple[np.ndarray, bytes]] = {}
+
+    def digest_of(array: np.ndarray) -> bytes:
+        known = hashed.get(id(array))
+        if known is None or known[0] is not array:
+            digest = hashlib.sha256(np.ascontiguousarray(array).tobytes())
+            digest.update(bytes(str(array.shape), "ascii"))
+            known = hashed[id(array)] = (array, digest.digest())
+        return known[1]
+
     for t, (model, r) in enumerate(zip(models, rows, strict=True)):
         if model.q == 0:
             keys[b"alone" + bytes(str(t), "ascii")] = [t]
             continue
-        digest = hashlib.sha256()
-        for array in (np.asarray(r, dtype=np.int64), model.labels, model.Kc, model.X):
-            digest.update(np.ascontiguousarray(array).tobytes())
-            digest.update(bytes(str(array.shape), "ascii"))
-        keys.setdefault(digest.digest(), []).append(t)
+        arrays = (np.asarray(r, dtype=np.int64), model.labels, model.Kc, model.X)
+        keys.setdefault(b"".join(digest_of(a) for a in arrays), []).append(t)
     sets: list[Scanner | SharedScanner | SharedExactScanner] = []
     set_rows, members = [], []
     for group in keys.values():

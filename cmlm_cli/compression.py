@@ -35,7 +35,7 @@ from cmlm_cli.null_model import (
     CompressedBasis,
     NullModel,
     fit_glm,
-    fit_null_basis,
+    fit_null_traits,
 )
 from cmlm_cli.options import GwasOptions
 from cmlm_cli.pcs_selection import PcsRow, cut_pcs, select_pcs
@@ -227,22 +227,58 @@ def fit_level(
     method: str,
     solver: str,
 ) -> Level:
-    """Fit one compression level to one trait.
+    """Fit one compression level to one trait: :func:`fit_level_traits` with one trait."""
+    return fit_level_traits(y[:, None], X, partition, analysed, method=method, solver=solver)[0]
+
+
+def fit_level_traits(
+    Y: np.ndarray,
+    X: np.ndarray,
+    partition: Partition,
+    analysed: np.ndarray,
+    *,
+    method: str,
+    solver: str,
+) -> list[Level]:
+    """Fit one compression level to traits with the same individuals and design.
 
     Groups without an analysed individual are dropped from ``Z`` and ``Kc``.
+    The traits share the level's basis and are searched together
+    (:func:`cmlm_cli.null_model.fit_null_traits`).
 
     Parameters
     ----------
-    y : ndarray, shape (n_a,)
+    Y : ndarray, shape (n_a, T)
     X : ndarray, shape (n_a, p)
     partition : Partition
     analysed : ndarray, shape (n_a,), int
-        Rows of the partition (genotyped individuals) that ``y`` belongs to.
+        Rows of the partition (genotyped individuals) that ``Y`` belongs to.
     method, solver : str
+
+    Returns
+    -------
+    list of Level
+        One per column of ``Y``.
     """
     cluster_labels, labels, basis = partition.basis(analysed)
-    model = fit_null_basis(y, X, basis, method=method, solver=solver)
-    return Level(partition.groups, model, labels, cluster_labels)
+    models = fit_null_traits(Y, X, basis, method=method, solver=solver)
+    return [Level(partition.groups, model, labels, cluster_labels) for model in models]
+
+
+def sharing_sets(traits: Sequence[TraitData]) -> list[list[int]]:
+    """Traits with the same analysed individuals and fixed effects, in order of first appearance.
+
+    Such traits share every level's basis, and their null models are searched
+    together (:func:`fit_level_traits`).
+    """
+    sets: dict[bytes, list[int]] = {}
+    for k, t in enumerate(traits):
+        key = b"".join(
+            np.ascontiguousarray(a).tobytes() + bytes(str(a.shape), "ascii")
+            for a in (np.asarray(t.analysed, dtype=np.int64), np.asarray(t.X, dtype=np.float64))
+        )
+        sets.setdefault(key, []).append(k)
+    return list(sets.values())
 
 
 def choose(levels: Sequence[Level], *, rule: str = "best") -> int:
@@ -479,24 +515,28 @@ def fit_traits(
             results.append(TraitResult(t.name, t.analysed, (), 0, model, pcs_bic=rows, pcs=pcs))
         return results
     if options.model == "mlm":
-        results = []
         # Traits on the same individuals share K's decomposition (q^3, the
-        # dearest part of the fit): one per distinct set of individuals.
-        bases: dict[bytes, CompressedBasis] = {}
-        for t in traits:
+        # dearest part of the fit), and with the same design their search.
+        mlm: dict[int, NullModel] = {}
+        for members in sharing_sets(traits):
+            first = traits[members[0]]
+            labels = np.arange(first.analysed.size)
+            K = rel.K[np.ix_(first.analysed, first.analysed)]
+            basis = CompressedBasis.build(labels, K, vectors=False)
+            Y = np.column_stack([traits[k].y for k in members])
+            fitted = fit_null_traits(
+                Y, first.X, basis, method=options.method, solver=options.solver
+            )
+            mlm.update(zip(members, fitted, strict=True))
+        results = []
+        for k, t in enumerate(traits):
+            model = mlm[k]
             labels = np.arange(t.analysed.size)
-            key = np.asarray(t.analysed, dtype=np.int64).tobytes()
-            if key not in bases:
-                K = rel.K[np.ix_(t.analysed, t.analysed)]
-                bases[key] = CompressedBasis.build(labels, K, vectors=False)
-            basis = bases[key]
-            K = basis.Kc
-            model = fit_null_basis(t.y, t.X, basis, method=options.method, solver=options.solver)
             level = Level(t.analysed.size, model, labels, labels, kinship=options.kinship)
             pcs, rows = None, ()
             if select:
                 pcs, rows, model = select_pcs(
-                    t, labels, K, method=options.method, solver=options.solver
+                    t, labels, model.Kc, method=options.method, solver=options.solver
                 )
                 _log_pcs(t.name, pcs, rows)
                 t = cut_pcs(t, pcs)
@@ -517,34 +557,38 @@ def fit_traits(
         counts = level_counts(options, rel.K.shape[0], p)
         partitions = iter_partitions(rel.K, tree, counts, how=options.group_kinship)
     levels: list[list[Level]] = [[] for _ in traits]
+    sets = sharing_sets(traits)
     for partition in partitions:
-        for t, trait_levels in zip(traits, levels, strict=True):
-            level = fit_level(
-                t.y,
-                t.X,
+        for members in sets:
+            first = traits[members[0]]
+            Y = np.column_stack([traits[k].y for k in members])
+            fits = fit_level_traits(
+                Y,
+                first.X,
                 partition,
-                t.analysed,
+                first.analysed,
                 method=options.method,
                 solver=options.solver,
             )
-            level = dataclasses.replace(
-                level,
-                kinship=options.kinship,
-                cluster=options.cluster,
-                group_kinship=options.group_kinship,
-            )
-            log.info(
-                "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
-                t.name,
-                partition.groups,
-                level.model.q,
-                level.model.neg2logL,
-                level.model.vg,
-                level.model.ve,
-                level.model.h2,
-            )
-            trait_levels.append(level)
-            _release_kinships(trait_levels)
+            for k, level in zip(members, fits, strict=True):
+                level = dataclasses.replace(
+                    level,
+                    kinship=options.kinship,
+                    cluster=options.cluster,
+                    group_kinship=options.group_kinship,
+                )
+                log.info(
+                    "%s: %d groups (%d used): -2logL %.6f vg %.6g ve %.6g h2 %.4f",
+                    traits[k].name,
+                    partition.groups,
+                    level.model.q,
+                    level.model.neg2logL,
+                    level.model.vg,
+                    level.model.ve,
+                    level.model.h2,
+                )
+                levels[k].append(level)
+                _release_kinships(levels[k])
         # The partition holds this level's bases, which the traits shared:
         # drop them before the next level is built.
         del partition

@@ -204,11 +204,18 @@ class ExactScanner(Scanner):
         return self._fit(stats).result
 
     def _fit(
-        self, packed_stats: packed.Statistics, rotated: np.ndarray | None = None
+        self,
+        packed_stats: packed.Statistics,
+        rotated: np.ndarray | None = None,
+        on_grid: dict[str, np.ndarray] | None = None,
     ) -> ExactResult:
-        """The test of a block; ``rotated``: its ``U'G``, made once for a set of traits."""
+        """The test of a block.
+
+        ``rotated`` (its ``U'G``) and ``on_grid`` (:meth:`grid_products`) are
+        made once for a set of traits with the same basis and design.
+        """
         B = packed_stats.ssw.shape[0]
-        stats = self._block_stats(packed_stats, rotated)
+        stats = self._block_stats(packed_stats, rotated, on_grid)
         # Collinearity is a property of x and X, not of d: judged once, at
         # the null fit's d, by the rule of the P3D scan.
         at_null = self._profile(self.reference, stats, np.arange(B), flat=True)
@@ -382,21 +389,47 @@ class ExactScanner(Scanner):
             return np.zeros((0, stats.ssw.shape[0]))
         return self.basis.W.T @ (stats.group_sums / np.sqrt(self.basis.counts)[:, None])
 
+    def grid_products(self, UG: np.ndarray) -> dict[str, np.ndarray]:
+        """What the grid search needs of a block and not of ``y``, shapes (K, B, p) and (K, B).
+
+        On the grid of ``d``, ``X'H^-1x`` and ``X'H^-2x`` of every SNP are one
+        (K x q) by (q x B) product per column of ``X`` and ``x'H^-1x``,
+        ``x'H^-2x`` one more each: the same for every trait with this
+        basis and design, and the dearest part of a trait's search (2p + 2
+        of its 2p + 4 products), so a set of traits makes them once
+        (:class:`cmlm_cli.shared_scan.SharedExactScanner`).
+        """
+        UX, p = self._T[:, :-1], self.exact_lik.p
+        inv, inv2 = self.grid.inv, self.grid.inv2
+        UG2 = UG**2
+        shape = (inv.shape[0], UG.shape[1], p)
+        rot = np.empty(shape)
+        rot2 = np.empty(shape)
+        for i in range(p):
+            rot[..., i] = (inv * UX[:, i]) @ UG
+            rot2[..., i] = (inv2 * UX[:, i]) @ UG
+        return {"rot": rot, "rot2": rot2, "c": inv @ UG2, "c2": inv2 @ UG2}
+
     def _block_stats(
-        self, stats: packed.Statistics, rotated: np.ndarray | None = None
+        self,
+        stats: packed.Statistics,
+        rotated: np.ndarray | None = None,
+        on_grid: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         """The per-SNP statistics that every ``d`` needs, from the scan's."""
         p = self.exact_lik.p
         B = stats.ssw.shape[0]
         UG = self.rotate(stats) if rotated is None else rotated
+        if on_grid is None:
+            on_grid = self.grid_products(UG)
         XwG = np.zeros((B, p))
         XwG[:, self._used] = stats.dots[:-1].T
         # The dots hold y_w'x for the trait itself; y here is its residual.
         ywG = stats.dots[-1] - self._y_ols[self._used] @ stats.dots[:-1]
         return {
             "UG": UG,
-            "UG2": UG**2,
             "UGT": np.ascontiguousarray(UG.T),  # rows gathered per SNP
+            **{f"grid_{name}": value for name, value in on_grid.items()},
             "XwG": XwG,
             "ywG": ywG,
             "GwGw": stats.ssw,
@@ -408,7 +441,8 @@ class ExactScanner(Scanner):
         """H^-1 and H^-2 products of the SNPs ``snps``.
 
         ``flat``: the k-th SNP at the k-th ``d`` of ``null`` (shape (S,));
-        otherwise every SNP at every ``d`` (shape (K, S)), as matrix products.
+        otherwise every SNP at every ``d`` of the grid (shape (K, S)), the
+        parts without ``y`` from :meth:`grid_products`.
         """
         T, p = self._T, self.exact_lik.p
         XwG, ywG, GwGw = stats["XwG"][snps], stats["ywG"][snps], stats["GwGw"][snps]
@@ -424,15 +458,16 @@ class ExactScanner(Scanner):
             b, b2 = rot[:, :p] + XwG / dd, rot2[:, :p] + XwG / dd**2
             f, f2 = rot[:, p] + ywG / d, rot2[:, p] + ywG / d**2
         else:
-            UG, UG2 = stats["UG"][:, snps], stats["UG2"][:, snps]
-            # One (K x q) by (q x S) product per column of [X, y].
-            rot = np.stack([(null.inv * T[:, i]) @ UG for i in range(p + 1)], axis=-1)
-            rot2 = np.stack([(null.inv2 * T[:, i]) @ UG for i in range(p + 1)], axis=-1)
-            c, c2 = null.inv @ UG2, null.inv2 @ UG2
+            assert null is self.grid
+            UG = stats["UG"][:, snps]
+            # The y column's two (K x q) by (q x S) products; X's and x'x's
+            # come with the block.
+            rot, rot2 = stats["grid_rot"][:, snps], stats["grid_rot2"][:, snps]
+            c, c2 = stats["grid_c"][:, snps], stats["grid_c2"][:, snps]
             dd = d[:, None, None]
-            b, b2 = rot[..., :p] + XwG[None] / dd, rot2[..., :p] + XwG[None] / dd**2
-            f = rot[..., p] + ywG[None] / d[:, None]
-            f2 = rot2[..., p] + ywG[None] / d[:, None] ** 2
+            b, b2 = rot + XwG[None] / dd, rot2 + XwG[None] / dd**2
+            f = (null.inv * T[:, p]) @ UG + ywG[None] / d[:, None]
+            f2 = (null.inv2 * T[:, p]) @ UG + ywG[None] / d[:, None] ** 2
         dv = d if flat else d[:, None]
         return _Forms(b, f, c + GwGw / dv, b2, f2, c2 + GwGw / dv**2)
 

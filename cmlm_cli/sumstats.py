@@ -65,13 +65,37 @@ def format_float(values: np.ndarray, digits: int = 10) -> list[str]:
     # The scan writes millions of these: math.isfinite and %-formatting (the
     # same text as f"{v:.10g}") cost a third of np.isfinite on a scalar.
     spec = f"%.{digits}g"
-    finite = math.isfinite
     missing = files.MISSING
+    known = np.isfinite(values)
+    if values.size and known.any():
+        tested = values[known]
+        first = tested[0]
+        if np.all(tested == first) and np.all(np.signbit(tested) == np.signbit(first)):
+            # One value and NAs (R^2 without the SNP, the same for every
+            # tested SNP of a trait): formatted once.
+            text = spec % first
+            return [text if k else missing for k in known.tolist()]
+    finite = math.isfinite
     return [spec % v if finite(v) else missing for v in values.tolist()]
 
 
+def snp_columns(bfile: plink.Bfile, snp_index: np.ndarray) -> dict[str, np.ndarray]:
+    """The columns that name the SNPs of a block: the same for every trait."""
+    return {
+        "chromosome": bfile.chrom[snp_index],
+        "base_pair_location": bfile.pos[snp_index],
+        "effect_allele": bfile.a1[snp_index],
+        "other_allele": bfile.a2[snp_index],
+        "variant_id": bfile.snp[snp_index],
+    }
+
+
 def sumstats_columns(
-    bfile: plink.Bfile, snp_index: np.ndarray, res: ScanResult, n_analysed: int
+    bfile: plink.Bfile,
+    snp_index: np.ndarray,
+    res: ScanResult,
+    n_analysed: int,
+    snps: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """The columns of :data:`SCANNED_COLUMNS` for one block of one trait.
 
@@ -83,21 +107,19 @@ def sumstats_columns(
     res : ScanResult
     n_analysed : int
         Individuals in the trait's model.
+    snps : dict, optional
+        :func:`snp_columns` of the block, made once for every trait.
 
     Returns
     -------
     dict of str to ndarray, each of shape (B,)
     """
     return {
-        "chromosome": bfile.chrom[snp_index],
-        "base_pair_location": bfile.pos[snp_index],
-        "effect_allele": bfile.a1[snp_index],
-        "other_allele": bfile.a2[snp_index],
+        **(snp_columns(bfile, snp_index) if snps is None else snps),
         "beta": res.beta,
         "standard_error": res.se,
         "effect_allele_frequency": res.af,
         "p_value": res.p,
-        "variant_id": bfile.snp[snp_index],
         # GWAS-SSF's n is per variant: the analysed individuals with a
         # called genotype (the others carry the imputed mean).
         "n": n_analysed - res.n_miss,
@@ -109,22 +131,37 @@ def sumstats_columns(
     }
 
 
-def sumstats_rows(columns: dict[str, np.ndarray]) -> list[str]:
+def sumstats_rows(
+    columns: dict[str, np.ndarray],
+    formatted: dict[str, tuple[np.ndarray, list[str]]] | None = None,
+) -> list[str]:
     """Tab-separated lines (with newline) for one block of SNPs.
 
     Parameters
     ----------
     columns : dict
         Arrays of shape (B,) keyed by :data:`SCANNED_COLUMNS`.
+    formatted : dict, optional
+        The text of columns of this block already written for another
+        trait, by name: a column that is the same array is not formatted
+        again (the SNPs' names and positions for every trait, the allele
+        frequencies and missing calls for the traits of a set). Updated.
     """
     text = []
     for name in SCANNED_COLUMNS:
         values = columns[name]
+        done = None if formatted is None else formatted.get(name)
+        if done is not None and done[0] is values:
+            text.append(done[1])
+            continue
         if values.dtype.kind == "f":
             digits = 6 if name == "effect_allele_frequency" else 10
-            text.append(format_float(values, digits))
+            strings = format_float(values, digits)
         else:
-            text.append(list(map(str, values.tolist())))
+            strings = list(map(str, values.tolist()))
+        if formatted is not None:
+            formatted[name] = (values, strings)
+        text.append(strings)
     return [line + "\n" for line in map("\t".join, zip(*text, strict=True))]
 
 
@@ -189,10 +226,11 @@ def write_lines(
     p: list[list[np.ndarray]] = [[] for _ in handles]
     with Progress(total, block_size, n_blocks=n_blocks, bar=progress_bar) as progress:
         for snp_index, results in blocks:
+            snps = snp_columns(bfile, snp_index)
+            formatted: dict[str, tuple[np.ndarray, list[str]]] = {}
             for k, res in enumerate(results):
-                handles[k].writelines(
-                    sumstats_rows(sumstats_columns(bfile, snp_index, res, n_analysed[k]))
-                )
+                columns = sumstats_columns(bfile, snp_index, res, n_analysed[k], snps)
+                handles[k].writelines(sumstats_rows(columns, formatted))
                 t2[k].append(res.t**2)
                 p[k].append(res.p)
             progress.advance(snp_index.size)

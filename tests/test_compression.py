@@ -151,3 +151,33 @@ def test_counts_above_the_micro_clusters_formed_are_fitted_at_that_count(caplog)
     assert compression.level_counts(options, 60, 2, micro=True) == [50, 40, 10]
     assert compression.level_counts(GwasOptions(), 60, 2, micro=True) == [60, 10]
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("model", ["cmlm", "mlm"])
+def test_traits_searched_together_get_their_fits_alone(tmp_path, model):
+    # fit_traits searches the traits with the same individuals and design
+    # together (sharing_sets); each trait's levels and choice are those of
+    # its run alone. The third trait misses two lines: a set of its own.
+    data = Path(__file__).resolve().parent.parent / "data"
+    rng = np.random.default_rng(12)
+    fam = [line.split() for line in (data / "mdp.fam").read_text().splitlines()]
+    values = rng.normal(size=(len(fam), 3))
+    values[:, :2] += rng.normal(size=(len(fam), 1)) * np.array([1.5, 0.6])
+    cells = [[f"{v:.6f}" for v in row] for row in values]
+    cells[3][2] = cells[10][2] = "NA"
+    path = tmp_path / "three.tsv"
+    path.write_text("FID\tIID\tt1\tt2\tt3\n" + "".join(
+        f"{f[0]}\t{f[1]}\t" + "\t".join(row) + "\n" for f, row in zip(fam, cells, strict=True)))
+    options = GwasOptions(model=model, groups="281,150,40", blup=False)
+    inputs = load_inputs(str(data / "mdp"), str(path), options)
+    traits = pipeline.trait_designs(inputs, pipeline.build_relationship(inputs, options), options)
+    assert compression.sharing_sets(traits) == [[0, 1], [2]]
+    together = pipeline.fit_inputs(inputs, options)
+    for name, fit in zip(("t1", "t2", "t3"), together, strict=True):
+        alone = pipeline.fit_inputs(load_inputs(str(data / "mdp"), str(path), GwasOptions(
+            model=model, groups="281,150,40", blup=False, pheno_names=(name,))), options)[0]
+        assert fit.chosen == alone.chosen
+        assert len(fit.levels) == len(alone.levels) == (3 if model == "cmlm" else 1)
+        for a, b in zip(fit.levels, alone.levels, strict=True):
+            assert a.model.neg2logL == pytest.approx(b.model.neg2logL, rel=1e-12)
+            assert a.model.delta == pytest.approx(b.model.delta, rel=1e-9)

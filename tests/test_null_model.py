@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import incidence
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from oracle import dense_profile, h_matrix, incidence
 
 from cmlm_cli import null_model
 from cmlm_cli.null_model import CompressedBasis, CompressedLikelihood, fit_null, fit_null_basis
@@ -183,3 +185,138 @@ def test_brent_root_refuses_an_unbracketed_interval_and_takes_exact_ends():
         null_model.brent_root(lambda x: x * x + 1, -1.0, 1.0, xtol=1e-12)
     assert null_model.brent_root(lambda x: x - 1.0, 1.0, 3.0, xtol=1e-12) == (1.0, 2)
     assert null_model.brent_root(lambda x: x - 3.0, 1.0, 3.0, xtol=1e-12) == (3.0, 2)
+
+
+# --- Many traits at once (null_model.TraitProfiles, fit_null_traits) -------
+
+
+def traits_panel(seed: int, n: int = 120, q: int = 40, traits: int = 5):
+    """Traits on one design and grouping: h2 from 0 (pure noise) to near 1."""
+    _, X, labels, Kc = grouped_panel(seed, n=n, q=q)
+    rng = np.random.default_rng(seed + 100)
+    root = np.linalg.cholesky(Kc + 1e-9 * np.eye(q))
+    scales = [0.0, 0.3, 1.0, 3.0, 10.0][:traits]
+    Y = np.column_stack([X @ [2.0, -1.0] + s * (root @ rng.normal(size=q))[labels]
+                         + rng.normal(size=n) for s in scales])
+    return Y, X, labels, Kc
+
+
+@pytest.mark.parametrize("factored", [False, True])
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_trait_profiles_are_each_traits_profile(monkeypatch, factored, method):
+    # The vectorised profile (all traits, every d of the grid) against the
+    # single-trait CompressedLikelihood, value and slope, on the eigenbasis
+    # and on the tridiagonal reduction; and against the dense n x n formulas.
+    if factored:
+        monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    Y, X, labels, Kc = traits_panel(6)
+    basis = CompressedBasis.build(labels, Kc, vectors=False)
+    assert (basis.factors is not None) == factored
+    profiles = null_model.TraitProfiles(Y, X, basis, method)
+    ds = np.exp(np.linspace(-10, 10, 101))
+    on_grid = profiles.evaluate(ds)
+    assert on_grid.value.shape == on_grid.slope.shape == (101, Y.shape[1])
+    for t in range(Y.shape[1]):
+        lik = CompressedLikelihood(Y[:, t], X, basis)
+        for k in range(0, 101, 10):
+            scale = max(1.0, abs(lik.neg2loglik(ds[k], method)))
+            assert abs(on_grid.value[k, t] - lik.neg2loglik(ds[k], method)) < 1e-12 * scale
+            assert on_grid.slope[k, t] == pytest.approx(lik.slope(ds[k], method), rel=1e-9,
+                                                        abs=1e-9 * scale)
+        for d in (0.05, 1.3, 40.0):
+            dense = dense_profile(h_matrix(d, labels, Kc), Y[:, t], X, method=method)
+            one = profiles.evaluate(np.array([d]), trait=t)
+            assert one.value[0, 0] == pytest.approx(dense.neg2logL, rel=1e-11)
+            # The dense derivative is in d; the profile's slope in log d.
+            assert one.slope[0, 0] == pytest.approx(d * dense.derivative, rel=1e-8, abs=1e-8)
+            np.testing.assert_allclose(one.beta[0, 0], dense.beta, rtol=1e-10)
+    limit = profiles.evaluate(np.array([np.inf]))
+    for t in range(Y.shape[1]):
+        lik = CompressedLikelihood(Y[:, t], X, basis)
+        assert limit.value[0, t] == pytest.approx(lik.neg2loglik(np.inf, method), rel=1e-12)
+
+
+@pytest.mark.parametrize("factored", [False, True])
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_traits_fitted_together_are_the_dense_optimum(monkeypatch, factored, method):
+    # Each trait's fit in the set is a maximum of the dense profile (its
+    # derivative vanishes, or the optimum is the limit h2 = 0, whose value
+    # the dense GLM gives), the same as its fit alone, and no worse than Newton's.
+    if factored:
+        monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    Y, X, labels, Kc = traits_panel(7)
+    basis = CompressedBasis.build(labels, Kc, vectors=False)
+    together = null_model.fit_null_traits(Y, X, basis, method=method)
+    assert [m.h2 for m in together][0] < 0.2 < together[-1].h2
+    for t, model in enumerate(together):
+        alone = fit_null_basis(Y[:, t], X, basis, method=method)
+        assert model.neg2logL == pytest.approx(alone.neg2logL, rel=1e-12)
+        assert model.h2 == pytest.approx(alone.h2, rel=1e-9, abs=1e-12)
+        newton = fit_null_basis(Y[:, t], X, basis, method=method, solver="newton")
+        assert model.neg2logL <= newton.neg2logL + 1e-9 * abs(newton.neg2logL)
+        if np.isinf(model.delta):
+            glm = dense_profile(np.eye(Y.shape[0]), Y[:, t], X, method=method)
+            assert model.neg2logL == pytest.approx(glm.neg2logL, rel=1e-11)
+            continue
+        dense = dense_profile(h_matrix(model.delta, labels, Kc), Y[:, t], X, method=method)
+        assert model.neg2logL == pytest.approx(dense.neg2logL, rel=1e-11)
+        assert model.vg == pytest.approx(dense.sigma2, rel=1e-9)
+        np.testing.assert_allclose(model.beta, dense.beta, rtol=1e-9)
+        if model.delta > np.exp(-10) * 1.0001:
+            # An interior optimum: the derivative of the dense profile vanishes.
+            assert abs(dense.derivative) * model.delta < 1e-6
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.permutations(range(5)), st.integers(1, 5))
+def test_any_subset_and_order_of_traits_gives_each_its_fit(order, size):
+    Y, X, labels, Kc = traits_panel(8)
+    basis = CompressedBasis.build(labels, Kc, vectors=False)
+    reference = null_model.fit_null_traits(Y, X, basis)
+    chosen = list(order[:size])
+    for t, model in zip(chosen, null_model.fit_null_traits(Y[:, chosen], X, basis), strict=True):
+        assert model.neg2logL == pytest.approx(reference[t].neg2logL, rel=1e-12)
+        assert model.delta == pytest.approx(reference[t].delta, rel=1e-9)
+        assert np.array_equal(model.y, Y[:, t])
+
+
+def test_trait_profiles_take_the_eigenvalues_below_rounding(monkeypatch):
+    # Where T + d I does not factor, the set moves to T's eigenvectors with
+    # the eigenvalues clipped at 0 (as CompressedLikelihood does) and gives
+    # the full decomposition's numbers from then on.
+    monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    Y, X, labels, _ = traits_panel(9)
+    A = np.random.default_rng(3).normal(size=(40, 4))
+    factored = CompressedBasis.build(labels, A @ A.T, vectors=False)
+    full = CompressedBasis.build(labels, A @ A.T)
+    profiles = null_model.TraitProfiles(Y, X, factored, "reml")
+    reference = null_model.TraitProfiles(Y, X, full, "reml")
+    low = profiles.evaluate(np.array([1e-30, 0.5]))
+    assert np.all(np.isfinite(low.value))
+    expected = reference.evaluate(np.array([1e-30, 0.5]))
+    np.testing.assert_allclose(low.value, expected.value, rtol=1e-12)
+    np.testing.assert_allclose(low.slope, expected.slope, rtol=1e-8, atol=1e-8)
+
+
+def test_a_kinship_that_is_not_psd_is_fitted_as_its_nearest_psd_matrix(monkeypatch):
+    # max/min/median group kinships are rarely PSD: the factored level is
+    # decomposed once more, in full, and fitted in that eigenbasis with the
+    # negative eigenvalues set to 0; the same model as the full decomposition.
+    monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    Y, X, labels, Kc = traits_panel(10)
+    bent = Kc - 0.3 * np.diag(np.diag(Kc))
+    bent[0, 1] = bent[1, 0] = bent[0, 1] + 2.0
+    root = np.sqrt(np.bincount(labels).astype(float))
+    s, W = np.linalg.eigh(bent * np.outer(root, root))
+    assert s.min() < -1e-3 * s.max()
+    nearest = (W * np.clip(s, 0, None)) @ W.T / np.outer(root, root)
+    factored = CompressedBasis.build(labels, bent, vectors=False)
+    full = CompressedBasis.build(labels, bent)
+    assert factored.factors is None
+    np.testing.assert_allclose(factored.Kc, nearest, atol=1e-12 * np.abs(nearest).max())
+    for a, b in zip(null_model.fit_null_traits(Y, X, factored),
+                    null_model.fit_null_traits(Y, X, full), strict=True):
+        assert a.neg2logL == pytest.approx(b.neg2logL, rel=1e-12)
+        H = np.eye(a.n) if np.isinf(a.delta) else h_matrix(a.delta, labels, nearest)
+        dense = dense_profile(H, a.y, X, method="reml")
+        assert a.neg2logL == pytest.approx(dense.neg2logL, rel=1e-10)

@@ -44,3 +44,43 @@ def test_equals_scipy_and_does_not_depend_on_the_order(values, rnd):
     order = list(range(p.size))
     rnd.shuffle(order)
     np.testing.assert_array_equal(fdr_bh(p[order]), q[order])
+
+
+def test_columns_shared_between_traits_are_formatted_once_and_alike():
+    # A block's lines with the text of shared columns reused (the SNPs'
+    # names, a set's frequencies) are those formatted column by column.
+    from cmlm_cli import sumstats
+
+    rng = np.random.default_rng(4)
+    B = 50
+    shared = {
+        "chromosome": np.array(["1"] * B), "base_pair_location": np.arange(B) * 100,
+        "effect_allele": np.array(["A"] * B), "other_allele": np.array(["G"] * B),
+        "variant_id": np.array([f"s{i}" for i in range(B)]),
+        "effect_allele_frequency": rng.uniform(size=B), "n_missing_calls": np.arange(B) % 3,
+    }
+    formatted: dict = {}
+    for _ in range(3):
+        own = {name: rng.normal(size=B) for name in sumstats.SCANNED_COLUMNS
+               if name not in shared}
+        own["n"], own["df"] = np.full(B, 90), np.full(B, 87)
+        own["p_value"][3] = np.nan
+        columns = {**shared, **own}
+        assert sumstats.sumstats_rows(columns, formatted) == sumstats.sumstats_rows(columns)
+        assert formatted["variant_id"][0] is shared["variant_id"]
+    # A column with the same name but another array is formatted anew.
+    other = {**columns, "effect_allele_frequency": rng.uniform(size=B)}
+    assert sumstats.sumstats_rows(other, formatted) == sumstats.sumstats_rows(other)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from([0.5, -0.0, 0.0, 1e-300, 0.1234567890123, np.nan, np.inf]),
+                max_size=8))
+def test_float_text_is_percent_g_whichever_values_repeat(values):
+    # A column of one repeated value (and NAs) is formatted once: the same
+    # text as value by value, signed zeros and infinities included.
+    from cmlm_cli.sumstats import format_float
+
+    array = np.array(values, dtype=np.float64)
+    expected = ["%.10g" % v if np.isfinite(v) else "NA" for v in values]  # noqa: UP031
+    assert format_float(array) == expected

@@ -58,8 +58,6 @@ Measures (per model and setting)
 Usage::
 
     python validate/power.py                  # both panels, 100 replicates
-                                              # (ecmlm on the maize only:
-                                              # DEFAULT_SKIP)
     python validate/power.py --quick          # maize, 3 replicates, a few seconds
     python validate/power.py --models glm,mlm --replicates 20 --panels maize
 
@@ -137,14 +135,6 @@ LINE_STYLES: dict[str, dict[str, object]] = {
     "mlm": {"color": "tab:green", "lw": 2.6, "alpha": 0.6},
     "cmlm": {"color": "tab:red", "lw": 1.3, "ls": "--"},
     "ecmlm": {"color": "black", "lw": 1.3, "ls": ":"},
-}
-# Left out of the default study (an explicit --models runs them anyway): the
-# enriched search (28 clustering x group-kinship combinations, each over the
-# group grid) took 557 s for 2 mouse replicates (n 1,814) on 2 cores, about
-# 8 h for 100, against 30 minutes for the whole study.
-DEFAULT_SKIP: dict[str, dict[str, str]] = {
-    "mouse": {"ecmlm": "its enriched search took 557 s for 2 replicates at n = 1,814 on 2 "
-              "cores (about 8 h for 100); run it with `--panels mouse --models ecmlm`"},
 }
 STRUCTURE_PCS = 3
 ALPHAS = (1e-3, 1e-2)
@@ -641,7 +631,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "h2": "0.7" if quick else "0.3,0.7",
         "qtns": "10" if quick else "10,50",
     }
-    args.explicit = [k for k in defaults if getattr(args, k) is not None]
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -725,23 +714,21 @@ def main(argv: list[str] | None = None) -> Path:
         msg = f"unknown panel(s) {', '.join(unknown)}; choose among {', '.join(PANELS)}"
         raise SystemExit(msg)
     check_models(models)
-    skipped = {} if "models" in args.explicit else DEFAULT_SKIP
     settings = [Setting(panel, float(h2), int(k))
                 for panel in panels for h2 in _list(args.h2) for k in _list(args.qtns)]
     measures: dict[Setting, dict[str, Measures]] = {}
     seconds: dict[Setting, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="cmlm-power-") as scratch:
         for name in panels:
-            kept = [m for m in models if m not in skipped.get(name, {})]
             mine = [s for s in settings if s.panel == name]
             for setting, (by_model, times) in zip(
-                    mine, study_panel(PANELS[name], mine, kept, args.replicates, args.seed,
+                    mine, study_panel(PANELS[name], mine, models, args.replicates, args.seed,
                                       Path(scratch)), strict=True):
                 measures[setting], seconds[setting] = by_model, times
     total = time.perf_counter() - started
     figure = Path(args.figure)
     draw(measures, figure)
-    text = report(args, argv, measures, seconds, total, figure, skipped)
+    text = report(args, argv, measures, seconds, total, figure)
     out_path = Path(args.out)
     out_path.write_text(text)
     print(text)
@@ -751,13 +738,9 @@ def main(argv: list[str] | None = None) -> Path:
 
 def report(args: argparse.Namespace, argv: list[str] | None,
            measures: dict[Setting, dict[str, Measures]],
-           seconds: dict[Setting, dict[str, float]], total: float, figure: Path,
-           skipped: dict[str, dict[str, str]]) -> str:
+           seconds: dict[Setting, dict[str, float]], total: float, figure: Path) -> str:
     """The Markdown file: settings, command, table, time."""
     panels = [PANELS[p] for p in _list(args.panels)]
-    left_out = [f"- not run: {model} on the {panel}: {why}"
-                for panel in _list(args.panels) for model, why in skipped.get(panel, {}).items()
-                if model in _list(args.models)]
     lines = [
         "# Power on real genotypes (GLM, GLM + PCs, MLM, CMLM, ECMLM)",
         "",
@@ -773,7 +756,6 @@ def report(args: argparse.Namespace, argv: list[str] | None,
         f"- models: {', '.join(f'{m} (`{chr(32).join(MODELS[m])}`)' for m in _list(args.models))}"
         f"; every run `cmlm gwas --bfile PANEL --pheno TABLE --out PREFIX "
         f"{' '.join(COMMON)}` (all replicates of a setting in one run)",
-        *left_out,
         "- power at empirical type I error alpha: share of QTNs whose own p-value is at most "
         "the floor(alpha N)-th smallest of the model's N non-QTN p-values pooled over the "
         "replicates; Bonferroni: p <= 0.05 / SNPs tested; lambda_GC: median over replicates "
