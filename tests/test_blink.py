@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multilocus_oracle import DenseGenotypes, gapit_coded
 
-from cmlm_cli import blink
-from cmlm_cli.blink import bic_prefix, bic_values, qtn_p_values, run_blink
+from cmlm_cli import blink, multilocus
+from cmlm_cli.blink import bic_prefix, bic_values, run_blink
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GAPIT = TEST_DATA / "gapit_multilocus"
@@ -63,6 +63,8 @@ def maize(request):
     trait = request.param
     genotypes, y, iid, snp = gapit_coded(DATA / "mdp", PHENO[trait], trait)
     result = run_blink(genotypes, y, np.ones((len(y), 1)))
+    # One scan per iteration: the pseudo-QTNs' own p-values come with it.
+    assert genotypes.scans == len(result.iterations)
     return trait, genotypes, y, snp, result, iid
 
 
@@ -78,7 +80,7 @@ def test_gapit_compatibility_changes_nothing_on_gapits_runs(maize):
     # No covariates, no tied candidates, fewer than 1,000 candidates: the
     # departures from GAPIT (docs/blink.md) do not arise.
     _, genotypes, y, _, result, _ = maize
-    gapit = run_blink(genotypes, y, np.ones((len(y), 1)), gapit=True)
+    gapit = run_blink(genotypes, y, np.ones((len(y), 1)), rules="gapit")
     assert gapit.iterations == result.iterations
     np.testing.assert_array_equal(gapit.p, result.p)
 
@@ -150,18 +152,23 @@ def brute_force_qtn_p(y, W, G, k):
     return best
 
 
-def test_pseudo_qtn_p_values_are_the_smallest_over_every_snps_model():
+def test_covariate_p_values_are_the_smallest_over_every_snps_model():
+    # BLINK's pseudo-QTN p-values are the scan's covariate_p: the package's
+    # partitioned inverse and the oracle's drop-one-column F-tests against a
+    # least-squares fit of every SNP's model, for every column of the design.
     rng = np.random.default_rng(5)
     n, m = 40, 25
     G = rng.integers(0, 3, size=(n, m)).astype(float)
     G[:, 7] = G[:, 3]  # a duplicate of a pseudo-QTN: its model cannot be fitted
     y = G[:, 3] - 0.8 * G[:, 11] + rng.normal(size=n)
-    genotypes = DenseGenotypes(G, np.full(m, "1"), np.arange(m))
+    chromosome, position = np.full(m, "1"), np.arange(m)
     X = np.column_stack([np.ones(n), rng.normal(size=n)])
     W = np.column_stack([X, G[:, [3, 11, 20]]])
-    ours = qtn_p_values(genotypes, y, W, genotypes.scan(y, W), qtns=np.array([3, 11, 20]))
-    expected = [brute_force_qtn_p(y, W, G, 2 + k) for k in range(3)]
-    np.testing.assert_allclose(ours, expected, rtol=1e-9)
+    expected = [brute_force_qtn_p(y, W, G, k) for k in range(W.shape[1])]
+    oracle = DenseGenotypes(G, chromosome, position).scan(y, W).covariate_p
+    package = multilocus.DenseGenotypes(G, chromosome, position).scan(y, W).covariate_p
+    np.testing.assert_allclose(oracle, expected, rtol=1e-9)
+    np.testing.assert_allclose(package, expected, rtol=1e-9)
 
 
 def test_oracle_scan_is_least_squares():
@@ -227,9 +234,9 @@ def test_bic_models_hold_the_covariates_unless_gapit(monkeypatch):
     monkeypatch.setattr(blink, "bic_prefix", spy)
     G, y, chromosome, position = simulated(1)
     X = np.column_stack([np.ones(len(y)), np.linspace(-1, 1, len(y))])
-    for gapit, columns in ((False, 2), (True, 1)):
+    for rules, columns in (("cmlm", 2), ("gapit", 1)):
         seen.clear()
-        run_blink(DenseGenotypes(G, chromosome, position), y, X, gapit=gapit)
+        run_blink(DenseGenotypes(G, chromosome, position), y, X, rules=rules)
         assert seen
         assert set(seen) == {columns}
 
@@ -339,11 +346,11 @@ def test_tied_duplicates_are_chosen_by_position_not_input_order():
     G[:, 70] = G[:, 5]
     swapped = np.arange(m)
     swapped[[5, 70]] = [70, 5]
-    for gapit, first, second in ((False, 5, 5), (True, 5, 70)):
+    for rules, first, second in (("cmlm", 5, 5), ("gapit", 5, 70)):
         ours = run_blink(DenseGenotypes(G, chromosome, position), y, np.ones((len(y), 1)),
-                         gapit=gapit)
+                         rules=rules)
         moved = run_blink(DenseGenotypes(G[:, swapped], chromosome[swapped], position[swapped]),
-                          y, np.ones((len(y), 1)), gapit=gapit)
+                          y, np.ones((len(y), 1)), rules=rules)
         assert first in ours.qtns.tolist()
         assert 70 not in ours.qtns.tolist()
         assert second in swapped[moved.qtns].tolist()
@@ -364,7 +371,7 @@ def test_nothing_found_leaves_the_plain_scan_or_gapits_rescaled_one():
     np.testing.assert_array_equal(ours.p, plain)
     # GAPIT: -log10 p divided by -log10(5% quantile) / 1.3, capped at 1; the
     # 5% quantile of 101 values is the 6th smallest, now 10^-1.3.
-    gapit = run_blink(genotypes, y, one, gapit=True)
+    gapit = run_blink(genotypes, y, one, rules="gapit")
     scale = -math.log10(np.sort(plain)[5]) / 1.3
     np.testing.assert_allclose(gapit.p, np.minimum(plain ** (1 / scale), 1.0), rtol=1e-12)
     assert np.sort(gapit.p)[5] == pytest.approx(10 ** -1.3, rel=1e-12)
