@@ -8,13 +8,13 @@ factor whose levels are its genotype values (0, 1, 2), with its own variance
 without an n x n matrix: with ``Z`` the (n, q) indicators of all the levels
 (q <= 3k) and ``L = diag(theta)`` the relative standard deviations
 ``theta_j = sqrt(s_j / s_e)`` repeated over each SNP's levels (lme4's
-parameters), ``V = s_e (I + Z L L Z')``, and Woodbury's identity gives every
-term of the profiled REML deviance from q x q and p x p matrices:
+parameters), ``V = s_e (I + Z L L Z')``, and every term of the profiled REML
+deviance comes from a QR of ``2q + p + 1`` rows (never n x n):
 
     d(theta) = log|I + L Z'Z L| + log|X'H^-1 X| + (n - p) (1 + log(2 pi r'H^-1 r / (n - p)))
 
 with ``H = I + Z L L Z'`` and ``r`` the generalised least-squares residual;
-``s_e = r'H^-1 r / (n - p)``. The deviance is minimised over ``theta >= 0``
+``s_e = r'H^-1 r / (n - p)``. The deviance is minimised over ``theta^2 >= 0``
 from lme4's start (every ``theta = 1``).
 """
 
@@ -55,42 +55,49 @@ def variance_explained(y: np.ndarray, X: np.ndarray, Q: np.ndarray) -> np.ndarra
     Z = np.hstack(blocks)
     reml = _Reml(y, X, Z, owner)
     k = Q.shape[1]
-    best = scipy.optimize.minimize(reml.deviance, np.ones(k), method="L-BFGS-B",
-                                   bounds=[(0.0, None)] * k,
+    # Over the variance ratios theta^2 rather than theta: the deviance is a
+    # function of theta^2, so its slope in theta_j is 0 at theta_j = 0 and a
+    # gradient method that reaches 0 there stays, whatever the slope beyond.
+    best = scipy.optimize.minimize(lambda ratio: reml.deviance(np.sqrt(ratio)), np.ones(k),
+                                   method="L-BFGS-B", bounds=[(0.0, None)] * k,
                                    options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 10_000})
-    theta = best.x
+    theta = np.sqrt(best.x)
     s_e = reml.residual_variance(theta)
     s = s_e * theta ** 2
     return 100 * s / (s.sum() + s_e)
 
 
 class _Reml:
-    """The profiled REML deviance of ``y = X b + Z u + e`` from cross-products (q x q, p x p)."""
+    """The profiled REML deviance of ``y = X b + Z u + e`` from one small QR per evaluation.
+
+    The three terms are read off the R factor of the augmented matrix
+    ``[[Z L, X, y], [I_q, 0, 0]]`` (the columns of ``[Z L; I]`` first): its
+    first q diagonal entries give ``log|I + L Z'Z L| = log|H|``, the next p
+    ``log|X'H^-1 X|`` (the Schur complement is ``X'H^-1 X``) and the last
+    ``r'H^-1 r``. A QR keeps these accurate where the products do not: the
+    intercept lies in the span of every SNP's level indicators, so with large
+    ``theta`` (an optimiser's trial step) ``X'X - X'Z L M^-1 L Z'X`` is the
+    difference of two nearly equal numbers and can come out negative. The n
+    rows of ``[Z, X, y]`` are replaced once by its own R factor (the same inner
+    products), so each evaluation works on ``2q + p + 1`` rows.
+    """
 
     def __init__(self, y: np.ndarray, X: np.ndarray, Z: np.ndarray, owner: np.ndarray):
         self.n, self.p = X.shape
+        self.q = Z.shape[1]
         self.owner = owner
-        self.ZZ, self.ZX, self.Zy = Z.T @ Z, Z.T @ X, Z.T @ y
-        self.XX, self.Xy, self.yy = X.T @ X, X.T @ y, float(y @ y)
+        self.R = scipy.linalg.qr(np.column_stack([Z, X, y]), mode="r")[0]
+        self.lower = np.hstack([np.eye(self.q), np.zeros((self.q, self.p + 1))])
 
     def _parts(self, theta: np.ndarray) -> tuple[float, float, float]:
         """``log|H|``, ``log|X'H^-1 X|`` and ``r'H^-1 r`` at ``theta``."""
-        lam = theta[self.owner]
-        # H^-1 = I - Z L (I + L Z'Z L)^-1 L Z'
-        M = np.eye(len(lam)) + lam[:, None] * self.ZZ * lam[None, :]
-        chol = np.linalg.cholesky(M)
-        logdet_H = 2 * float(np.sum(np.log(np.diag(chol))))
-        LZX = lam[:, None] * self.ZX
-        LZy = lam * self.Zy
-        solve_X = scipy.linalg.cho_solve((chol, True), LZX)
-        solve_y = scipy.linalg.cho_solve((chol, True), LZy)
-        XHX = self.XX - LZX.T @ solve_X
-        XHy = self.Xy - LZX.T @ solve_y
-        yHy = self.yy - float(LZy @ solve_y)
-        chol_X = np.linalg.cholesky(XHX)
-        beta = scipy.linalg.cho_solve((chol_X, True), XHy)
-        rHr = yHy - float(XHy @ beta)
-        return logdet_H, 2 * float(np.sum(np.log(np.diag(chol_X)))), rHr
+        upper = self.R.copy()
+        upper[:, : self.q] *= theta[self.owner]
+        diagonal = np.abs(np.diag(scipy.linalg.qr(np.vstack([upper, self.lower]), mode="r")[0]))
+        q, p = self.q, self.p
+        logdet_H = 2 * float(np.sum(np.log(diagonal[:q])))
+        logdet_X = 2 * float(np.sum(np.log(diagonal[q : q + p])))
+        return logdet_H, logdet_X, float(diagonal[q + p]) ** 2
 
     def deviance(self, theta: np.ndarray) -> float:
         logdet_H, logdet_X, rHr = self._parts(theta)
