@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.linalg
 import scipy.optimize
 
 
@@ -86,14 +85,16 @@ class _Reml:
         self.n, self.p = X.shape
         self.q = Z.shape[1]
         self.owner = owner
-        self.R = scipy.linalg.qr(np.column_stack([Z, X, y]), mode="r")[0]
+        # Economic: at most q + p + 1 rows.
+        self.R = np.asarray(np.linalg.qr(np.column_stack([Z, X, y]), mode="r"))
         self.lower = np.hstack([np.eye(self.q), np.zeros((self.q, self.p + 1))])
 
     def _parts(self, theta: np.ndarray) -> tuple[float, float, float]:
         """``log|H|``, ``log|X'H^-1 X|`` and ``r'H^-1 r`` at ``theta``."""
         upper = self.R.copy()
         upper[:, : self.q] *= theta[self.owner]
-        diagonal = np.abs(np.diag(scipy.linalg.qr(np.vstack([upper, self.lower]), mode="r")[0]))
+        R = np.asarray(np.linalg.qr(np.vstack([upper, self.lower]), mode="r"))
+        diagonal = np.abs(np.diag(R))
         q, p = self.q, self.p
         logdet_H = 2 * float(np.sum(np.log(diagonal[:q])))
         logdet_X = 2 * float(np.sum(np.log(diagonal[q : q + p])))
