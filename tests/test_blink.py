@@ -450,3 +450,21 @@ def test_too_few_individuals_for_the_bic_cap(tmp_path):
     expect_error(result, "EarHT: 4 individuals with the trait, fewer than --model blink needs",
                  "up to 2 pseudo-QTNs", "at least 5")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@settings(max_examples=3, deadline=None)
+@given(block_size=st.integers(1, 700), threads=st.sampled_from([1, 2]))
+def test_packed_result_does_not_depend_on_block_size_or_threads(block_size, threads):
+    # The pseudo-QTNs' p-values are the scan's running maxima over blocks
+    # tested on several threads: the same whatever the blocks and threads.
+    bfile = plink.open_bfile(DATA / "mdp")
+    _, y, iid, _ = gapit_coded(DATA / "mdp", PHENO["Sim1"], "Sim1")
+    samples = np.array([list(bfile.iid).index(i) for i in iid])
+    snps = np.flatnonzero(np.isin(bfile.chrom, ["1", "5"]))
+    one = np.ones((len(y), 1))
+    runs = [run_blink(multilocus.PackedGenotypes(bfile, snps, samples, impute="middle",
+                                                 block_size=b, num_threads=t), y, one)
+            for b, t in ((block_size, threads), (2000, 1))]
+    assert runs[1].qtns.size > 0
+    assert runs[0].iterations == runs[1].iterations
+    np.testing.assert_allclose(runs[0].p, runs[1].p, rtol=1e-12)
