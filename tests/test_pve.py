@@ -53,7 +53,7 @@ def test_reml_deviance_equals_a_dense_computation():
                                                           rel=1e-12)
 
 
-def test_large_ratios_and_zero_ratios_leave_the_fit_a_minimum():
+def test_large_trial_ratios_leave_the_fit_a_minimum():
     # The intercept lies in the span of every SNP's level indicators, so at a
     # large theta (an optimiser's trial step) X'H^-1 X is tiny; formed from
     # cross-products it came out negative on this seed (a Cholesky error, as
@@ -78,8 +78,8 @@ def test_large_ratios_and_zero_ratios_leave_the_fit_a_minimum():
     percent = pve.variance_explained(y, X, Q)
     assert np.all(percent >= 0)
     assert 0 < percent.sum() < 100
-    # A minimum over theta^2 >= 0: no move of one ratio lowers the deviance,
-    # from 0 either (the slope in theta is 0 there, in theta^2 it is not).
+    # A minimum over the ratios theta^2 >= 0: no move of one ratio lowers the
+    # deviance, from 0 either.
     ratio = percent / (100 - percent.sum())
     base = reml.deviance(np.sqrt(ratio))
     for j in range(k):

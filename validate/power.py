@@ -768,7 +768,7 @@ def report(args: argparse.Namespace, argv: list[str] | None,
                 for panel in _list(args.panels) for model, why in skipped.get(panel, {}).items()
                 if model in _list(args.models)]
     lines = [
-        "# Power on real genotypes (GLM, GLM + PCs, MLM, CMLM, ECMLM)",
+        f"# Power on real genotypes ({', '.join(_list(args.models))})",
         "",
         f"Command: `{command_line(args, argv)}`",
         "",
