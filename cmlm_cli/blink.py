@@ -12,7 +12,7 @@ p-value is the one of the last scan, and a pseudo-QTN's own p-value is the
 smallest p it reaches as a covariate over all the models of that scan
 (GAPIT's "reward" substitution). ``docs/blink.md`` states every rule with the
 lines of GAPIT that define it, and where cmlm departs from GAPIT by default
-(``gapit=True`` restores GAPIT's behaviour).
+(``rules="gapit"`` restores GAPIT's behaviour).
 
 The loop sees the genotypes only through :class:`~cmlm_cli.multilocus.Genotypes`:
 scans, and the dosage columns of the candidates it compares for LD (a bounded
@@ -24,13 +24,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.stats
 
-from cmlm_cli.multilocus import Genotypes, GlmScan, MultiLocusResult
+from cmlm_cli.choices import MULTILOCUS_RULES
+from cmlm_cli.multilocus import Genotypes, GlmScan, MultiLocusResult, with_own_numbers
 
 # GAPIT's Blink.LDRemove works through the candidates in blocks of this many
 # and stops after the first block that leaves more than LD_ENOUGH of them
-# (GAPIT's defaults block = 1000, LD.num = 50); only ``gapit=True`` uses them.
+# (GAPIT's defaults block = 1000, LD.num = 50); only ``rules="gapit"`` uses them.
 GAPIT_LD_BLOCK = 1000
 GAPIT_LD_ENOUGH = 50
 
@@ -41,7 +41,7 @@ LD_CHUNK = 512
 
 def run_blink(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, *,
               cutoff: float = 0.05, ld_threshold: float = 0.7, max_loops: int = 10,
-              gapit: bool = False) -> MultiLocusResult:
+              rules: str = "cmlm", table: str = "kansas") -> MultiLocusResult:
     """Run BLINK on one trait.
 
     Parameters
@@ -58,17 +58,30 @@ def run_blink(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, *,
         Candidates with ``|r| > ld_threshold`` to a better kept candidate are dropped.
     max_loops : int
         Iteration cap (GAPIT's ``maxLoop``), the first plain scan included.
-    gapit : bool
-        GAPIT's behaviour where cmlm departs from it (docs/blink.md): ties in
-        p broken by input order, BIC models without the covariates of ``X``,
-        GAPIT's block-wise LD thinning of more than 1,000 candidates, and the
-        rescaled p-values when no SNP passes the first threshold.
+    rules : {"cmlm", "gapit"}
+        ``"gapit"``: GAPIT's behaviour where cmlm departs from it
+        (docs/blink.md): ties in p broken by input order, BIC models without
+        the covariates of ``X``, GAPIT's block-wise LD thinning of more than
+        1,000 candidates, and the rescaled p-values when no SNP passes the
+        first threshold.
+    table : {"kansas"}
+        The p-values reported: the loop's (GAPIT's Kansas table). GAPIT's NYC
+        table of BLINK comes from a second pass that cmlm does not reproduce
+        (docs/blink.md), so ``"nyc"`` is refused rather than answered with
+        another table.
 
     Returns
     -------
     MultiLocusResult
         ``model="blink"``; ``p`` is ``NaN`` where a SNP cannot be tested.
     """
+    if rules not in MULTILOCUS_RULES:
+        msg = f"unknown rules {rules!r}; expected one of {', '.join(MULTILOCUS_RULES)}"
+        raise ValueError(msg)
+    if table != "kansas":
+        msg = f"BLINK reports GAPIT's Kansas table only, not {table!r} (docs/blink.md)"
+        raise ValueError(msg)
+    gapit = rules == "gapit"
     y = np.asarray(y, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     m = genotypes.n_snps
@@ -245,85 +258,16 @@ def _thin_by_ld_gapit_blocks(genotypes: Genotypes, candidates: np.ndarray, thres
 def _scan_with_qtns(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, qtns: list[int]) -> GlmScan:
     """Scan every SNP with the pseudo-QTNs as covariates; the pseudo-QTNs get their own numbers.
 
-    A pseudo-QTN is collinear with itself, so the scan cannot test it; GAPIT
-    (``Blink.SUB``, method "reward") gives it the smallest p-value it has as a
-    covariate over the models of all SNPs (:func:`qtn_p_values`). Its effect
-    and standard error are its coefficient in ``y ~ X + pseudo-QTNs``.
+    One scan: a pseudo-QTN's p-value is the smallest it has as a covariate
+    over the models of all SNPs (GAPIT's ``Blink.SUB``, method "reward"),
+    which the scan reports beside each SNP's test
+    (:func:`cmlm_cli.multilocus.with_own_numbers`).
     """
-    Q = genotypes.columns(np.asarray(qtns, dtype=np.int64)) if qtns else np.empty((len(y), 0))
-    W = np.hstack([X, Q])
-    scan = genotypes.scan(y, W)
-    beta, se, p = scan.beta.copy(), scan.se.copy(), scan.p.copy()
-    if qtns:
-        index = np.asarray(qtns)
-        p[index] = qtn_p_values(genotypes, y, W, scan, qtns=index)
-        coef, coef_se = _coefficients(y, W)
-        beta[index] = coef[X.shape[1]:]
-        se[index] = coef_se[X.shape[1]:]
-    return GlmScan(beta=beta, se=se, p=p)
-
-
-def qtn_p_values(genotypes: Genotypes, y: np.ndarray, W: np.ndarray, scan: GlmScan, *,
-                 qtns: np.ndarray) -> np.ndarray:
-    """Each pseudo-QTN's smallest covariate p-value over the models ``y ~ W + x_j`` of every SNP j.
-
-    The pseudo-QTNs are the last k columns of ``W``. The t-test of
-    column k of W in ``y ~ W + x_j`` is the F-test of dropping it:
-    ``F = (RSS_-k(j) - RSS(j)) / (RSS(j) / df)``. Both residual sums come from
-    scans, since a scan's t of SNP j gives ``RSS(j) = RSS_W df / (df + t^2)``;
-    so each pseudo-QTN costs one more scan (``y ~ W without k + x_j``) and no
-    genotype matrix. The pseudo-QTNs themselves and the SNPs the scan of
-    ``W`` cannot test (collinear with W) are left out, as GAPIT leaves out
-    its ``NA`` rows; the pseudo-QTNs are left out by index, whatever the
-    scan makes of a column collinear with a covariate.
-
-    Parameters
-    ----------
-    genotypes : Genotypes
-    y : ndarray, shape (n,)
-    W : ndarray, shape (n, p + k)
-    scan : GlmScan
-        ``genotypes.scan(y, W)``.
-    qtns : ndarray, shape (k,), int
-        SNP indices of the pseudo-QTNs, in the order of their columns in W.
-
-    Returns
-    -------
-    ndarray, shape (k,)
-    """
-    rss, df = _residual(y, W)
-    rss_j = _rss_with_snp(scan, rss, df)
-    rss_j[qtns] = np.nan
-    p = np.empty(len(qtns))
-    first = W.shape[1] - len(qtns)
-    for k in range(len(qtns)):
-        W_k = np.delete(W, first + k, axis=1)
-        rss_k, df_k = _residual(y, W_k)
-        rss_kj = _rss_with_snp(genotypes.scan(y, W_k), rss_k, df_k)
-        F = np.maximum(rss_kj - rss_j, 0.0) / (rss_j / df)
-        p[k] = np.nanmin(scipy.stats.f.sf(F, 1, df))
-    return p
-
-
-def _rss_with_snp(scan: GlmScan, rss: float, df: int) -> np.ndarray:
-    """RSS of ``y ~ W + x_j`` from the scan's t of SNP j (NaN where untested)."""
-    t2 = (scan.beta / scan.se) ** 2
-    return rss * df / (df + t2)
-
-
-def _residual(y: np.ndarray, W: np.ndarray) -> tuple[float, int]:
-    """RSS of ``y ~ W`` and the residual df once a SNP is added, ``n - rank(W) - 1``."""
-    beta, _, rank, _ = np.linalg.lstsq(W, y, rcond=None)
-    return float(np.sum((y - W @ beta) ** 2)), len(y) - int(rank) - 1
-
-
-def _coefficients(y: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares coefficients of ``y ~ W`` and their standard errors."""
-    inverse = np.linalg.pinv(W.T @ W)
-    beta = inverse @ (W.T @ y)
-    rank = np.linalg.matrix_rank(W)
-    sigma2 = float(np.sum((y - W @ beta) ** 2)) / (len(y) - rank)
-    return beta, np.sqrt(np.diag(inverse) * sigma2)
+    if not qtns:
+        return genotypes.scan(y, X)
+    index = np.asarray(qtns, dtype=np.intp)
+    W = np.hstack([X, genotypes.columns(index)])
+    return with_own_numbers(genotypes.scan(y, W), y, W, index)
 
 
 def _prior(p: np.ndarray) -> np.ndarray:

@@ -358,10 +358,10 @@ analysis_options = _together(
     click.option(
         "--multilocus-table",
         type=click.Choice(choices.MULTILOCUS_TABLES),
-        default="nyc",
-        show_default=True,
+        default=None,
         help="FarmCPU/BLINK p-values: GAPIT's NYC table (regions around significant SNPs "
-        "re-scanned without them) or the loop's own (Kansas).",
+        "re-scanned without them) or the loop's own (Kansas). Default: nyc for FarmCPU; "
+        "kansas for BLINK, the only table it reports (docs/blink.md).",
     ),
     click.option(
         "--multilocus-rules",

@@ -24,7 +24,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cmlm_cli.multilocus import DenseGenotypes, Genotypes, GlmScan, MultiLocusResult
+from cmlm_cli.multilocus import (
+    DenseGenotypes,
+    Genotypes,
+    GlmScan,
+    MultiLocusResult,
+    with_own_numbers,
+)
 
 log = logging.getLogger("cmlm")
 
@@ -290,15 +296,6 @@ def remove_linked(
     return ranked[~linked]
 
 
-def _reduced_fit(y: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """OLS effects and standard errors of ``y ~ X``, shape (p,) each."""
-    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-    resid = y - X @ beta
-    df = X.shape[0] - X.shape[1]
-    inv = np.linalg.inv(X.T @ X)
-    return beta, np.sqrt(np.diag(inv) * (resid @ resid) / df)
-
-
 def farmcpu_loop(
     genotypes: Genotypes,
     y: np.ndarray,
@@ -368,15 +365,8 @@ def farmcpu_loop(
         design = np.column_stack([X, genotypes.columns(qtns)])
         scan = genotypes.scan(y, design)
         iterations.append(tuple(int(q) for q in qtns))
-        beta, se = scan.beta.copy(), scan.se.copy()
-        p = scan.p.copy()
-        if scan.covariate_p is None:
-            msg = "FarmCPU needs a scan that reports the covariates' p-values (covariate_p)"
-            raise ValueError(msg)
-        p[qtns] = scan.covariate_p[X.shape[1] :]
-        b, s = _reduced_fit(y, design)
-        beta[qtns], se[qtns] = b[X.shape[1] :], s[X.shape[1] :]
-        p = _no_zero(p)
+        own = with_own_numbers(scan, y, design, qtns)
+        beta, se, p = own.beta, own.se, _no_zero(own.p)
         if done:
             return Loop(beta, se, p, qtns, tuple(iterations), bool(same or circle))
     return Loop(beta, se, p, qtns, tuple(iterations), False)

@@ -137,6 +137,47 @@ class MultiLocusResult:
     converged: bool
 
 
+def with_own_numbers(scan: GlmScan, y: np.ndarray, design: np.ndarray, qtns: np.ndarray) -> GlmScan:
+    """The scan with each pseudo-QTN's row replaced by its own numbers (GAPIT's "reward").
+
+    A pseudo-QTN is collinear with itself, so the scan cannot test it.
+    FarmCPU and BLINK (GAPIT's ``FarmCPU.SUB`` and ``Blink.SUB``,
+    ``method.sub = "reward"``) give it the smallest p-value of its own
+    coefficient over the SNPs' models ``y ~ design + x_j`` (the scan's
+    ``covariate_p``), and the effect and standard error of its coefficient in
+    ``y ~ design``.
+
+    Parameters
+    ----------
+    scan : GlmScan
+        ``genotypes.scan(y, design)``, with ``covariate_p``.
+    y : ndarray, shape (n,)
+    design : ndarray, shape (n, p + k)
+        Full column rank; the pseudo-QTNs are its last k columns.
+    qtns : ndarray, shape (k,), int
+        SNP indices of the pseudo-QTNs, in the order of their columns.
+
+    Returns
+    -------
+    GlmScan
+        Copies of the scan's arrays, the k rows replaced.
+    """
+    if scan.covariate_p is None:
+        msg = "a multi-locus loop needs a scan that reports the covariates' p-values (covariate_p)"
+        raise ValueError(msg)
+    qtns = np.asarray(qtns, dtype=np.intp)
+    first = design.shape[1] - qtns.size
+    beta, se, p = scan.beta.copy(), scan.se.copy(), scan.p.copy()
+    p[qtns] = scan.covariate_p[first:]
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ coef
+    variance = (resid @ resid) / (design.shape[0] - design.shape[1])
+    inverse = np.linalg.inv(design.T @ design)
+    beta[qtns] = coef[first:]
+    se[qtns] = np.sqrt(np.diag(inverse)[first:] * variance)
+    return dataclasses.replace(scan, beta=beta, se=se, p=p)
+
+
 class _GlmTest:
     """The fixed-effect test of every SNP against one design, block by block.
 

@@ -77,22 +77,37 @@ class MultiLocusTrait:
     files: tuple[str, ...] = ()
 
 
-def check_sample_size(trait: TraitData) -> None:
-    """Refuse a trait too small for the pseudo-QTNs FarmCPU may put in.
+def qtn_limit(model: str, n: int) -> int:
+    """Most pseudo-QTNs the model may fit for ``n`` individuals.
 
-    With ``p`` fixed effects and up to ``k`` pseudo-QTNs (FarmCPU's cap,
-    :func:`cmlm_cli.farmcpu.qtn_cap`), each SNP's test needs ``n >= p + k + 2``
-    for one residual degree of freedom. (BLINK's own cap is its module's.)
+    FarmCPU's is :func:`cmlm_cli.farmcpu.qtn_cap`, ``round(sqrt(n / log10 n))``;
+    BLINK's the BIC models' :func:`cmlm_cli.blink.bic_cap`, ``floor(n / ln n)``.
+    Both are 1 for a single individual (their formulas divide by ``log 1``).
+    """
+    if n < 2:
+        return 1
+    if model == "blink":
+        from cmlm_cli.blink import bic_cap
+
+        return bic_cap(n)
+    return qtn_cap(n)
+
+
+def check_sample_size(trait: TraitData, model: str) -> None:
+    """Refuse a trait too small for the pseudo-QTNs the model may put in.
+
+    With ``p`` fixed effects and up to ``k`` pseudo-QTNs (:func:`qtn_limit`),
+    each SNP's test needs ``n >= p + k + 2`` for one residual degree of freedom.
 
     Raises
     ------
     CmlmError
     """
     n, p = trait.X.shape
-    cap = qtn_cap(n) if n > 1 else 1
+    cap = qtn_limit(model, n)
     if n < p + cap + 2:
         msg = (
-            f"{trait.name}: {n} individuals with the trait, fewer than --model farmcpu needs "
+            f"{trait.name}: {n} individuals with the trait, fewer than --model {model} needs "
             f"with {p} fixed effects and up to {cap} pseudo-QTNs (at least {p + cap + 2}); "
             "phenotype more individuals or use --model glm"
         )
@@ -102,10 +117,7 @@ def check_sample_size(trait: TraitData) -> None:
 def run_trait(
     genotypes: Genotypes, y: np.ndarray, X: np.ndarray, options: GwasOptions
 ) -> MultiLocusResult:
-    """The multi-locus loop of ``options.model`` on one trait.
-
-    ``--model blink`` calls :func:`cmlm_cli.blink.run_blink` with the call
-    shape of :func:`cmlm_cli.farmcpu.run_farmcpu`, its defaults as they are.
+    """The multi-locus loop of ``options.model`` on one trait, with the run's table and rules.
 
     Returns
     -------
@@ -117,12 +129,12 @@ def run_trait(
             y,
             X,
             bins=options.farmcpu_bins,
-            table=options.multilocus_table,
+            table=options.table,
             rules=options.multilocus_rules,
         )
     from cmlm_cli.blink import run_blink
 
-    return run_blink(genotypes, y, X)
+    return run_blink(genotypes, y, X, rules=options.multilocus_rules, table=options.table)
 
 
 def fit_traits(
@@ -140,9 +152,8 @@ def fit_traits(
     -------
     list of MultiLocusTrait
     """
-    if options.model == "farmcpu":
-        for trait in traits:
-            check_sample_size(trait)
+    for trait in traits:
+        check_sample_size(trait, options.model)
     fitted = []
     for trait in traits:
         genotypes = PackedGenotypes(
@@ -156,7 +167,7 @@ def fit_traits(
         # Between the scans (which hold BLAS to one thread per block) the
         # algebra is on a few columns: BLAS threads would only wait for each
         # other (resources.SMALL_MATRIX), the more so on a busy machine.
-        with resources.blas_threads_for(trait.X.shape[1] + qtn_cap(trait.y.size)):
+        with resources.blas_threads_for(trait.X.shape[1] + qtn_limit(options.model, trait.y.size)):
             result = run_trait(genotypes, trait.y, trait.X, options)
             # GAPIT's PVE takes the genotype codes as factor levels, a missing
             # call as a heterozygote (its "Middle" coding), whatever --impute:

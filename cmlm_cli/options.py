@@ -197,7 +197,8 @@ class GwasOptions:
     exact: bool = False
     blup: bool = True
     loco: bool = False
-    multilocus_table: Literal["nyc", "kansas"] = "nyc"
+    # None: the model's own (multilocus_table_for).
+    multilocus_table: Literal["nyc", "kansas"] | None = None
     multilocus_rules: Literal["cmlm", "gapit"] = "cmlm"
     farmcpu_bins: Literal["static", "optimum"] = "static"
 
@@ -224,6 +225,17 @@ class GwasOptions:
     def multilocus(self) -> bool:
         """FarmCPU or BLINK: GLM scans with pseudo-QTNs, no kinship (:mod:`cmlm_cli.multilocus`)."""
         return self.model in choices.MULTILOCUS_MODELS
+
+    @property
+    def table(self) -> str:
+        """The multi-locus table reported: ``multilocus_table``, else FarmCPU's NYC, BLINK's Kansas.
+
+        cmlm does not reproduce GAPIT's second BLINK pass, which makes its NYC
+        table (docs/blink.md), so BLINK's table is its loop's.
+        """
+        if self.multilocus_table is not None:
+            return self.multilocus_table
+        return "kansas" if self.model == "blink" else "nyc"
 
     @property
     def kinships(self) -> tuple[str, ...]:
@@ -284,7 +296,7 @@ def check_options(options: GwasOptions) -> None:
         (options.choose, choices.CHOICE_RULES, "--choose"),
         (options.path, choices.PATHS, "--path"),
         (options.plot_format, choices.PLOT_FORMATS, "--plot-format"),
-        (options.multilocus_table, choices.MULTILOCUS_TABLES, "--multilocus-table"),
+        (options.table, choices.MULTILOCUS_TABLES, "--multilocus-table"),
         (options.multilocus_rules, choices.MULTILOCUS_RULES, "--multilocus-rules"),
         (options.farmcpu_bins, choices.FARMCPU_BINS, "--farmcpu-bins"),
     ]
@@ -402,7 +414,7 @@ def _check_grid(options: GwasOptions) -> None:
 
 
 def _check_multilocus(options: GwasOptions) -> None:
-    """Refuse the settings of a mixed model with ``--model farmcpu`` or ``blink``."""
+    """Refuse a mixed model's settings with ``--model farmcpu`` or ``blink``; BLINK's NYC table."""
     model = f"--model {options.model}"
     problem = None
     if options.exact:
@@ -425,6 +437,13 @@ def _check_multilocus(options: GwasOptions) -> None:
         fix = "leave --snp-variance out"
     if problem:
         msg = f"{problem}; {fix}, or use --model cmlm or mlm"
+        raise CmlmError(msg)
+    if options.model == "blink" and options.table == "nyc":
+        msg = (
+            "--multilocus-table nyc: cmlm does not reproduce GAPIT's second BLINK pass, which "
+            "makes its NYC table (docs/blink.md); leave --multilocus-table out for BLINK's own "
+            "(Kansas) table, equal to GAPIT's NYC table on both of GAPIT's reference runs"
+        )
         raise CmlmError(msg)
 
 

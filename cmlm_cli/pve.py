@@ -8,8 +8,8 @@ factor whose levels are its genotype values (0, 1, 2), with its own variance
 without an n x n matrix: with ``Z`` the (n, q) indicators of all the levels
 (q <= 3k) and ``L = diag(theta)`` the relative standard deviations
 ``theta_j = sqrt(s_j / s_e)`` repeated over each SNP's levels (lme4's
-parameters), ``V = s_e (I + Z L L Z')``, and Woodbury's identity gives every
-term of the profiled REML deviance from q x q and p x p matrices:
+parameters), ``V = s_e (I + Z L L Z')``, and every term of the profiled REML
+deviance comes from (q + p + 1)-square matrices (never n x n; :class:`_Reml`):
 
     d(theta) = log|I + L Z'Z L| + log|X'H^-1 X| + (n - p) (1 + log(2 pi r'H^-1 r / (n - p)))
 
@@ -64,33 +64,67 @@ def variance_explained(y: np.ndarray, X: np.ndarray, Q: np.ndarray) -> np.ndarra
     return 100 * s / (s.sum() + s_e)
 
 
+# The products' route is kept while each Schur complement (X'H^-1 X's
+# diagonal, r'H^-1 r) keeps more than this share of the product it is taken
+# from: then at most 6 of the 16 digits cancel.
+CANCELLATION = 1e-6
+
+
 class _Reml:
-    """The profiled REML deviance of ``y = X b + Z u + e`` from cross-products (q x q, p x p)."""
+    """The profiled REML deviance of ``y = X b + Z u + e`` from (q + p + 1)-square matrices.
+
+    Woodbury's identity gives every term from the cross-products of
+    ``[Z, X, y]``: with ``M = I + L Z'Z L``, ``log|H| = log|M|``,
+    ``X'H^-1 X = X'X - X'Z L M^-1 L Z'X`` and the same for ``r'H^-1 r``. Those
+    differences cancel where ``theta`` is large (an optimiser's trial step):
+    the intercept lies in the span of every SNP's level indicators, so
+    ``X'H^-1 X`` is then tiny and can come out negative. Where more than
+    :data:`CANCELLATION` of a term would cancel, the terms are read off the R
+    factor of the augmented matrix ``[[Z L, X, y], [I_q, 0, 0]]`` instead: its
+    first q diagonal entries give ``log|M|``, the next p ``log|X'H^-1 X|``,
+    the last ``sqrt(r'H^-1 r)``, without forming a difference. The n rows of
+    ``[Z, X, y]`` are replaced once by its own R factor (the same inner
+    products), so that QR has ``2q + p + 1`` rows.
+    """
 
     def __init__(self, y: np.ndarray, X: np.ndarray, Z: np.ndarray, owner: np.ndarray):
         self.n, self.p = X.shape
+        self.q = Z.shape[1]
         self.owner = owner
-        self.ZZ, self.ZX, self.Zy = Z.T @ Z, Z.T @ X, Z.T @ y
-        self.XX, self.Xy, self.yy = X.T @ X, X.T @ y, float(y @ y)
+        # Economic: at most q + p + 1 rows.
+        self.R = np.asarray(np.linalg.qr(np.column_stack([Z, X, y]), mode="r"))
+        self.lower = np.hstack([np.eye(self.q), np.zeros((self.q, self.p + 1))])
+        q, p = self.q, self.p
+        gram = self.R.T @ self.R
+        self.ZZ, self.ZX, self.Zy = gram[:q, :q], gram[:q, q : q + p], gram[:q, -1]
+        self.XX, self.Xy, self.yy = gram[q : q + p, q : q + p], gram[q : q + p, -1], gram[-1, -1]
 
     def _parts(self, theta: np.ndarray) -> tuple[float, float, float]:
         """``log|H|``, ``log|X'H^-1 X|`` and ``r'H^-1 r`` at ``theta``."""
         lam = theta[self.owner]
-        # H^-1 = I - Z L (I + L Z'Z L)^-1 L Z'
-        M = np.eye(len(lam)) + lam[:, None] * self.ZZ * lam[None, :]
+        M = np.eye(self.q) + lam[:, None] * self.ZZ * lam[None, :]
         chol = np.linalg.cholesky(M)
-        logdet_H = 2 * float(np.sum(np.log(np.diag(chol))))
-        LZX = lam[:, None] * self.ZX
-        LZy = lam * self.Zy
+        LZX, LZy = lam[:, None] * self.ZX, lam * self.Zy
         solve_X = scipy.linalg.cho_solve((chol, True), LZX)
         solve_y = scipy.linalg.cho_solve((chol, True), LZy)
         XHX = self.XX - LZX.T @ solve_X
         XHy = self.Xy - LZX.T @ solve_y
         yHy = self.yy - float(LZy @ solve_y)
-        chol_X = np.linalg.cholesky(XHX)
-        beta = scipy.linalg.cho_solve((chol_X, True), XHy)
-        rHr = yHy - float(XHy @ beta)
-        return logdet_H, 2 * float(np.sum(np.log(np.diag(chol_X)))), rHr
+        if np.all(np.diag(XHX) > CANCELLATION * np.diag(self.XX)):
+            chol_X = np.linalg.cholesky(XHX)
+            beta = scipy.linalg.cho_solve((chol_X, True), XHy)
+            rHr = yHy - float(XHy @ beta)
+            if rHr > CANCELLATION * self.yy:
+                logdet_H = 2 * float(np.sum(np.log(np.diag(chol))))
+                return logdet_H, 2 * float(np.sum(np.log(np.diag(chol_X)))), rHr
+        upper = self.R.copy()
+        upper[:, : self.q] *= lam
+        R = np.asarray(np.linalg.qr(np.vstack([upper, self.lower]), mode="r"))
+        diagonal = np.abs(np.diag(R))
+        q, p = self.q, self.p
+        logdet_H = 2 * float(np.sum(np.log(diagonal[:q])))
+        logdet_X = 2 * float(np.sum(np.log(diagonal[q : q + p])))
+        return logdet_H, logdet_X, float(diagonal[q + p]) ** 2
 
     def deviance(self, theta: np.ndarray) -> float:
         logdet_H, logdet_X, rHr = self._parts(theta)

@@ -64,10 +64,33 @@ class DenseGenotypes:
         return self.dosages[:, np.asarray(index, dtype=np.int64)].copy()
 
     def scan(self, y: np.ndarray, X: np.ndarray) -> GlmScan:
+        """Every SNP's test in ``y ~ X + x_j``, and each column of X's smallest p over them.
+
+        The covariates' p-values come the long way, one more least-squares
+        scan per column c of X: the t-test of c in ``y ~ X + x_j`` is the
+        F-test of dropping it, ``F = (RSS_-c(j) - RSS(j)) / (RSS(j) / df)``,
+        with both residual sums from the scans. SNPs the scan of X cannot
+        test (the pseudo-QTNs themselves, their copies) are left out.
+        """
         self.scans += 1
+        beta, se, p, rss, df = self._least_squares(y, X)
+        covariate_p = np.full(X.shape[1], np.nan)
+        for c in range(X.shape[1]):
+            rss_c = self._least_squares(y, np.delete(X, c, axis=1))[3]
+            with np.errstate(invalid="ignore"):
+                F = np.maximum(rss_c - rss, 0.0) / (rss / df)
+            tested = np.isfinite(F)
+            if tested.any():
+                covariate_p[c] = scipy.stats.f.sf(F[tested], 1, df).min()
+        return GlmScan(beta=beta, se=se, p=p, covariate_p=covariate_p)
+
+    def _least_squares(self, y: np.ndarray, X: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """beta, se, p and RSS of ``y ~ X + x_j`` for every SNP (NaN where untestable), and df."""
         n = len(y)
         Q, R = np.linalg.qr(X)
-        independent = np.abs(np.diag(R)) > 1e-10 * np.abs(R).max()
+        # (X without its only column, the intercept, is the empty model.)
+        independent = np.abs(np.diag(R)) > 1e-10 * np.abs(R).max(initial=0.0)
         rank = int(independent.sum())
         Q = Q[:, independent]
         ry = y - Q @ (Q.T @ y)
@@ -86,7 +109,7 @@ class DenseGenotypes:
             t = beta / se
         p = 2 * scipy.stats.t.sf(np.abs(t), df)
         se[~testable] = np.nan
-        return GlmScan(beta=beta, se=se, p=p)
+        return beta, se, p, rss, df
 
 
 def gapit_coded(prefix: str | Path, pheno: str | Path, trait: str

@@ -185,3 +185,28 @@ def test_a_run_that_cmlm_rejects_fails_with_its_message(tmp_path):
     with pytest.raises(SystemExit, match=r"(?s)--model bogus failed.*Invalid value for '--model'"):
         power.run_model(power.PANELS["maize"], pheno, tmp_path / "o", ["--model", "bogus"],
                         snp, 1)
+
+
+@pytest.mark.parametrize("model", ["farmcpu+3PCs", "blink+3PCs"])
+def test_multilocus_runs_are_read_as_their_tables_report_them(tmp_path, maize, model):
+    # FarmCPU and BLINK write no model.json (no null model: groups NaN); the
+    # p-value the study reads for a pseudo-QTN is its own, as OUT.T.qtns.tsv gives it.
+    Z, polymorphic = power.centred_genotypes(maize)
+    traits = power.simulate_traits(Z, polymorphic, h2=0.7, n_qtn=5, replicates=2,
+                                   rng=np.random.default_rng(1))
+    pheno = tmp_path / "p.tsv"
+    _, fid, iid, snp = power.read_genotypes(MAIZE)
+    power.write_phenotypes(pheno, fid, iid, traits.y)
+    result = power.run_model(power.PANELS["maize"], pheno, tmp_path / "o", power.MODELS[model],
+                             snp, 2)
+    assert result.p.shape == (2, len(snp))
+    assert np.isnan(result.groups).all()
+    found = 0
+    for r in range(2):
+        lines = (tmp_path / f"o.rep{r + 1}.qtns.tsv").read_text().splitlines()
+        header = lines[0].split("\t")
+        for line in lines[1:]:
+            row = dict(zip(header, line.split("\t"), strict=True))
+            assert result.p[r, snp.index(row["variant_id"])] == float(row["p_value"])
+            found += 1
+    assert found > 0

@@ -53,6 +53,42 @@ def test_reml_deviance_equals_a_dense_computation():
                                                           rel=1e-12)
 
 
+def test_large_trial_ratios_leave_the_fit_a_minimum():
+    # The intercept lies in the span of every SNP's level indicators, so at a
+    # large theta (an optimiser's trial step) X'H^-1 X is tiny; formed from
+    # cross-products it came out negative on this seed (a Cholesky error, as
+    # on a power-study FarmCPU run with 23 pseudo-QTNs and 3 PCs).
+    rng = np.random.default_rng(30)
+    n, k = 281, 23
+    Q = rng.binomial(2, 0.4, size=(n, k)).astype(float)
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, 3))])
+    y = Q[:, :5] @ rng.normal(size=5) * 0.3 + X @ rng.normal(size=4) + rng.normal(size=n)
+    Z, owner = indicators(Q)
+    reml = pve._Reml(y, X, Z, owner)
+    # Against the n x n computation where the products lose it (loose: H's
+    # condition number is ~1e8 here, which the dense side pays).
+    theta = np.full(k, 1e3)
+    H = np.eye(n) + (Z * theta[owner] ** 2) @ Z.T
+    XHX = X.T @ np.linalg.solve(H, X)
+    b = np.linalg.solve(XHX, X.T @ np.linalg.solve(H, y))
+    rHr = (y - X @ b) @ np.linalg.solve(H, y - X @ b)
+    dense = (np.linalg.slogdet(H)[1] + np.linalg.slogdet(XHX)[1]
+             + (n - 4) * (1 + math.log(2 * math.pi * rHr / (n - 4))))
+    assert reml.deviance(theta) == pytest.approx(dense, rel=1e-7)
+    percent = pve.variance_explained(y, X, Q)
+    assert np.all(percent >= 0)
+    assert 0 < percent.sum() < 100
+    # A minimum over the ratios theta^2 >= 0: no move of one ratio lowers the
+    # deviance, from 0 either.
+    ratio = percent / (100 - percent.sum())
+    base = reml.deviance(np.sqrt(ratio))
+    for j in range(k):
+        for step in (1e-4, -1e-4):
+            moved = ratio.copy()
+            moved[j] = max(moved[j] + step, 0.0)
+            assert reml.deviance(np.sqrt(moved)) >= base - 1e-8, (j, step)
+
+
 def test_balanced_one_way_anova_by_hand():
     # 3 genotype classes of 4 lines: REML is the ANOVA estimator when that is
     # positive, s_e = MSW and s_g = (MSB - MSW) / 4. Class means 0, 3, 6
