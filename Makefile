@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean validate power bench bench-shared bench-threads bench-traits bench-multilocus bench-dosage
+.PHONY: demo test lint clean validate power power-multilocus bench bench-shared bench-threads bench-traits bench-multilocus bench-dosage
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ validate: $(STAMP)
 # validate/power.png.
 power: $(STAMP)
 	$(BIN)/python validate/power.py
+
+# FarmCPU and BLINK (with 3 PCs, as GAPIT's users run them) beside GLM + 3 PCs,
+# MLM and CMLM on the same traits: about 40 minutes on 2 cores; the tables go
+# to validate/power-multilocus.md (maize) and validate/power-multilocus-mouse.md.
+POWER_ML_MODELS := glm,glm+3PCs,mlm,cmlm,farmcpu+3PCs,blink+3PCs
+power-multilocus: $(STAMP)
+	$(BIN)/python validate/power.py --panels maize --models $(POWER_ML_MODELS) --out validate/power-multilocus.md --figure validate/power-multilocus.png
+	$(BIN)/python validate/power.py --panels mouse --models $(POWER_ML_MODELS) --out validate/power-multilocus-mouse.md --figure validate/power-multilocus-mouse.png
 
 # Wall time, CPU time and memory of cmlm, plink2 --glm and GEMMA on simulated
 # panels S, M, L (hours on a laptop; SIZES=S for a few minutes); the table

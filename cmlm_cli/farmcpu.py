@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from cmlm_cli.choices import MULTILOCUS_RULES, MULTILOCUS_TABLES
 from cmlm_cli.multilocus import (
     DenseGenotypes,
     Genotypes,
@@ -34,8 +35,6 @@ from cmlm_cli.multilocus import (
 
 log = logging.getLogger("cmlm")
 
-RULES = ("cmlm", "gapit")
-TABLES = ("nyc", "kansas")
 # GAPIT's FarmCPU: bin sizes (bp) of the iterations 2, 3 and from 4 on
 # (FarmCPU.BIN, method.bin = "static": b[3], b[2], b[1]).
 BIN_SIZES = (5e5, 5e6, 5e7)
@@ -498,14 +497,14 @@ def run_farmcpu(
     MultiLocusResult
         ``model = "farmcpu"``; beta and se of a region's SNP are the loop's.
     """
-    if rules not in RULES:
-        msg = f"unknown rules {rules!r}; expected one of {', '.join(RULES)}"
+    if rules not in MULTILOCUS_RULES:
+        msg = f"unknown rules {rules!r}; expected one of {', '.join(MULTILOCUS_RULES)}"
         raise ValueError(msg)
     if bins not in BIN_METHODS:
         msg = f"unknown bins {bins!r}; expected one of {', '.join(BIN_METHODS)}"
         raise ValueError(msg)
-    if table not in TABLES:
-        msg = f"unknown table {table!r}; expected one of {', '.join(TABLES)}"
+    if table not in MULTILOCUS_TABLES:
+        msg = f"unknown table {table!r}; expected one of {', '.join(MULTILOCUS_TABLES)}"
         raise ValueError(msg)
     # The region re-scans of the NYC table run the same loop.
     farmcpu = functools.partial(
