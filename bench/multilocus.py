@@ -38,10 +38,9 @@ from run import (  # noqa: E402
     command,
     find_tools,
     header,
+    measure,
     number,
     prepare,
-    run,
-    slug,
 )
 
 from cmlm_cli.files import atomic_open  # noqa: E402
@@ -107,23 +106,10 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
         out.mkdir()
         # Back to back, in turn: a burst of load on the shared machine hits each alike.
         for timing in timings:
-            argv = [a.replace("{out}", str(out)) for a in timing.argv]
-            print(f"  [{repeat + 1}/{args.repeats}] {timing.label}", end="", flush=True)
-            done = run(argv, out / f"{slug(timing.label)}.stderr", args.timeout, args.threads)
-            if done.problem:
-                timing.problem = done.problem
-                print(f": {done.problem}", flush=True)
-                continue
-            timing.walls.append(done.wall)
-            timing.cpus.append(done.cpu)
-            timing.rss_mb.append(done.rss_mb)
-            print(f": {done.wall:.1f} s", flush=True)
-            if timing.label.startswith("cmlm"):
-                log = Path(argv[argv.index("--out") + 1] + ".log").read_text()
+            log = measure(timing, out, repeat, args)
+            if log is not None:
                 found = re.search(r"after (\d+) iterations", log)
                 iterations.setdefault(timing.label, []).append(int(found.group(1)) if found else 0)
-                for step, seconds in re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M):
-                    timing.steps.setdefault(step, []).append(float(seconds))
         if repeat < args.repeats - 1:
             shutil.rmtree(out)
     floor = plink.median(plink.walls) if plink and plink.walls else float("nan")

@@ -83,6 +83,40 @@ class Timing:
     def median(self, values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
 
+    def record(self, done: Done, log: str | None = None) -> None:
+        """Add one run's wall, CPU and peak memory, and the steps' times of its cmlm log."""
+        self.walls.append(done.wall)
+        self.cpus.append(done.cpu)
+        self.rss_mb.append(done.rss_mb)
+        for step, seconds in step_times(log or ""):
+            self.steps.setdefault(step, []).append(seconds)
+
+
+def step_times(log: str) -> list[tuple[str, float]]:
+    """The ``STEP took S s`` lines of a cmlm log, in order."""
+    found = re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M)
+    return [(step, float(seconds)) for step, seconds in found]
+
+
+def measure(timing: Timing, out: Path, repeat: int, args: argparse.Namespace) -> str | None:
+    """One run of ``timing`` into the folder ``out``, recorded in it; the log of a cmlm gwas run.
+
+    A failed run sets ``timing.problem`` and records nothing.
+    """
+    argv = [a.replace("{out}", str(out)) for a in timing.argv]
+    print(f"  [{repeat + 1}/{args.repeats}] {timing.label}", end="", flush=True)
+    done = run(argv, out / f"{slug(timing.label)}.stderr", args.timeout, args.threads)
+    if done.problem:
+        timing.problem = done.problem
+        print(f": {done.problem}", flush=True)
+        return None
+    print(f": {done.wall:.1f} s", flush=True)
+    log = None
+    if timing.label.startswith("cmlm gwas"):
+        log = Path(argv[argv.index("--out") + 1] + ".log").read_text()
+    timing.record(done, log)
+    return log
+
 
 def main() -> None:
     args = parse_args()
@@ -304,23 +338,8 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
         out = runs / f"repeat{repeat + 1}"
         out.mkdir()
         for timing in [*whole, *scans]:
-            if timing.problem:
-                continue
-            argv = [a.replace("{out}", str(out)) for a in timing.argv]
-            print(f"  [{repeat + 1}/{args.repeats}] {timing.label}", end="", flush=True)
-            done = run(argv, out / f"{slug(timing.label)}.stderr", args.timeout, args.threads)
-            if done.problem:
-                timing.problem = done.problem
-                print(f": {done.problem}", flush=True)
-                continue
-            timing.walls.append(done.wall)
-            timing.cpus.append(done.cpu)
-            timing.rss_mb.append(done.rss_mb)
-            print(f": {done.wall:.1f} s", flush=True)
-            if timing.label.startswith("cmlm gwas"):
-                log = Path(argv[argv.index("--out") + 1] + ".log").read_text()
-                for step, seconds in re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M):
-                    timing.steps.setdefault(step, []).append(float(seconds))
+            if not timing.problem:
+                measure(timing, out, repeat, args)
         if repeat < args.repeats - 1:
             shutil.rmtree(out)
 

@@ -29,7 +29,6 @@ Every tool gets the same covariates (the subpopulation indicators) and
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -41,7 +40,17 @@ from cmlm_cli.files import atomic_open
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import BIN, SIZES, command, find_tools, header, prepare, run, slug  # noqa: E402
+from run import (  # noqa: E402
+    BIN,
+    SIZES,
+    command,
+    find_tools,
+    header,
+    prepare,
+    run,
+    slug,
+    step_times,
+)
 
 TRAITS = 20
 
@@ -106,8 +115,7 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
         steps = {}
         if label.startswith("cmlm") and not done.problem:
             log = Path(argv[argv.index("--out") + 1] + ".log").read_text()
-            found = re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M)
-            steps = {step: float(seconds) for step, seconds in found}
+            steps = dict(step_times(log))
         measured.append((label, width, argv, done, steps))
     return report(size, measured)
 
