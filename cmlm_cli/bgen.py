@@ -232,22 +232,13 @@ def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) ->
                     raise CmlmError(msg) from None
                 blocks.add(_first_allele_dosage(genotype, path, name))
                 bim.write(f"{chrom}\t{name}\t0\t{pos}\t{a1}\t{a2}\n")
-        blocks.flush()
-        if blocks.added == 0:
-            msg = (
-                f"BGEN file '{path}' has no biallelic SNP ({n_skipped} variants with more than "
-                f"two alleles, {n_not_snp} indels or other variants)"
-            )
-            raise CmlmError(msg)
-    return plink.Conversion(
-        prefix,
-        n,
-        blocks.added,
-        blocks.n_missing,
-        n_skipped=n_skipped,
-        n_not_snp=n_not_snp,
-        dosage=True,
-    )
+        none_left = (
+            f"BGEN file '{path}' has no biallelic SNP ({n_skipped} variants with more than "
+            f"two alleles, {n_not_snp} indels or other variants)"
+        )
+        return blocks.conversion(
+            prefix, none_left, n_skipped=n_skipped, n_not_snp=n_not_snp, dosage=True
+        )
 
 
 def _first_allele_dosage(genotype: Any, path: str, name: str) -> np.ndarray:

@@ -141,17 +141,14 @@ def vcf_to_bed(
                 blocks.add(_ALT_COUNT[variant.gt_types])
             else:
                 blocks.add(_dosages(variant, dosage_field, path))
-        blocks.flush()
-        if blocks.added == 0:
-            msg = (
-                f"VCF file '{path}' has no biallelic SNP ({skipped['multiallelic']} "
-                f"multi-allelic sites, {skipped['not SNP']} indels or other variants)"
-            )
-            raise CmlmError(msg)
-    return plink.Conversion(
-        prefix, n, blocks.added, blocks.n_missing, n_skipped=skipped["multiallelic"],
-        n_not_snp=skipped["not SNP"], dosage=dosage_field is not None,
-    )  # fmt: skip
+        none_left = (
+            f"VCF file '{path}' has no biallelic SNP ({skipped['multiallelic']} "
+            f"multi-allelic sites, {skipped['not SNP']} indels or other variants)"
+        )
+        return blocks.conversion(
+            prefix, none_left, n_skipped=skipped["multiallelic"],
+            n_not_snp=skipped["not SNP"], dosage=dosage_field is not None,
+        )  # fmt: skip
 
 
 class BlockWriter:
@@ -206,6 +203,24 @@ class BlockWriter:
             self.n_missing += self._write(self._out, self._block[: self._rows])
             self.n_written += self._rows
             self._rows = 0
+
+    def conversion(
+        self, prefix: str, none_left: str, *, n_skipped: int, n_not_snp: int, dosage: bool
+    ) -> plink.Conversion:
+        """Write the last block; the conversion's counts.
+
+        Raises
+        ------
+        CmlmError
+            With the message ``none_left`` if no row was added.
+        """
+        self.flush()
+        if self.n_written == 0:
+            raise CmlmError(none_left)
+        return plink.Conversion(
+            prefix, self._block.shape[1], self.n_written, self.n_missing,
+            n_skipped=n_skipped, n_not_snp=n_not_snp, dosage=dosage,
+        )  # fmt: skip
 
 
 def _write_calls(bed: IO[bytes], calls: np.ndarray) -> int:
