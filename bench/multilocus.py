@@ -40,6 +40,7 @@ from run import (  # noqa: E402
     header,
     measure,
     number,
+    plink_glm_argv,
     prepare,
 )
 
@@ -93,12 +94,7 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
     ]
     plink = None
     if tools["plink2"]:
-        plink = Timing(
-            "plink2 --glm",
-            [tools["plink2"], "--bfile", str(prefix), "--pheno", f"{prefix}.pheno.tsv",
-             "--covar", str(folder / "covar.tsv"), "--glm", "hide-covar",
-             "--threads", str(args.threads), "--out", "{out}/plink2"],
-        )  # fmt: skip
+        plink = Timing("plink2 --glm", plink_glm_argv(tools["plink2"], prefix, folder, args))
         timings.append(plink)
     iterations: dict[str, list[int]] = {}
     for repeat in range(args.repeats):

@@ -118,6 +118,24 @@ def measure(timing: Timing, out: Path, repeat: int, args: argparse.Namespace) ->
     return log
 
 
+def plink_glm_argv(
+    plink2: str,
+    prefix: Path,
+    folder: Path,
+    args: argparse.Namespace,
+    *,
+    pheno: str | None = None,
+    out: str = "{out}/plink2",
+) -> list[str]:
+    """``plink2 --glm`` of the panel PREFIX with the panel's covariates (folder/covar.tsv).
+
+    ``pheno`` defaults to the panel's PREFIX.pheno.tsv.
+    """
+    return [plink2, "--bfile", str(prefix), "--pheno", pheno or f"{prefix}.pheno.tsv",
+            "--covar", str(folder / "covar.tsv"), "--glm", "hide-covar",
+            "--threads", str(args.threads), "--out", out]  # fmt: skip
+
+
 def main() -> None:
     args = parse_args()
     sizes = [s.strip().upper() for s in args.sizes.split(",") if s.strip()]
@@ -303,12 +321,7 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
     ]
     plink_glm = None
     if tools["plink2"]:
-        plink_glm = Timing(
-            "plink2 --glm",
-            [tools["plink2"], "--bfile", str(prefix), "--pheno", f"{prefix}.pheno.tsv",
-             "--covar", str(folder / "covar.tsv"), "--glm", "hide-covar",
-             "--threads", str(args.threads), "--out", "{out}/plink2"],
-        )  # fmt: skip
+        plink_glm = Timing("plink2 --glm", plink_glm_argv(tools["plink2"], prefix, folder, args))
         whole.append(plink_glm)
     if tools["gemma"]:
         gemma = [tools["gemma"], "-bfile", str(folder / "gemma")]

@@ -46,6 +46,7 @@ from run import (  # noqa: E402
     command,
     find_tools,
     header,
+    plink_glm_argv,
     prepare,
     run,
     slug,
@@ -94,10 +95,10 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
             rows.append((label, width, argv))
     if tools["plink2"]:
         for width, pheno in ((1, one), (TRAITS, many)):
-            argv = [tools["plink2"], "--bfile", str(prefix), "--pheno", str(pheno),
-                    "--covar", str(folder / "covar.tsv"), "--glm", "hide-covar",
-                    "--threads", str(args.threads),
-                    "--out", str(out / f"plink2-{width}")]  # fmt: skip
+            plink_out = str(out / f"plink2-{width}")
+            argv = plink_glm_argv(
+                tools["plink2"], prefix, folder, args, pheno=str(pheno), out=plink_out
+            )
             rows.append(("plink2 --glm", width, argv))
     if tools["gemma"] and size in args.gemma_sizes:
         gemma = [tools["gemma"], "-bfile", str(folder / "gemma")]
