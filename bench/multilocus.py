@@ -35,13 +35,14 @@ from run import (  # noqa: E402
     BIN,
     SIZES,
     Timing,
+    cmlm_inputs,
     command,
     find_tools,
     header,
     measure,
     number,
+    panel_runs,
     plink_glm_argv,
-    prepare,
 )
 
 from cmlm_cli.files import atomic_open  # noqa: E402
@@ -74,13 +75,8 @@ def main() -> None:
 
 
 def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]) -> str:
-    folder = args.data / size
-    prefix = prepare(size, folder)
-    runs = args.runs / size
-    shutil.rmtree(runs, ignore_errors=True)
-    runs.mkdir(parents=True)
-    inputs = ["--bfile", str(prefix), "--pheno", f"{prefix}.pheno.tsv"]
-    inputs += ["--covar", str(folder / "covar.tsv"), "--threads", str(args.threads)]
+    folder, prefix, runs = panel_runs(size, args)
+    inputs = cmlm_inputs(prefix, folder, args)
     models = ["farmcpu"]
     if importlib.util.find_spec("cmlm_cli.blink") is not None:
         models.append("blink")

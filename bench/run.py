@@ -295,15 +295,31 @@ def prepare(size: str, folder: Path) -> Path:
     return prefix
 
 
-def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]) -> str:
+def panel_runs(
+    size: str, args: argparse.Namespace, name: str | None = None
+) -> tuple[Path, Path, Path]:
+    """The panel SIZE's folder and prefix (simulated once), and an emptied folder for its runs.
+
+    The runs' folder is ``args.runs / (name or size)``.
+    """
     folder = args.data / size
     prefix = prepare(size, folder)
-    runs = args.runs / size
+    runs = args.runs / (name or size)
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
-    cmlm = str(BIN / "cmlm")
+    return folder, prefix, runs
+
+
+def cmlm_inputs(prefix: Path, folder: Path, args: argparse.Namespace) -> list[str]:
+    """``cmlm gwas``'s options for the panel PREFIX, its trait and covariates."""
     inputs = ["--bfile", str(prefix), "--pheno", f"{prefix}.pheno.tsv"]
-    inputs += ["--covar", str(folder / "covar.tsv"), "--threads", str(args.threads)]
+    return [*inputs, "--covar", str(folder / "covar.tsv"), "--threads", str(args.threads)]
+
+
+def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]) -> str:
+    folder, prefix, runs = panel_runs(size, args)
+    cmlm = str(BIN / "cmlm")
+    inputs = cmlm_inputs(prefix, folder, args)
     quiet = ["--no-plots", "-q"]
     whole = [
         Timing("cmlm gwas", [cmlm, "gwas", *inputs, *quiet, "--out", "{out}/cmlm"]),

@@ -29,7 +29,6 @@ Every tool gets the same covariates (the subpopulation indicators) and
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -46,8 +45,8 @@ from run import (  # noqa: E402
     command,
     find_tools,
     header,
+    panel_runs,
     plink_glm_argv,
-    prepare,
     run,
     slug,
     step_times,
@@ -76,12 +75,8 @@ def write_traits(prefix: Path, folder: Path) -> tuple[Path, Path]:
 
 
 def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]) -> str:
-    folder = args.data / size
-    prefix = prepare(size, folder)
+    folder, prefix, out = panel_runs(size, args, f"traits-{size}")
     many, one = write_traits(prefix, folder)
-    out = args.runs / f"traits-{size}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     cmlm = str(BIN / "cmlm")
     covar = ["--covar", str(folder / "covar.tsv"), "--threads", str(args.threads)]
     rows: list[tuple[str, int, list[str]]] = []
