@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -89,12 +88,7 @@ def main() -> None:
             print(f": {done.wall:.1f} s{' (warm-up)' if repeat < 0 else ''}", flush=True)
             if repeat < 0:
                 continue
-            timing.walls.append(done.wall)
-            timing.cpus.append(done.cpu)
-            timing.rss_mb.append(done.rss_mb)
-            log = Path(f"{out}.log").read_text()
-            for step, seconds in re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M):
-                timing.steps.setdefault(step, []).append(float(seconds))
+            timing.record(done, Path(f"{out}.log").read_text())
         bed, dosage = (p_values(runs, f"{slug(t.label)}-{repeat + 1}") for t in rows)
         if not np.array_equal(np.isnan(bed), np.isnan(dosage)):
             sys.exit("bench: the BGEN run tests other SNPs than the .bed run")

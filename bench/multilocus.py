@@ -35,13 +35,14 @@ from run import (  # noqa: E402
     BIN,
     SIZES,
     Timing,
+    cmlm_inputs,
     command,
     find_tools,
     header,
+    measure,
     number,
-    prepare,
-    run,
-    slug,
+    panel_runs,
+    plink_glm_argv,
 )
 
 from cmlm_cli.files import atomic_open  # noqa: E402
@@ -74,13 +75,8 @@ def main() -> None:
 
 
 def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]) -> str:
-    folder = args.data / size
-    prefix = prepare(size, folder)
-    runs = args.runs / size
-    shutil.rmtree(runs, ignore_errors=True)
-    runs.mkdir(parents=True)
-    inputs = ["--bfile", str(prefix), "--pheno", f"{prefix}.pheno.tsv"]
-    inputs += ["--covar", str(folder / "covar.tsv"), "--threads", str(args.threads)]
+    folder, prefix, runs = panel_runs(size, args)
+    inputs = cmlm_inputs(prefix, folder, args)
     models = ["farmcpu"]
     if importlib.util.find_spec("cmlm_cli.blink") is not None:
         models.append("blink")
@@ -94,12 +90,7 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
     ]
     plink = None
     if tools["plink2"]:
-        plink = Timing(
-            "plink2 --glm",
-            [tools["plink2"], "--bfile", str(prefix), "--pheno", f"{prefix}.pheno.tsv",
-             "--covar", str(folder / "covar.tsv"), "--glm", "hide-covar",
-             "--threads", str(args.threads), "--out", "{out}/plink2"],
-        )  # fmt: skip
+        plink = Timing("plink2 --glm", plink_glm_argv(tools["plink2"], prefix, folder, args))
         timings.append(plink)
     iterations: dict[str, list[int]] = {}
     for repeat in range(args.repeats):
@@ -107,23 +98,10 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
         out.mkdir()
         # Back to back, in turn: a burst of load on the shared machine hits each alike.
         for timing in timings:
-            argv = [a.replace("{out}", str(out)) for a in timing.argv]
-            print(f"  [{repeat + 1}/{args.repeats}] {timing.label}", end="", flush=True)
-            done = run(argv, out / f"{slug(timing.label)}.stderr", args.timeout, args.threads)
-            if done.problem:
-                timing.problem = done.problem
-                print(f": {done.problem}", flush=True)
-                continue
-            timing.walls.append(done.wall)
-            timing.cpus.append(done.cpu)
-            timing.rss_mb.append(done.rss_mb)
-            print(f": {done.wall:.1f} s", flush=True)
-            if timing.label.startswith("cmlm"):
-                log = Path(argv[argv.index("--out") + 1] + ".log").read_text()
+            log = measure(timing, out, repeat, args)
+            if log is not None:
                 found = re.search(r"after (\d+) iterations", log)
                 iterations.setdefault(timing.label, []).append(int(found.group(1)) if found else 0)
-                for step, seconds in re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M):
-                    timing.steps.setdefault(step, []).append(float(seconds))
         if repeat < args.repeats - 1:
             shutil.rmtree(out)
     floor = plink.median(plink.walls) if plink and plink.walls else float("nan")

@@ -83,6 +83,58 @@ class Timing:
     def median(self, values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
 
+    def record(self, done: Done, log: str | None = None) -> None:
+        """Add one run's wall, CPU and peak memory, and the steps' times of its cmlm log."""
+        self.walls.append(done.wall)
+        self.cpus.append(done.cpu)
+        self.rss_mb.append(done.rss_mb)
+        for step, seconds in step_times(log or ""):
+            self.steps.setdefault(step, []).append(seconds)
+
+
+def step_times(log: str) -> list[tuple[str, float]]:
+    """The ``STEP took S s`` lines of a cmlm log, in order."""
+    found = re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M)
+    return [(step, float(seconds)) for step, seconds in found]
+
+
+def measure(timing: Timing, out: Path, repeat: int, args: argparse.Namespace) -> str | None:
+    """One run of ``timing`` into the folder ``out``, recorded in it; the log of a cmlm gwas run.
+
+    A failed run sets ``timing.problem`` and records nothing.
+    """
+    argv = [a.replace("{out}", str(out)) for a in timing.argv]
+    print(f"  [{repeat + 1}/{args.repeats}] {timing.label}", end="", flush=True)
+    done = run(argv, out / f"{slug(timing.label)}.stderr", args.timeout, args.threads)
+    if done.problem:
+        timing.problem = done.problem
+        print(f": {done.problem}", flush=True)
+        return None
+    print(f": {done.wall:.1f} s", flush=True)
+    log = None
+    if timing.label.startswith("cmlm gwas"):
+        log = Path(argv[argv.index("--out") + 1] + ".log").read_text()
+    timing.record(done, log)
+    return log
+
+
+def plink_glm_argv(
+    plink2: str,
+    prefix: Path,
+    folder: Path,
+    args: argparse.Namespace,
+    *,
+    pheno: str | None = None,
+    out: str = "{out}/plink2",
+) -> list[str]:
+    """``plink2 --glm`` of the panel PREFIX with the panel's covariates (folder/covar.tsv).
+
+    ``pheno`` defaults to the panel's PREFIX.pheno.tsv.
+    """
+    return [plink2, "--bfile", str(prefix), "--pheno", pheno or f"{prefix}.pheno.tsv",
+            "--covar", str(folder / "covar.tsv"), "--glm", "hide-covar",
+            "--threads", str(args.threads), "--out", out]  # fmt: skip
+
 
 def main() -> None:
     args = parse_args()
@@ -243,15 +295,31 @@ def prepare(size: str, folder: Path) -> Path:
     return prefix
 
 
-def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]) -> str:
+def panel_runs(
+    size: str, args: argparse.Namespace, name: str | None = None
+) -> tuple[Path, Path, Path]:
+    """The panel SIZE's folder and prefix (simulated once), and an emptied folder for its runs.
+
+    The runs' folder is ``args.runs / (name or size)``.
+    """
     folder = args.data / size
     prefix = prepare(size, folder)
-    runs = args.runs / size
+    runs = args.runs / (name or size)
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
-    cmlm = str(BIN / "cmlm")
+    return folder, prefix, runs
+
+
+def cmlm_inputs(prefix: Path, folder: Path, args: argparse.Namespace) -> list[str]:
+    """``cmlm gwas``'s options for the panel PREFIX, its trait and covariates."""
     inputs = ["--bfile", str(prefix), "--pheno", f"{prefix}.pheno.tsv"]
-    inputs += ["--covar", str(folder / "covar.tsv"), "--threads", str(args.threads)]
+    return [*inputs, "--covar", str(folder / "covar.tsv"), "--threads", str(args.threads)]
+
+
+def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]) -> str:
+    folder, prefix, runs = panel_runs(size, args)
+    cmlm = str(BIN / "cmlm")
+    inputs = cmlm_inputs(prefix, folder, args)
     quiet = ["--no-plots", "-q"]
     whole = [
         Timing("cmlm gwas", [cmlm, "gwas", *inputs, *quiet, "--out", "{out}/cmlm"]),
@@ -269,12 +337,7 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
     ]
     plink_glm = None
     if tools["plink2"]:
-        plink_glm = Timing(
-            "plink2 --glm",
-            [tools["plink2"], "--bfile", str(prefix), "--pheno", f"{prefix}.pheno.tsv",
-             "--covar", str(folder / "covar.tsv"), "--glm", "hide-covar",
-             "--threads", str(args.threads), "--out", "{out}/plink2"],
-        )  # fmt: skip
+        plink_glm = Timing("plink2 --glm", plink_glm_argv(tools["plink2"], prefix, folder, args))
         whole.append(plink_glm)
     if tools["gemma"]:
         gemma = [tools["gemma"], "-bfile", str(folder / "gemma")]
@@ -304,23 +367,8 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
         out = runs / f"repeat{repeat + 1}"
         out.mkdir()
         for timing in [*whole, *scans]:
-            if timing.problem:
-                continue
-            argv = [a.replace("{out}", str(out)) for a in timing.argv]
-            print(f"  [{repeat + 1}/{args.repeats}] {timing.label}", end="", flush=True)
-            done = run(argv, out / f"{slug(timing.label)}.stderr", args.timeout, args.threads)
-            if done.problem:
-                timing.problem = done.problem
-                print(f": {done.problem}", flush=True)
-                continue
-            timing.walls.append(done.wall)
-            timing.cpus.append(done.cpu)
-            timing.rss_mb.append(done.rss_mb)
-            print(f": {done.wall:.1f} s", flush=True)
-            if timing.label.startswith("cmlm gwas"):
-                log = Path(argv[argv.index("--out") + 1] + ".log").read_text()
-                for step, seconds in re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M):
-                    timing.steps.setdefault(step, []).append(float(seconds))
+            if not timing.problem:
+                measure(timing, out, repeat, args)
         if repeat < args.repeats - 1:
             shutil.rmtree(out)
 

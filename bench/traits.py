@@ -29,8 +29,6 @@ Every tool gets the same covariates (the subpopulation indicators) and
 from __future__ import annotations
 
 import argparse
-import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -41,7 +39,18 @@ from cmlm_cli.files import atomic_open
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import BIN, SIZES, command, find_tools, header, prepare, run, slug  # noqa: E402
+from run import (  # noqa: E402
+    BIN,
+    SIZES,
+    command,
+    find_tools,
+    header,
+    panel_runs,
+    plink_glm_argv,
+    run,
+    slug,
+    step_times,
+)
 
 TRAITS = 20
 
@@ -66,12 +75,8 @@ def write_traits(prefix: Path, folder: Path) -> tuple[Path, Path]:
 
 
 def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]) -> str:
-    folder = args.data / size
-    prefix = prepare(size, folder)
+    folder, prefix, out = panel_runs(size, args, f"traits-{size}")
     many, one = write_traits(prefix, folder)
-    out = args.runs / f"traits-{size}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     cmlm = str(BIN / "cmlm")
     covar = ["--covar", str(folder / "covar.tsv"), "--threads", str(args.threads)]
     rows: list[tuple[str, int, list[str]]] = []
@@ -85,10 +90,10 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
             rows.append((label, width, argv))
     if tools["plink2"]:
         for width, pheno in ((1, one), (TRAITS, many)):
-            argv = [tools["plink2"], "--bfile", str(prefix), "--pheno", str(pheno),
-                    "--covar", str(folder / "covar.tsv"), "--glm", "hide-covar",
-                    "--threads", str(args.threads),
-                    "--out", str(out / f"plink2-{width}")]  # fmt: skip
+            plink_out = str(out / f"plink2-{width}")
+            argv = plink_glm_argv(
+                tools["plink2"], prefix, folder, args, pheno=str(pheno), out=plink_out
+            )
             rows.append(("plink2 --glm", width, argv))
     if tools["gemma"] and size in args.gemma_sizes:
         gemma = [tools["gemma"], "-bfile", str(folder / "gemma")]
@@ -106,8 +111,7 @@ def bench_size(size: str, args: argparse.Namespace, tools: dict[str, str | None]
         steps = {}
         if label.startswith("cmlm") and not done.problem:
             log = Path(argv[argv.index("--out") + 1] + ".log").read_text()
-            found = re.findall(r"^(\w[\w ]*?) took ([0-9.]+) s$", log, re.M)
-            steps = {step: float(seconds) for step, seconds in found}
+            steps = dict(step_times(log))
         measured.append((label, width, argv, done, steps))
     return report(size, measured)
 

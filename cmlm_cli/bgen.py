@@ -39,7 +39,7 @@ import numpy as np
 
 from cmlm_cli import plink, tables
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.vcf import DOSAGE_CALLS, is_snp, write_dosages
+from cmlm_cli.vcf import DOSAGE_CALLS, BlockWriter, is_snp, write_dosages
 
 
 def read_sample(path: str, n: int) -> list[str]:
@@ -206,10 +206,9 @@ def _reason(err: Exception) -> str:
 def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) -> plink.Conversion:
     """Stream every partition of the index's variants into the .dosage and .bim."""
     n = len(fam)
-    step = max(1, DOSAGE_CALLS // max(n, 1))
-    block = np.empty((step, n))
-    rows = n_snps = n_missing = n_skipped = n_not_snp = 0
+    n_skipped = n_not_snp = 0
     with plink.bed_writer(prefix, fam, dosage=True) as (out, bim):
+        blocks = BlockWriter(out, write_dosages, n, calls=DOSAGE_CALLS, dtype=np.float64)
         for part in range(index.npartitions):
             variants = index.read_partition(part).variants
             for k in range(variants.size):
@@ -231,24 +230,15 @@ def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) ->
                         f"({_reason(err)}); the file may be truncated"
                     )
                     raise CmlmError(msg) from None
-                block[rows] = _first_allele_dosage(genotype, path, name)
+                blocks.add(_first_allele_dosage(genotype, path, name))
                 bim.write(f"{chrom}\t{name}\t0\t{pos}\t{a1}\t{a2}\n")
-                rows += 1
-                if rows == step:
-                    n_missing += write_dosages(out, block)
-                    n_snps, rows = n_snps + rows, 0
-        if rows:
-            n_missing += write_dosages(out, block[:rows])
-            n_snps += rows
-        if n_snps == 0:
-            msg = (
-                f"BGEN file '{path}' has no biallelic SNP ({n_skipped} variants with more than "
-                f"two alleles, {n_not_snp} indels or other variants)"
-            )
-            raise CmlmError(msg)
-    return plink.Conversion(
-        prefix, n, n_snps, n_missing, n_skipped=n_skipped, n_not_snp=n_not_snp, dosage=True
-    )
+        none_left = (
+            f"BGEN file '{path}' has no biallelic SNP ({n_skipped} variants with more than "
+            f"two alleles, {n_not_snp} indels or other variants)"
+        )
+        return blocks.conversion(
+            prefix, none_left, n_skipped=n_skipped, n_not_snp=n_not_snp, dosage=True
+        )
 
 
 def _first_allele_dosage(genotype: Any, path: str, name: str) -> np.ndarray:

@@ -45,32 +45,6 @@ BIN_COUNTS = tuple(range(10, 101, 10))
 DELTA_GRID = np.exp(np.arange(-50, 51) / 10.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class Loop:
-    """The outcome of one FarmCPU loop (GAPIT's "Kansas" result).
-
-    Attributes
-    ----------
-    beta, se, p : ndarray, shape (m,)
-        The last scan's statistics, the pseudo-QTNs' replaced by their own
-        ("reward": the smallest p-value of their coefficient over the SNPs'
-        models; effect and standard error of the model without a SNP).
-    qtns : ndarray, shape (k,), int
-        The final pseudo-QTNs, most significant first.
-    iterations : tuple of tuple of int
-        The pseudo-QTNs each scan used, in order.
-    converged : bool
-        The set repeated (or no SNP reached the first threshold) before ``max_loop``.
-    """
-
-    beta: np.ndarray
-    se: np.ndarray
-    p: np.ndarray
-    qtns: np.ndarray
-    iterations: tuple[tuple[int, ...], ...]
-    converged: bool
-
-
 def qtn_cap(n: int) -> int:
     """GAPIT's largest number of pseudo-QTNs, ``round(sqrt(n) / sqrt(log10(n)))``.
 
@@ -307,7 +281,7 @@ def farmcpu_loop(
     ld_threshold: float = 0.7,
     bins: str = "static",
     rules: str = "cmlm",
-) -> Loop:
+) -> MultiLocusResult:
     """The FarmCPU iterations, GAPIT's ``FarmCPU`` function with its defaults.
 
     Parameters
@@ -321,7 +295,10 @@ def farmcpu_loop(
 
     Returns
     -------
-    Loop
+    MultiLocusResult
+        GAPIT's "Kansas" result: the last scan's statistics, the pseudo-QTNs'
+        replaced by their own (:func:`~cmlm_cli.multilocus.with_own_numbers`);
+        ``converged`` also when no SNP reached the first threshold.
     """
     m = genotypes.n_snps
     snps = SnpMap(genotypes.chromosome, genotypes.position, rules)
@@ -367,8 +344,20 @@ def farmcpu_loop(
         own = with_own_numbers(scan, y, design, qtns)
         beta, se, p = own.beta, own.se, _no_zero(own.p)
         if done:
-            return Loop(beta, se, p, qtns, tuple(iterations), bool(same or circle))
-    return Loop(beta, se, p, qtns, tuple(iterations), False)
+            return _result(beta, se, p, qtns, iterations, converged=bool(same or circle))
+    return _result(beta, se, p, qtns, iterations, converged=False)
+
+
+def _result(
+    beta: np.ndarray,
+    se: np.ndarray,
+    p: np.ndarray,
+    qtns: np.ndarray,
+    iterations: list[tuple[int, ...]],
+    *,
+    converged: bool,
+) -> MultiLocusResult:
+    return MultiLocusResult("farmcpu", beta, se, p, qtns, tuple(iterations), converged)
 
 
 def _no_zero(p: np.ndarray) -> np.ndarray:
@@ -380,7 +369,7 @@ def _no_zero(p: np.ndarray) -> np.ndarray:
     return p
 
 
-def _without_qtns(scan: GlmScan, rules: str, iterations: list[tuple[int, ...]]) -> Loop:
+def _without_qtns(scan: GlmScan, rules: str, iterations: list[tuple[int, ...]]) -> MultiLocusResult:
     """The result when no SNP passes the first threshold: the first scan.
 
     GAPIT (``rules="gapit"``) then rescales every ``-log10 p`` so that the 5%
@@ -393,7 +382,7 @@ def _without_qtns(scan: GlmScan, rules: str, iterations: list[tuple[int, ...]]) 
         # R's quantile type 7 is numpy's "linear".
         scale = -np.log10(np.quantile(tested, 0.05)) / 1.3
         p = np.minimum(10.0 ** (np.log10(p) / scale), 1.0)
-    return Loop(scan.beta, scan.se, p, np.zeros(0, dtype=np.int64), tuple(iterations), True)
+    return _result(scan.beta, scan.se, p, np.zeros(0, dtype=np.int64), iterations, converged=True)
 
 
 def significant_regions(
@@ -540,12 +529,4 @@ def run_farmcpu(
                 ", ".join(str(b) for b in where[1]),
                 again.qtns.size,
             )
-    return MultiLocusResult(
-        model="farmcpu",
-        beta=loop.beta,
-        se=loop.se,
-        p=p,
-        qtns=loop.qtns,
-        iterations=loop.iterations,
-        converged=loop.converged,
-    )
+    return dataclasses.replace(loop, p=p)

@@ -24,6 +24,7 @@ summed), into the fixed-point dosages of a ``.dosage``
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import IO, Any
 
 import numpy as np
@@ -110,14 +111,13 @@ def vcf_to_bed(
         )
         raise CmlmError(msg)
     n = len(samples)
-    step = max(1, (_BLOCK_CALLS if dosage_field is None else DOSAGE_CALLS) // n)
     skipped = {"multiallelic": 0, "not SNP": 0}
-    n_snps = n_missing = 0
-    block = np.empty((step, n), dtype=np.int8 if dosage_field is None else np.float64)
-    rows = 0
-    write = _write_calls if dosage_field is None else write_dosages
     fam = plink.fam_lines(samples)
     with plink.bed_writer(prefix, fam, dosage=dosage_field is not None) as (bed, bim):
+        if dosage_field is None:
+            blocks = BlockWriter(bed, _write_calls, n, calls=_BLOCK_CALLS, dtype=np.int8)
+        else:
+            blocks = BlockWriter(bed, write_dosages, n, calls=DOSAGE_CALLS, dtype=np.float64)
         variants = iter(reader)
         while True:
             try:
@@ -125,7 +125,7 @@ def vcf_to_bed(
             except StopIteration:
                 break
             except Exception as err:  # htslib's errors surface as bare Exceptions
-                msg = f"VCF file '{path}' stops being readable after {n_snps + rows} SNPs ({err})"
+                msg = f"VCF file '{path}' stops being readable after {blocks.added} SNPs ({err})"
                 raise CmlmError(msg) from None
             alts = variant.ALT
             if len(alts) != 1:
@@ -138,26 +138,89 @@ def vcf_to_bed(
             name = variant.ID or f"{variant.CHROM}:{variant.POS}:{ref}:{alt}"
             bim.write(f"{variant.CHROM}\t{name}\t0\t{variant.POS}\t{alt}\t{ref}\n")
             if dosage_field is None:
-                block[rows] = _ALT_COUNT[variant.gt_types]
+                blocks.add(_ALT_COUNT[variant.gt_types])
             else:
-                block[rows] = _dosages(variant, dosage_field, path)
-            rows += 1
-            if rows == step:
-                n_missing += write(bed, block)
-                n_snps, rows = n_snps + rows, 0
-        if rows:
-            n_missing += write(bed, block[:rows])
-            n_snps += rows
-        if n_snps == 0:
-            msg = (
-                f"VCF file '{path}' has no biallelic SNP ({skipped['multiallelic']} "
-                f"multi-allelic sites, {skipped['not SNP']} indels or other variants)"
-            )
-            raise CmlmError(msg)
-    return plink.Conversion(
-        prefix, n, n_snps, n_missing, n_skipped=skipped["multiallelic"],
-        n_not_snp=skipped["not SNP"], dosage=dosage_field is not None,
-    )  # fmt: skip
+                blocks.add(_dosages(variant, dosage_field, path))
+        none_left = (
+            f"VCF file '{path}' has no biallelic SNP ({skipped['multiallelic']} "
+            f"multi-allelic sites, {skipped['not SNP']} indels or other variants)"
+        )
+        return blocks.conversion(
+            prefix, none_left, n_skipped=skipped["multiallelic"],
+            n_not_snp=skipped["not SNP"], dosage=dosage_field is not None,
+        )  # fmt: skip
+
+
+class BlockWriter:
+    """Rows of n values gathered into blocks, each written as it fills.
+
+    One writer serves every streamed conversion (VCF calls or dosages, BGEN
+    dosages): :meth:`add` one variant's row, :meth:`flush` the last block.
+
+    Parameters
+    ----------
+    out : binary file
+    write : callable
+        ``write(out, block) -> int`` writes a block (B, n) and returns its
+        missing values (:func:`write_dosages`).
+    n : int
+        Values per row (samples).
+    calls : int
+        Values held at most: a block is ``max(1, calls // n)`` rows.
+    dtype : numpy dtype
+    """
+
+    def __init__(
+        self,
+        out: IO[bytes],
+        write: Callable[[IO[bytes], np.ndarray], int],
+        n: int,
+        *,
+        calls: int,
+        dtype: type[np.generic],
+    ) -> None:
+        self._out, self._write = out, write
+        self._block = np.empty((max(1, calls // max(n, 1)), n), dtype=dtype)
+        self._rows = 0
+        self.n_written = 0
+        self.n_missing = 0
+
+    @property
+    def added(self) -> int:
+        """Rows added so far, written or held."""
+        return self.n_written + self._rows
+
+    def add(self, row: np.ndarray) -> None:
+        """Hold one row; write the block when it is full."""
+        self._block[self._rows] = row
+        self._rows += 1
+        if self._rows == len(self._block):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows held, if any."""
+        if self._rows:
+            self.n_missing += self._write(self._out, self._block[: self._rows])
+            self.n_written += self._rows
+            self._rows = 0
+
+    def conversion(
+        self, prefix: str, none_left: str, *, n_skipped: int, n_not_snp: int, dosage: bool
+    ) -> plink.Conversion:
+        """Write the last block; the conversion's counts.
+
+        Raises
+        ------
+        CmlmError
+            With the message ``none_left`` if no row was added.
+        """
+        self.flush()
+        if self.n_written == 0:
+            raise CmlmError(none_left)
+        return plink.Conversion(
+            prefix, self._block.shape[1], self.n_written, self.n_missing,
+            n_skipped=n_skipped, n_not_snp=n_not_snp, dosage=dosage,
+        )  # fmt: skip
 
 
 def _write_calls(bed: IO[bytes], calls: np.ndarray) -> int:
