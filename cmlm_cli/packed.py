@@ -300,9 +300,10 @@ def statistics(
         out.n_miss,
     )
     if parallel and plan.position.size * B >= SMALL_BLOCK:
-        # The kernel's threads each call BLAS (the chunks' products): a BLAS
-        # pool of its own under each would oversubscribe the cores.
-        with _KERNEL_LOCK, resources.blas_threads_for(0):
+        # The kernel's threads each call BLAS (the chunks' products, small
+        # enough for one thread): a BLAS pool under each would oversubscribe
+        # the cores.
+        with _KERNEL_LOCK, resources.blas_threads_for(_CHUNK):
             _block_parallel(*arguments)
     else:
         _block_serial(*arguments)
@@ -415,11 +416,13 @@ def _block(
         squares = np.empty(segments, dtype=np.int64)
         misses = np.empty(segments, dtype=np.int64)
         # The chunk's imputed dosages, one row per SNP (zero past the last
-        # SNP of the block), and their dot products with the columns.
-        tile = np.zeros((_CHUNK, n))
-        products = np.zeros((_CHUNK, _GROUP))
+        # SNP of the block; the other rows are written below), and their dot
+        # products with the columns.
         first = chunk * _CHUNK
         last = min(B, first + _CHUNK)
+        tile = np.empty((_CHUNK, n))
+        tile[last - first :] = 0.0
+        products = np.zeros((_CHUNK, _GROUP))
         for j in range(first, last):
             lowest, highest = 0, 0
             if fixed:
