@@ -16,7 +16,10 @@ the low bits up; the 2-bit codes are ``00`` two copies of A1, ``01`` missing,
 ``10`` heterozygous, ``11`` two copies of A2. The individuals of a model are
 visited sorted by group, so that group sums are running sums over a segment
 rather than scattered additions; each SNP is summed by one thread in a fixed
-order, so the numbers do not depend on the block size or the thread count.
+order, and its dot products with the fixed columns come from BLAS products
+of one shape (a chunk of :data:`_CHUNK` SNPs by :data:`_GROUP` columns,
+zero-padded), so the numbers do not depend on the block size, the thread
+count or the other columns.
 
 Notes
 -----
@@ -52,8 +55,19 @@ import numpy as np
 
 from cmlm_cli import resources
 
-# SNPs handed to one parallel task: enough to amortise the work buffers.
-_CHUNK = 16
+# SNPs handed to one parallel task: enough to amortise the work buffers,
+# and the rows of the matrix products that give their dot products (32
+# read the columns once per 32 SNPs; 64 was no faster at 69 columns and
+# slower at 3).
+_CHUNK = 32
+# Fixed columns per matrix product of a chunk. BLAS rounds an entry of a
+# product differently with the product's shape (70 columns at once, or 5
+# of them, differ in the last bits at n = 5,000), so every product has the
+# same shape, _CHUNK x n by n x _GROUP (zero-padded): a column's dot products
+# are then the same bits whatever other columns share the layout (traits
+# scanned together or alone, tests/test_shared_scan.py). 4 was as fast as
+# 8 or 16 at 70 columns and the fastest at 4.
+_GROUP = 4
 # numba's fallback threading layer (workqueue) must not be entered by two
 # Python threads at once (Dask workers run scans in threads): the parallel
 # kernel is entered by one thread at a time.
@@ -286,7 +300,10 @@ def statistics(
         out.n_miss,
     )
     if parallel and plan.position.size * B >= SMALL_BLOCK:
-        with _KERNEL_LOCK:
+        # The kernel's threads each call BLAS (the chunks' products, small
+        # enough for one thread): a BLAS pool under each would oversubscribe
+        # the cores.
+        with _KERNEL_LOCK, resources.blas_threads_for(_CHUNK):
             _block_parallel(*arguments)
     else:
         _block_serial(*arguments)
@@ -314,9 +331,8 @@ def threads(num_threads: int | None) -> Iterator[None]:
         numba.set_num_threads(previous)
 
 
-# Sums of small integers are exact in any order, and a dot product's order
-# is fixed by the compiled code and the length: reassociation (which lets LLVM
-# vectorise) changes no result with the thread count or the block.
+# Sums of small integers are exact in any order: reassociation (which lets
+# LLVM vectorise) changes no result with the thread count or the block.
 _FAST = {"reassoc", "contract"}
 
 
@@ -349,14 +365,6 @@ def _segment(x):  # pragma: no cover - compiled
         sq += value * value
         ms += miss
     return s, sq, ms
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _dot(a, b):  # pragma: no cover - compiled
-    total = 0.0
-    for i in range(a.size):
-        total += a[i] * b[i]
-    return total
 
 
 def _block(
@@ -393,6 +401,13 @@ def _block(
         if position[i] != i:
             direct = False
             break
+    # The columns in groups of _GROUP, each an n x _GROUP matrix (zero past
+    # the last column).
+    groups = (k + _GROUP - 1) // _GROUP
+    packs = np.zeros((groups, n, _GROUP))
+    for r in range(k):
+        for i in range(n):
+            packs[r // _GROUP, i, r % _GROUP] = columns[r, i]
     for chunk in numba.prange((B + _CHUNK - 1) // _CHUNK):
         # int8 keeps the decoded row in L1 cache for the gather.
         decoded = np.empty(0 if fixed else 4 * width, dtype=np.int8)
@@ -400,7 +415,15 @@ def _block(
         sums = np.empty(segments, dtype=np.int64)
         squares = np.empty(segments, dtype=np.int64)
         misses = np.empty(segments, dtype=np.int64)
-        for j in range(chunk * _CHUNK, min(B, (chunk + 1) * _CHUNK)):
+        # The chunk's imputed dosages, one row per SNP (zero past the last
+        # SNP of the block; the other rows are written below), and their dot
+        # products with the columns.
+        first = chunk * _CHUNK
+        last = min(B, first + _CHUNK)
+        tile = np.empty((_CHUNK, n))
+        tile[last - first :] = 0.0
+        products = np.zeros((_CHUNK, _GROUP))
+        for j in range(first, last):
             lowest, highest = 0, 0
             if fixed:
                 lowest, highest = _gather_fixed(packed[j], position, x)
@@ -481,8 +504,20 @@ def _block(
                 mean = (total_s + total_m * mu) / n
                 for g in range(segments):
                     group_sums[j, g] -= size[g] * mean
-            for r in range(k):
-                dots[r, j] = _dot(columns[r], x)
+            for i in range(n):
+                tile[j - first, i] = x[i]
+        # Matrix products per chunk rather than k dot products per SNP: those
+        # read all k columns (k n doubles, beyond the cache at k = 70,
+        # n = 5,000) once per SNP, and made a scan with FarmCPU's pseudo-QTNs
+        # as covariates 12 times slower than one with 3 covariates. Every
+        # product has the same shape whatever the block and the columns
+        # (_GROUP), so a SNP's numbers do not depend on where the block starts.
+        for g in range(groups):
+            if n > 0:
+                np.dot(tile, packs[g], products)
+            for j in range(first, last):
+                for q in range(min(_GROUP, k - g * _GROUP)):
+                    dots[g * _GROUP + q, j] = products[j - first, q]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -377,3 +377,41 @@ def test_encode_writes_plink_bytes(shape, seed):
         for i in range(shape[1]):
             expected[j, i // 4] |= codes[int(dosage[j, i])] << (2 * (i % 4))
     np.testing.assert_array_equal(packed.encode(dosage), expected)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_dot_products_of_many_columns_are_the_plain_ones_wherever_the_block_starts(
+    parallel, monkeypatch
+):
+    # The kernel takes the dot products with the fixed columns as one matrix
+    # product per chunk of SNPs (FarmCPU's scans have ~70 columns): against
+    # the plain columns' x of each imputed SNP, and bit for bit the same
+    # whether a SNP is first, inside or last in its chunk (blocks starting at
+    # every offset) and whatever other columns share the layout, on the
+    # serial and the parallel kernel. Missing calls and a gather (.fam rows
+    # shuffled) included; 3 chunks and a part.
+    rng = np.random.default_rng(17)
+    n, m, k = 501, 3 * packed._CHUNK + 5, 70
+    G = rng.integers(0, 3, size=(m, n)).astype(np.int8)
+    G[rng.random(G.shape) < 0.03] = -1
+    raw = packed.encode(G)
+    fam_rows = rng.permutation(n)
+    columns = rng.normal(size=(n, k))
+    plan = packed.layout(fam_rows, None, columns, n_fam=n)
+    if parallel:
+        monkeypatch.setattr(packed, "SMALL_BLOCK", 0)
+    with packed.threads(2):
+        whole = packed.statistics(raw, plan, middle=False, parallel=parallel).dots
+        for offset in range(1, packed._CHUNK + 2):
+            part = packed.statistics(raw[offset:], plan, middle=False, parallel=parallel).dots
+            assert part.tobytes() == np.ascontiguousarray(whole[:, offset:]).tobytes()
+        for first, stop in ((3, 8), (0, 1), (66, 70), (1, 70)):
+            some = packed.layout(fam_rows, None, columns[:, first:stop], n_fam=n)
+            dots = packed.statistics(raw, some, middle=False, parallel=parallel).dots
+            assert dots.tobytes() == np.ascontiguousarray(whole[first:stop]).tobytes()
+    dosages = G[:, fam_rows].astype(np.float64).T
+    called = dosages >= 0
+    mean = np.where(called, dosages, 0).sum(0) / called.sum(0)
+    imputed = np.where(called, dosages, mean)
+    plain = np.stack([columns.T @ imputed[:, j] for j in range(m)], axis=1)
+    np.testing.assert_allclose(whole, plain, rtol=1e-13, atol=1e-12)
