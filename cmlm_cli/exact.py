@@ -200,7 +200,7 @@ class ExactScanner(Scanner):
         """
         return self._fit(self.statistics(G))
 
-    def _test(self, stats: packed.Statistics) -> ScanResult:
+    def test(self, stats: packed.Statistics) -> ScanResult:
         return self._fit(stats).result
 
     def _fit(

@@ -291,7 +291,7 @@ class Scanner:
         -------
         ScanResult
         """
-        return self._test(self.statistics(G))
+        return self.test(self.statistics(G))
 
     def statistics(self, G: np.ndarray) -> packed.Statistics:
         """The sufficient statistics of a block of dosages that :meth:`scan` tests.
@@ -342,20 +342,19 @@ class Scanner:
         -------
         ScanResult
         """
-        return self._test(decode(rows, plan, impute=self.impute, parallel=parallel))
+        return self.test(decode(rows, plan, impute=self.impute, parallel=parallel))
 
     def test(self, stats: packed.Statistics) -> ScanResult:
-        """The test of :meth:`scan` on statistics a caller has decoded (and uses further).
+        """The GLS test of each SNP from its sufficient statistics.
+
+        Also for statistics a caller has decoded and uses further (the
+        multi-locus scans).
 
         Parameters
         ----------
         stats : packed.Statistics
             From :meth:`statistics` or :func:`decode` with this scanner's layout.
         """
-        return self._test(stats)
-
-    def _test(self, stats: packed.Statistics) -> ScanResult:
-        """The GLS test of each SNP from its sufficient statistics."""
         model = self.model
         B = stats.ssw.shape[0]
         # BLAS rounds a column differently depending on how many columns
