@@ -202,17 +202,23 @@ def traits_panel(seed: int, n: int = 120, q: int = 40, traits: int = 5):
     return Y, X, labels, Kc
 
 
+def traits_basis(monkeypatch, factored: bool, seed: int):
+    """:func:`traits_panel` and its basis, on the tridiagonal reduction if ``factored``."""
+    if factored:
+        monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    Y, X, labels, Kc = traits_panel(seed)
+    basis = CompressedBasis.build(labels, Kc, vectors=False)
+    assert (basis.factors is not None) == factored
+    return Y, X, labels, Kc, basis
+
+
 @pytest.mark.parametrize("factored", [False, True])
 @pytest.mark.parametrize("method", ["reml", "ml"])
 def test_trait_profiles_are_each_traits_profile(monkeypatch, factored, method):
     # The vectorised profile (all traits, every d of the grid) against the
     # single-trait CompressedLikelihood, value and slope, on the eigenbasis
     # and on the tridiagonal reduction; and against the dense n x n formulas.
-    if factored:
-        monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
-    Y, X, labels, Kc = traits_panel(6)
-    basis = CompressedBasis.build(labels, Kc, vectors=False)
-    assert (basis.factors is not None) == factored
+    Y, X, labels, Kc, basis = traits_basis(monkeypatch, factored, 6)
     profiles = null_model.TraitProfiles(Y, X, basis, method)
     ds = np.exp(np.linspace(-10, 10, 101))
     on_grid = profiles.evaluate(ds)
@@ -259,10 +265,7 @@ def test_traits_fitted_together_are_the_dense_optimum(monkeypatch, factored, met
     # Each trait's fit in the set is a maximum of the dense profile (its
     # derivative vanishes, or the optimum is the limit h2 = 0, whose value
     # the dense GLM gives), the same as its fit alone, and no worse than Newton's.
-    if factored:
-        monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
-    Y, X, labels, Kc = traits_panel(7)
-    basis = CompressedBasis.build(labels, Kc, vectors=False)
+    Y, X, labels, Kc, basis = traits_basis(monkeypatch, factored, 7)
     together = null_model.fit_null_traits(Y, X, basis, method=method)
     assert [m.h2 for m in together][0] < 0.2 < together[-1].h2
     for t, model in enumerate(together):
