@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.optimize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import dense_profile, h_matrix, incidence
@@ -201,17 +202,23 @@ def traits_panel(seed: int, n: int = 120, q: int = 40, traits: int = 5):
     return Y, X, labels, Kc
 
 
+def traits_basis(monkeypatch, factored: bool, seed: int):
+    """:func:`traits_panel` and its basis, on the tridiagonal reduction if ``factored``."""
+    if factored:
+        monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    Y, X, labels, Kc = traits_panel(seed)
+    basis = CompressedBasis.build(labels, Kc, vectors=False)
+    assert (basis.factors is not None) == factored
+    return Y, X, labels, Kc, basis
+
+
 @pytest.mark.parametrize("factored", [False, True])
 @pytest.mark.parametrize("method", ["reml", "ml"])
 def test_trait_profiles_are_each_traits_profile(monkeypatch, factored, method):
     # The vectorised profile (all traits, every d of the grid) against the
     # single-trait CompressedLikelihood, value and slope, on the eigenbasis
     # and on the tridiagonal reduction; and against the dense n x n formulas.
-    if factored:
-        monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
-    Y, X, labels, Kc = traits_panel(6)
-    basis = CompressedBasis.build(labels, Kc, vectors=False)
-    assert (basis.factors is not None) == factored
+    Y, X, labels, Kc, basis = traits_basis(monkeypatch, factored, 6)
     profiles = null_model.TraitProfiles(Y, X, basis, method)
     ds = np.exp(np.linspace(-10, 10, 101))
     on_grid = profiles.evaluate(ds)
@@ -236,22 +243,36 @@ def test_trait_profiles_are_each_traits_profile(monkeypatch, factored, method):
         assert limit.value[0, t] == pytest.approx(lik.neg2loglik(np.inf, method), rel=1e-12)
 
 
+def scalar_minimum(y, X, basis, method):
+    """-2 log L of one trait at its optimum, by scipy on the scalar likelihood."""
+    lik = CompressedLikelihood(y, X, basis)
+
+    def f(x):
+        return lik.neg2loglik(float(np.exp(x)), method)
+
+    grid = np.linspace(-10.0, 10.0, 401)
+    values = np.array([f(x) for x in grid])
+    k = int(np.argmin(values))
+    bounds = (grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)])
+    found = scipy.optimize.minimize_scalar(f, bounds=bounds, method="bounded",
+                                           options={"xatol": 1e-10})
+    return min(float(found.fun), float(values[k]), lik.neg2loglik(np.inf, method))
+
+
 @pytest.mark.parametrize("factored", [False, True])
 @pytest.mark.parametrize("method", ["reml", "ml"])
 def test_traits_fitted_together_are_the_dense_optimum(monkeypatch, factored, method):
     # Each trait's fit in the set is a maximum of the dense profile (its
     # derivative vanishes, or the optimum is the limit h2 = 0, whose value
     # the dense GLM gives), the same as its fit alone, and no worse than Newton's.
-    if factored:
-        monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
-    Y, X, labels, Kc = traits_panel(7)
-    basis = CompressedBasis.build(labels, Kc, vectors=False)
+    Y, X, labels, Kc, basis = traits_basis(monkeypatch, factored, 7)
     together = null_model.fit_null_traits(Y, X, basis, method=method)
     assert [m.h2 for m in together][0] < 0.2 < together[-1].h2
     for t, model in enumerate(together):
-        alone = fit_null_basis(Y[:, t], X, basis, method=method)
-        assert model.neg2logL == pytest.approx(alone.neg2logL, rel=1e-12)
-        assert model.h2 == pytest.approx(alone.h2, rel=1e-9, abs=1e-12)
+        # Alone: the scalar CompressedLikelihood minimised by scipy over the
+        # same range of log d (and the limit h2 = 0), not through fit_null_traits.
+        assert model.neg2logL == pytest.approx(scalar_minimum(Y[:, t], X, basis, method),
+                                               rel=1e-10)
         newton = fit_null_basis(Y[:, t], X, basis, method=method, solver="newton")
         assert model.neg2logL <= newton.neg2logL + 1e-9 * abs(newton.neg2logL)
         if np.isinf(model.delta):

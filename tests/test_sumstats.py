@@ -66,11 +66,26 @@ def test_columns_shared_between_traits_are_formatted_once_and_alike():
         own["n"], own["df"] = np.full(B, 90), np.full(B, 87)
         own["p_value"][3] = np.nan
         columns = {**shared, **own}
-        assert sumstats.sumstats_rows(columns, formatted) == sumstats.sumstats_rows(columns)
+        assert sumstats.sumstats_rows(columns, formatted) == by_hand(columns)
         assert formatted["variant_id"][0] is shared["variant_id"]
     # A column with the same name but another array is formatted anew.
     other = {**columns, "effect_allele_frequency": rng.uniform(size=B)}
-    assert sumstats.sumstats_rows(other, formatted) == sumstats.sumstats_rows(other)
+    assert sumstats.sumstats_rows(other, formatted) == by_hand(other)
+
+
+def by_hand(columns):
+    """Each line value by value: %.6g for the frequency, %.10g other floats, NA."""
+    from cmlm_cli.sumstats import SCANNED_COLUMNS
+
+    def cell(name, v):
+        if isinstance(v, float | np.floating):
+            spec = "%.6g" if name == "effect_allele_frequency" else "%.10g"
+            return spec % v if np.isfinite(v) else "NA"
+        return str(v)
+
+    B = len(columns["variant_id"])
+    return ["\t".join(cell(name, columns[name][i]) for name in SCANNED_COLUMNS) + "\n"
+            for i in range(B)]
 
 
 @settings(max_examples=100, deadline=None)
