@@ -278,7 +278,8 @@ def test_regions_group_neighbours_and_leave_cores_out():
     assert regions == []
     regions = significant_regions(p, snps, threshold=1e-6, window=1000, rules="cmlm")
     # chr1: 100 and 1000 are one group (900 apart), core 100 (p 1e-9): 150,
-    # 180, 1000, 1040 within 1000 bp; chr2: core 130, 120 and 170.
+    # 180, 1000, 1040 within 1000 bp; chr2: core 130, only 120 and 170 (two
+    # SNPs, skipped).
     assert [(c.tolist(), r.tolist()) for c, r in regions] == [([0], [1, 2, 3, 4])]
 
 
