@@ -39,7 +39,7 @@ import numpy as np
 
 from cmlm_cli import plink, tables
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.vcf import DOSAGE_CALLS, BlockWriter, is_snp, write_dosages
+from cmlm_cli.vcf import is_snp
 
 
 def read_sample(path: str, n: int) -> list[str]:
@@ -208,7 +208,9 @@ def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) ->
     n = len(fam)
     n_skipped = n_not_snp = 0
     with plink.bed_writer(prefix, fam, dosage=True) as (out, bim):
-        blocks = BlockWriter(out, write_dosages, n, calls=DOSAGE_CALLS, dtype=np.float64)
+        blocks = plink.BlockWriter(
+            out, plink.write_dosages, n, calls=plink.DOSAGE_CALLS, dtype=np.float64
+        )
         for part in range(index.npartitions):
             variants = index.read_partition(part).variants
             for k in range(variants.size):
