@@ -39,7 +39,6 @@ import numpy as np
 
 from cmlm_cli import plink, tables
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.vcf import is_snp
 
 
 def read_sample(path: str, n: int) -> list[str]:
@@ -218,7 +217,7 @@ def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) ->
                     n_skipped += 1
                     continue
                 a1, a2 = variants.allele_ids[k].decode().upper().split(",")
-                if not is_snp(a1, a2):
+                if not plink.is_snp(a1, a2):
                     n_not_snp += 1
                     continue
                 chrom, pos = variants.chromosome[k].decode(), int(variants.position[k])

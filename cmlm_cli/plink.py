@@ -637,6 +637,14 @@ def bed_writer(
         yield genotypes, bim
 
 
+_BASES = frozenset("ACGT")
+
+
+def is_snp(*alleles: str) -> bool:
+    """Every allele is one of the bases A, C, G, T (upper case): a SNP the fileset keeps."""
+    return all(allele in _BASES for allele in alleles)
+
+
 # Values held by a BlockWriter of dosages: float64 (with a few temporaries
 # of the block when written).
 DOSAGE_CALLS = 4 * 2**20

@@ -32,16 +32,10 @@ from cmlm_cli import plink
 from cmlm_cli.errors import CmlmError
 
 _BLOCK_CALLS = 16 * 2**20
-_BASES = frozenset("ACGT")
 # cyvcf2's gt_types codes (HOM_REF, HET, UNKNOWN, HOM_ALT) as ALT counts.
 _ALT_COUNT = np.array([0, 1, -1, 2], dtype=np.int8)
 # Two haplotype dosages written to a few decimals may sum just past 2.
 _DOSAGE_SLACK = 1e-3
-
-
-def is_snp(*alleles: str) -> bool:
-    """Every allele is one of the bases A, C, G, T (upper case)."""
-    return all(allele in _BASES for allele in alleles)
 
 
 def vcf_to_bed(
@@ -131,7 +125,7 @@ def vcf_to_bed(
                 skipped["multiallelic" if len(alts) > 1 else "not SNP"] += 1
                 continue
             ref, alt = variant.REF.upper(), alts[0].upper()
-            if not is_snp(ref, alt):
+            if not plink.is_snp(ref, alt):
                 skipped["not SNP"] += 1
                 continue
             name = variant.ID or f"{variant.CHROM}:{variant.POS}:{ref}:{alt}"
