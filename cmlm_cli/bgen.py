@@ -39,7 +39,6 @@ import numpy as np
 
 from cmlm_cli import plink, tables
 from cmlm_cli.errors import CmlmError
-from cmlm_cli.vcf import DOSAGE_CALLS, BlockWriter, is_snp, write_dosages
 
 
 def read_sample(path: str, n: int) -> list[str]:
@@ -208,7 +207,9 @@ def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) ->
     n = len(fam)
     n_skipped = n_not_snp = 0
     with plink.bed_writer(prefix, fam, dosage=True) as (out, bim):
-        blocks = BlockWriter(out, write_dosages, n, calls=DOSAGE_CALLS, dtype=np.float64)
+        blocks = plink.BlockWriter(
+            out, plink.write_dosages, n, calls=plink.DOSAGE_CALLS, dtype=np.float64
+        )
         for part in range(index.npartitions):
             variants = index.read_partition(part).variants
             for k in range(variants.size):
@@ -216,7 +217,7 @@ def _convert(reader: Any, index: Any, path: str, prefix: str, fam: list[str]) ->
                     n_skipped += 1
                     continue
                 a1, a2 = variants.allele_ids[k].decode().upper().split(",")
-                if not is_snp(a1, a2):
+                if not plink.is_snp(a1, a2):
                     n_not_snp += 1
                     continue
                 chrom, pos = variants.chromosome[k].decode(), int(variants.position[k])

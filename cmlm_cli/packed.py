@@ -411,12 +411,11 @@ def _block(
     for chunk in numba.prange((B + _CHUNK - 1) // _CHUNK):
         # int8 keeps the decoded row in L1 cache for the gather.
         decoded = np.empty(0 if fixed else 4 * width, dtype=np.int8)
-        x = np.empty(n)
         sums = np.empty(segments, dtype=np.int64)
         squares = np.empty(segments, dtype=np.int64)
         misses = np.empty(segments, dtype=np.int64)
         # The chunk's imputed dosages, one row per SNP (zero past the last
-        # SNP of the block; the other rows are written below), and their dot
+        # SNP of the block; the other rows are filled below), and their dot
         # products with the columns.
         first = chunk * _CHUNK
         last = min(B, first + _CHUNK)
@@ -424,6 +423,9 @@ def _block(
         tile[last - first :] = 0.0
         products = np.zeros((_CHUNK, _GROUP))
         for j in range(first, last):
+            # The SNP's dosages are decoded and imputed in place in its tile
+            # row: no copy per SNP for the products.
+            x = tile[j - first]
             lowest, highest = 0, 0
             if fixed:
                 lowest, highest = _gather_fixed(packed[j], position, x)
@@ -504,8 +506,6 @@ def _block(
                 mean = (total_s + total_m * mu) / n
                 for g in range(segments):
                     group_sums[j, g] -= size[g] * mean
-            for i in range(n):
-                tile[j - first, i] = x[i]
         # Matrix products per chunk rather than k dot products per SNP: those
         # read all k columns (k n doubles, beyond the cache at k = 70,
         # n = 5,000) once per SNP, and made a scan with FarmCPU's pseudo-QTNs

@@ -27,7 +27,7 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -635,3 +635,100 @@ def bed_writer(
         fam_file.writelines(fam)
         genotypes.write(DOSAGE_MAGIC if dosage else b"\x6c\x1b\x01")
         yield genotypes, bim
+
+
+_BASES = frozenset("ACGT")
+
+
+def is_snp(*alleles: str) -> bool:
+    """Every allele is one of the bases A, C, G, T (upper case): a SNP the fileset keeps."""
+    return all(allele in _BASES for allele in alleles)
+
+
+# Values held by a BlockWriter of dosages: float64 (with a few temporaries
+# of the block when written).
+DOSAGE_CALLS = 4 * 2**20
+
+
+class BlockWriter:
+    """Rows of n values gathered into blocks, each written as it fills.
+
+    One writer serves every streamed conversion (VCF calls or dosages, BGEN
+    dosages): :meth:`add` one variant's row, :meth:`flush` the last block.
+
+    Parameters
+    ----------
+    out : binary file
+    write : callable
+        ``write(out, block) -> int`` writes a block (B, n) and returns its
+        missing values (:func:`write_dosages`, :func:`write_calls`).
+    n : int
+        Values per row (samples).
+    calls : int
+        Values held at most: a block is ``max(1, calls // n)`` rows.
+    dtype : numpy dtype
+    """
+
+    def __init__(
+        self,
+        out: IO[bytes],
+        write: Callable[[IO[bytes], np.ndarray], int],
+        n: int,
+        *,
+        calls: int,
+        dtype: type[np.generic],
+    ) -> None:
+        self._out, self._write = out, write
+        self._block = np.empty((max(1, calls // max(n, 1)), n), dtype=dtype)
+        self._rows = 0
+        self.n_written = 0
+        self.n_missing = 0
+
+    @property
+    def added(self) -> int:
+        """Rows added so far, written or held."""
+        return self.n_written + self._rows
+
+    def add(self, row: np.ndarray) -> None:
+        """Hold one row; write the block when it is full."""
+        self._block[self._rows] = row
+        self._rows += 1
+        if self._rows == len(self._block):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows held, if any."""
+        if self._rows:
+            self.n_missing += self._write(self._out, self._block[: self._rows])
+            self.n_written += self._rows
+            self._rows = 0
+
+    def conversion(
+        self, prefix: str, none_left: str, *, n_skipped: int, n_not_snp: int, dosage: bool
+    ) -> Conversion:
+        """Write the last block; the conversion's counts.
+
+        Raises
+        ------
+        CmlmError
+            With the message ``none_left`` if no row was added.
+        """
+        self.flush()
+        if self.n_written == 0:
+            raise CmlmError(none_left)
+        return Conversion(
+            prefix, self._block.shape[1], self.n_written, self.n_missing,
+            n_skipped=n_skipped, n_not_snp=n_not_snp, dosage=dosage,
+        )  # fmt: skip
+
+
+def write_calls(bed: IO[bytes], calls: np.ndarray) -> int:
+    """Write a block of ALT counts (B, n) as .bed rows; its missing calls."""
+    bed.write(pack_bed(calls))
+    return int(np.count_nonzero(calls < 0))
+
+
+def write_dosages(out: IO[bytes], dosages: np.ndarray) -> int:
+    """Write a block of dosages (B, n), NaN missing, as .dosage rows; its missing ones."""
+    out.write(pack_dosage(dosages))
+    return int(np.count_nonzero(np.isnan(dosages)))

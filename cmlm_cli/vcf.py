@@ -24,8 +24,7 @@ summed), into the fixed-point dosages of a ``.dosage``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -33,18 +32,10 @@ from cmlm_cli import plink
 from cmlm_cli.errors import CmlmError
 
 _BLOCK_CALLS = 16 * 2**20
-# Dosages are float64 (with a few temporaries of the block when written).
-DOSAGE_CALLS = 4 * 2**20
-_BASES = frozenset("ACGT")
 # cyvcf2's gt_types codes (HOM_REF, HET, UNKNOWN, HOM_ALT) as ALT counts.
 _ALT_COUNT = np.array([0, 1, -1, 2], dtype=np.int8)
 # Two haplotype dosages written to a few decimals may sum just past 2.
 _DOSAGE_SLACK = 1e-3
-
-
-def is_snp(*alleles: str) -> bool:
-    """Every allele is one of the bases A, C, G, T (upper case)."""
-    return all(allele in _BASES for allele in alleles)
 
 
 def vcf_to_bed(
@@ -115,9 +106,11 @@ def vcf_to_bed(
     fam = plink.fam_lines(samples)
     with plink.bed_writer(prefix, fam, dosage=dosage_field is not None) as (bed, bim):
         if dosage_field is None:
-            blocks = BlockWriter(bed, _write_calls, n, calls=_BLOCK_CALLS, dtype=np.int8)
+            blocks = plink.BlockWriter(bed, plink.write_calls, n, calls=_BLOCK_CALLS, dtype=np.int8)
         else:
-            blocks = BlockWriter(bed, write_dosages, n, calls=DOSAGE_CALLS, dtype=np.float64)
+            blocks = plink.BlockWriter(
+                bed, plink.write_dosages, n, calls=plink.DOSAGE_CALLS, dtype=np.float64
+            )
         variants = iter(reader)
         while True:
             try:
@@ -132,7 +125,7 @@ def vcf_to_bed(
                 skipped["multiallelic" if len(alts) > 1 else "not SNP"] += 1
                 continue
             ref, alt = variant.REF.upper(), alts[0].upper()
-            if not is_snp(ref, alt):
+            if not plink.is_snp(ref, alt):
                 skipped["not SNP"] += 1
                 continue
             name = variant.ID or f"{variant.CHROM}:{variant.POS}:{ref}:{alt}"
@@ -149,90 +142,6 @@ def vcf_to_bed(
             prefix, none_left, n_skipped=skipped["multiallelic"],
             n_not_snp=skipped["not SNP"], dosage=dosage_field is not None,
         )  # fmt: skip
-
-
-class BlockWriter:
-    """Rows of n values gathered into blocks, each written as it fills.
-
-    One writer serves every streamed conversion (VCF calls or dosages, BGEN
-    dosages): :meth:`add` one variant's row, :meth:`flush` the last block.
-
-    Parameters
-    ----------
-    out : binary file
-    write : callable
-        ``write(out, block) -> int`` writes a block (B, n) and returns its
-        missing values (:func:`write_dosages`).
-    n : int
-        Values per row (samples).
-    calls : int
-        Values held at most: a block is ``max(1, calls // n)`` rows.
-    dtype : numpy dtype
-    """
-
-    def __init__(
-        self,
-        out: IO[bytes],
-        write: Callable[[IO[bytes], np.ndarray], int],
-        n: int,
-        *,
-        calls: int,
-        dtype: type[np.generic],
-    ) -> None:
-        self._out, self._write = out, write
-        self._block = np.empty((max(1, calls // max(n, 1)), n), dtype=dtype)
-        self._rows = 0
-        self.n_written = 0
-        self.n_missing = 0
-
-    @property
-    def added(self) -> int:
-        """Rows added so far, written or held."""
-        return self.n_written + self._rows
-
-    def add(self, row: np.ndarray) -> None:
-        """Hold one row; write the block when it is full."""
-        self._block[self._rows] = row
-        self._rows += 1
-        if self._rows == len(self._block):
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the rows held, if any."""
-        if self._rows:
-            self.n_missing += self._write(self._out, self._block[: self._rows])
-            self.n_written += self._rows
-            self._rows = 0
-
-    def conversion(
-        self, prefix: str, none_left: str, *, n_skipped: int, n_not_snp: int, dosage: bool
-    ) -> plink.Conversion:
-        """Write the last block; the conversion's counts.
-
-        Raises
-        ------
-        CmlmError
-            With the message ``none_left`` if no row was added.
-        """
-        self.flush()
-        if self.n_written == 0:
-            raise CmlmError(none_left)
-        return plink.Conversion(
-            prefix, self._block.shape[1], self.n_written, self.n_missing,
-            n_skipped=n_skipped, n_not_snp=n_not_snp, dosage=dosage,
-        )  # fmt: skip
-
-
-def _write_calls(bed: IO[bytes], calls: np.ndarray) -> int:
-    """Write a block of ALT counts (B, n) as .bed rows; its missing calls."""
-    bed.write(plink.pack_bed(calls))
-    return int(np.count_nonzero(calls < 0))
-
-
-def write_dosages(out: IO[bytes], dosages: np.ndarray) -> int:
-    """Write a block of dosages (B, n), NaN missing, as .dosage rows; its missing ones."""
-    out.write(plink.pack_dosage(dosages))
-    return int(np.count_nonzero(np.isnan(dosages)))
 
 
 def _dosages(variant: Any, field: str, path: str) -> np.ndarray:
