@@ -542,7 +542,9 @@ class ExactScanner(Scanner):
         yPPy = TT2[:, p, p] + lik.ytyw / d**2 - np.einsum("ki,ki->k", beta, XH2y + XH2r)
         trace = inv_sum + (lik.n - lik.q) / d
         if self.method == "reml":
-            logdet = logdet + np.linalg.slogdet(A)[1]
+            if not np.isnan(logdet).all():
+                # (Only the values need it: not the root search's slopes.)
+                logdet = logdet + np.linalg.slogdet(A)[1]
             trace = trace - np.einsum("kij,kji->k", A_inv, M2)
         return _Null(d, inv, inv2, A_inv, beta, yPy, yPPy, trace, logdet, M2, XH2r)
 
