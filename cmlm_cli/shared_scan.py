@@ -244,12 +244,13 @@ class SharedExactScanner(_TraitSet):
     null quantities on the grid of ``d``, its root searches), built on the
     set's one basis (one O(q^3) decomposition, not one per trait); each block
     is decoded once and rotated once, ``U'G`` (the q x q product that
-    dominates one trait's exact scan), and the grid's products that do not
-    involve ``y`` are made once (:meth:`ExactScanner.grid_products`: 2p + 2
-    of a trait's 2p + 4 products of the 101-point grid by ``U'G``); every
-    trait's search then costs two such products and O(q) per evaluation of
-    its profile. The arithmetic of each trait is that of its scan alone, to
-    the bit.
+    dominates one trait's exact scan), and the products that do not involve
+    ``y`` are made once (:meth:`ExactScanner.shared_products`: 2p + 2 of a
+    trait's 2p + 4 products of the 101-point grid by ``U'G``, and those at
+    h2 = 0); every trait's search then costs one ``(2 x 101 x q) @ (q x B)``
+    product and O(q) per evaluation of its profile (about 3 per SNP), each
+    trait's arithmetic that of its scan alone, to the bit (the same calls on
+    arrays of the same shapes).
 
     Parameters
     ----------
@@ -279,10 +280,10 @@ class SharedExactScanner(_TraitSet):
         lead = self.scanners[0]
         rotated = lead.rotate(stats)
         # The grid's products without y: the same for every trait of the set.
-        on_grid = lead.grid_products(rotated)
+        shared = lead.shared_products(rotated)
         k = self._k
         results = []
         for t, scanner in enumerate(self.scanners):
             own = dataclasses.replace(stats, dots=stats.dots[[*range(k), k + t]])
-            results.append(scanner._fit(own, rotated, on_grid).result)
+            results.append(scanner._fit(own, rotated, shared).result)
         return results

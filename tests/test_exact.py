@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.optimize
 from click.testing import CliRunner
 from helpers import TEST_DATA, read_tsv
 from oracle import dense_fit, dense_scan, gapit_r2, group_mean_kinship, h_matrix, impute
@@ -23,7 +24,7 @@ from cmlm_cli import GwasOptions, run_gwas, tables
 from cmlm_cli.cli import main
 from cmlm_cli.exact import ExactScanner
 from cmlm_cli.null_model import fit_null
-from cmlm_cli.scan import scan_snps
+from cmlm_cli.scan import log_det_h, scan_snps
 
 GEMMA_DIR = TEST_DATA / "gemma_mouse"
 MOUSE = TEST_DATA / "mouse_hs1940" / "mouse_hs1814"
@@ -320,3 +321,46 @@ def test_exact_scan_searches_each_snp_when_the_null_fit_has_h2_zero():
         H = h_matrix(ref.delta, labels, Kc) if np.isfinite(ref.delta) else np.eye(n)
         dense = dense_scan(y, X, H, G[:, [j]], sigma2=1.0, variance="refit")
         assert fit.result.p[j] == pytest.approx(dense.p[0], rel=1e-8), j
+
+
+def test_log_det_h_series_equals_the_logarithms():
+    # ExactScanner.log_det_h sums a series about the nearest grid point;
+    # scan.log_det_h takes q logarithms. On the grid, half a step off it
+    # (the series' worst case), at random points, beyond the grid (where the
+    # logarithms are taken) and at h2 = 0.
+    y, X, K, _ = _panel(seed=6)
+    model = fit_null(y, X, np.arange(y.size), K)
+    scanner = ExactScanner(model)
+    rng = np.random.default_rng(6)
+    grid = np.linspace(-10.0, 10.0, 101)
+    log_d = np.concatenate([grid, grid[:-1] + 0.1, rng.uniform(-12.0, 12.0, 500)])
+    d = np.append(np.exp(log_d), np.inf)
+    ours = scanner.log_det_h(d)
+    direct = log_det_h(scanner.exact_lik.s, d, y.size)
+    assert ours[-1] == direct[-1] == 0.0
+    np.testing.assert_allclose(ours[:-1], direct[:-1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_each_snps_d_is_the_root_of_the_slope_to_1e_12(method):
+    # The secant search stops when its next step would move less than 1e-12
+    # in log d: brentq, bracketing the same root far tighter, must agree.
+    y, X, K, G = _panel(seed=7)
+    model = fit_null(y, X, np.arange(y.size), K, method=method)
+    scanner = ExactScanner(model, method=method)
+    fit = scanner.fit(G)
+    stats = scanner._block_stats(scanner.statistics(G))
+
+    def slope(j: int, x: float) -> float:
+        return float(scanner._at(np.exp([x]), stats, np.array([j]), values=False).slope[0])
+
+    checked = 0
+    for j in np.flatnonzero(np.isfinite(fit.delta)):
+        x = np.log(fit.delta[j])
+        lo, hi = x - 0.05, x + 0.05
+        if not slope(j, lo) < 0 < slope(j, hi):
+            continue
+        root = scipy.optimize.brentq(lambda v, j=j: slope(j, v), lo, hi, xtol=1e-15, rtol=1e-15)
+        assert x == pytest.approx(root, abs=2e-12), j
+        checked += 1
+    assert checked >= 4
