@@ -432,6 +432,11 @@ def test_result_does_not_depend_on_sample_or_snp_order_or_chunk(seed, sample_see
     assert mapped == [list(q) for q in before.iterations]
     np.testing.assert_allclose(after.p, before.p[cols], rtol=1e-8)
     np.testing.assert_allclose(after.beta, before.beta[cols], rtol=1e-8)
+    # The NYC pass too (its regions: every SNP of a chromosome, 1 kb apart).
+    nyc_before = blink.nyc_pass(DenseGenotypes(G, chromosome, position), y, X, before)
+    nyc_after = blink.nyc_pass(DenseGenotypes(G[rows][:, cols], chromosome[cols], position[cols]),
+                               y[rows], X[rows], after)
+    np.testing.assert_allclose(nyc_after.p, nyc_before.p[cols], rtol=1e-8)
 
 
 def test_a_single_candidate_skips_ld_and_bic():
