@@ -195,6 +195,11 @@ def nyc_pass(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, loop: MultiLocu
     MultiLocusResult
         ``loop`` with the regions' p-values replaced.
     """
+    if rules not in MULTILOCUS_RULES:
+        msg = f"unknown rules {rules!r}; expected one of {', '.join(MULTILOCUS_RULES)}"
+        raise ValueError(msg)
+    y = np.asarray(y, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
     m = genotypes.n_snps
     gapit = rules == "gapit"
     # GAPIT's BLINK branch puts the significant SNPs in chromosome order, then
