@@ -10,7 +10,9 @@ the previous pseudo-QTNs and the merged list is cut by BIC again. The loop
 stops when the set repeats or after ``max_loops`` iterations; every SNP's
 p-value is the one of the last scan, and a pseudo-QTN's own p-value is the
 smallest p it reaches as a covariate over all the models of that scan
-(GAPIT's "reward" substitution). ``docs/blink.md`` states every rule with the
+(GAPIT's "reward" substitution). That is GAPIT's Kansas table; its NYC table
+re-scans the region around each significant SNP once more, without that SNP
+among the covariates (:func:`nyc_pass`). ``docs/blink.md`` states every rule with the
 lines of GAPIT that define it, and where cmlm departs from GAPIT by default
 (``rules="gapit"`` restores GAPIT's behaviour).
 
@@ -21,12 +23,23 @@ number at a time) and of the pseudo-QTNs.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 
 import numpy as np
 
-from cmlm_cli.choices import MULTILOCUS_RULES
-from cmlm_cli.multilocus import Genotypes, GlmScan, MultiLocusResult, with_own_numbers
+from cmlm_cli.choices import MULTILOCUS_RULES, MULTILOCUS_TABLES
+from cmlm_cli.farmcpu import SnpMap, significant_regions
+from cmlm_cli.multilocus import (
+    DenseGenotypes,
+    Genotypes,
+    GlmScan,
+    MultiLocusResult,
+    with_own_numbers,
+)
+
+log = logging.getLogger("cmlm")
 
 # GAPIT's Blink.LDRemove works through the candidates in blocks of this many
 # and stops after the first block that leaves more than LD_ENOUGH of them
@@ -41,7 +54,8 @@ LD_CHUNK = 512
 
 def run_blink(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, *,
               cutoff: float = 0.05, ld_threshold: float = 0.7, max_loops: int = 10,
-              rules: str = "cmlm", table: str = "kansas") -> MultiLocusResult:
+              rules: str = "cmlm", table: str = "kansas", window: float = 1e5
+              ) -> MultiLocusResult:
     """Run BLINK on one trait.
 
     Parameters
@@ -62,13 +76,15 @@ def run_blink(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, *,
         ``"gapit"``: GAPIT's behaviour where cmlm departs from it
         (docs/blink.md): ties in p broken by input order, BIC models without
         the covariates of ``X``, GAPIT's block-wise LD thinning of more than
-        1,000 candidates, and the rescaled p-values when no SNP passes the
-        first threshold.
-    table : {"kansas"}
-        The p-values reported: the loop's (GAPIT's Kansas table). GAPIT's NYC
-        table of BLINK comes from a second pass that cmlm does not reproduce
-        (docs/blink.md), so ``"nyc"`` is refused rather than answered with
-        another table.
+        1,000 candidates, the rescaled p-values when no SNP passes the
+        first threshold, and in the NYC pass the pseudo-QTN GAPIT leaves out
+        of a region's model (the one after the core in the file, not the core).
+    table : {"kansas", "nyc"}
+        The p-values reported: the loop's (GAPIT's Kansas table), or with the
+        region around each significant SNP re-scanned once without it as a
+        covariate (GAPIT's NYC table, :func:`nyc_pass`).
+    window : float
+        Half-width of a re-scanned region, bp (GAPIT's ``bin.regwas``, 100 kb).
 
     Returns
     -------
@@ -78,10 +94,19 @@ def run_blink(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, *,
     if rules not in MULTILOCUS_RULES:
         msg = f"unknown rules {rules!r}; expected one of {', '.join(MULTILOCUS_RULES)}"
         raise ValueError(msg)
-    if table != "kansas":
-        msg = f"BLINK reports GAPIT's Kansas table only, not {table!r} (docs/blink.md)"
+    if table not in MULTILOCUS_TABLES:
+        msg = f"unknown table {table!r}; expected one of {', '.join(MULTILOCUS_TABLES)}"
         raise ValueError(msg)
-    gapit = rules == "gapit"
+    loop = _loop(genotypes, y, X, cutoff=cutoff, ld_threshold=ld_threshold,
+                 max_loops=max_loops, gapit=rules == "gapit")
+    if table == "kansas":
+        return loop
+    return nyc_pass(genotypes, y, X, loop, cutoff=cutoff, window=window, rules=rules)
+
+
+def _loop(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, *, cutoff: float,
+          ld_threshold: float, max_loops: int, gapit: bool) -> MultiLocusResult:
+    """BLINK's loop (GAPIT's ``Blink``): its last scan is the Kansas table."""
     y = np.asarray(y, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     m = genotypes.n_snps
@@ -123,6 +148,88 @@ def run_blink(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, *,
         scanned.append(tuple(current))
         if done:
             return _result(fit, fit.p, current, scanned, converged=converged)
+
+
+def nyc_pass(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, loop: MultiLocusResult, *,
+             cutoff: float = 0.05, window: float = 1e5, rules: str = "cmlm") -> MultiLocusResult:
+    """GAPIT's NYC table of BLINK: each significant region re-scanned once without its core.
+
+    The SNPs of the loop's table with ``p < cutoff / m`` are grouped
+    (chromosome, then position; a new group wherever two neighbours are on
+    different chromosomes or ``window`` bp or more apart); a group's core is
+    its most significant SNP (all of them if tied), and its region every SNP
+    on the core's chromosome strictly within ``window`` bp of a core, the
+    cores left out; a region of fewer than 3 SNPs is skipped
+    (:func:`cmlm_cli.farmcpu.significant_regions`). The region's SNPs are
+    scanned once (GAPIT's second ``Blink`` call with ``maxLoop = 1``: no
+    pseudo-QTN of its own) in ``y ~ X + Q' + x_j``, ``Q'`` the loop's
+    pseudo-QTNs but the cores, and their p-values replace the loop's. A
+    pseudo-QTN inside a region stays a covariate of that model, so it keeps
+    the loop's p-value (GAPIT writes 1: it cannot test it; ``rules="gapit"``
+    gives NaN, cmlm's mark of an untested SNP). Effects and standard errors
+    stay the loop's, as in GAPIT's NYC table.
+
+    With ``rules="gapit"``, ``Q'`` is what GAPIT 4.1 fits on a HapMap input:
+    GAPIT meant to drop the cores (``seqQTN[!seqQTN %in% aim_order]``) but
+    takes their numbers from the row names of its SNP map, which for a HapMap
+    file are the file's line numbers, one more than the SNPs' numbers; so it
+    drops the pseudo-QTN that follows a core in the file, if there is one,
+    and keeps the core, whose region is then scanned with the loop's own
+    model, p-values unchanged (docs/blink.md).
+
+    Parameters
+    ----------
+    genotypes : Genotypes
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+    loop : MultiLocusResult
+        BLINK's loop on the same data (the Kansas table).
+    cutoff : float
+        Significant: ``p < cutoff / m``.
+    window : float
+        Half-width of a region, bp.
+    rules : {"cmlm", "gapit"}
+
+    Returns
+    -------
+    MultiLocusResult
+        ``loop`` with the regions' p-values replaced.
+    """
+    if rules not in MULTILOCUS_RULES:
+        msg = f"unknown rules {rules!r}; expected one of {', '.join(MULTILOCUS_RULES)}"
+        raise ValueError(msg)
+    y = np.asarray(y, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    m = genotypes.n_snps
+    gapit = rules == "gapit"
+    # GAPIT's BLINK branch puts the significant SNPs in chromosome order, then
+    # in its table's (file) order: chromosome and position on a sorted file.
+    regions = significant_regions(loop.p, SnpMap(genotypes.chromosome, genotypes.position, "cmlm"),
+                                  threshold=cutoff / m, window=window, rules="cmlm")
+    p = loop.p.copy()
+    qtns = [int(q) for q in loop.qtns]
+    for cores, region in regions:
+        left_out = set((cores + 1).tolist()) if gapit else set(cores.tolist())
+        kept = [q for q in qtns if q not in left_out]
+        W = np.hstack([X, genotypes.columns(np.asarray(kept, dtype=np.intp))]) if kept else X
+        local = DenseGenotypes(genotypes.columns(region), genotypes.chromosome[region],
+                               genotypes.position[region])
+        again = local.scan(y, W).p
+        if not gapit:
+            covariate = np.isin(region, kept)
+            again = np.where(covariate, loop.p[region], again)
+        p[region] = again
+        log.info(
+            "BLINK (NYC table): the %d SNPs within %g bp of chromosome %s at %s re-scanned "
+            "with %d of the %d pseudo-QTNs",
+            region.size,
+            window,
+            genotypes.chromosome[cores[0]],
+            ", ".join(str(b) for b in genotypes.position[cores]),
+            len(kept),
+            len(qtns),
+        )
+    return dataclasses.replace(loop, p=p)
 
 
 def bic_cap(n: int) -> int:

@@ -360,8 +360,8 @@ analysis_options = _together(
         type=click.Choice(choices.MULTILOCUS_TABLES),
         default=None,
         help="FarmCPU/BLINK p-values: GAPIT's NYC table (regions around significant SNPs "
-        "re-scanned without them) or the loop's own (Kansas). Default: nyc for FarmCPU; "
-        "kansas for BLINK, the only table it reports (docs/blink.md).",
+        "re-scanned without them) or the loop's own (Kansas). Default: nyc for FarmCPU, "
+        "kansas for BLINK (docs/blink.md).",
     ),
     click.option(
         "--multilocus-rules",

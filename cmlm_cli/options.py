@@ -230,8 +230,9 @@ class GwasOptions:
     def table(self) -> str:
         """The multi-locus table reported: ``multilocus_table``, else FarmCPU's NYC, BLINK's Kansas.
 
-        cmlm does not reproduce GAPIT's second BLINK pass, which makes its NYC
-        table (docs/blink.md), so BLINK's table is its loop's.
+        BLINK's default is its loop's table: GAPIT's own NYC table of BLINK
+        leaves the significant SNPs among the covariates of their regions on a
+        HapMap input, so it equals the loop's there (docs/blink.md).
         """
         if self.multilocus_table is not None:
             return self.multilocus_table
@@ -414,7 +415,7 @@ def _check_grid(options: GwasOptions) -> None:
 
 
 def _check_multilocus(options: GwasOptions) -> None:
-    """Refuse a mixed model's settings with ``--model farmcpu`` or ``blink``; BLINK's NYC table."""
+    """Refuse a mixed model's settings with ``--model farmcpu`` or ``blink``."""
     model = f"--model {options.model}"
     problem = None
     if options.exact:
@@ -437,13 +438,6 @@ def _check_multilocus(options: GwasOptions) -> None:
         fix = "leave --snp-variance out"
     if problem:
         msg = f"{problem}; {fix}, or use --model cmlm or mlm"
-        raise CmlmError(msg)
-    if options.model == "blink" and options.table == "nyc":
-        msg = (
-            "--multilocus-table nyc: cmlm does not reproduce GAPIT's second BLINK pass, which "
-            "makes its NYC table (docs/blink.md); leave --multilocus-table out for BLINK's own "
-            "(Kansas) table, equal to GAPIT's NYC table on both of GAPIT's reference runs"
-        )
         raise CmlmError(msg)
 
 

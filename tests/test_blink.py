@@ -130,10 +130,128 @@ def test_the_one_remaining_difference_is_gapits_coding_of_the_four_allele_snp(ma
 def test_gapits_second_pass_changed_no_p_value_of_these_runs(trait):
     # GAPIT 4.1 re-runs BLINK around each significant SNP ("multiple iteration
     # for new BLINK") before writing its NYC table; on both runs the NYC table
-    # equals the Kansas one written before that pass (docs/blink.md).
+    # equals the Kansas one written before that pass, digit for digit: each
+    # region was scanned with the loop's own model, its core among the
+    # covariates (docs/blink.md, GAPIT's off-by-one).
     nyc = gapit_table(f"BLINK_PCA0_{trait}.gwas.csv")
     kansas = gapit_table(f"BLINK_PCA0_{trait}.gwas_kansas.csv")
     assert {s: r["P.value"] for s, r in nyc.items()} == {s: r["P.value"] for s, r in kansas.items()}
+
+
+def gapit_region_sizes(trait: str) -> list[int]:
+    """The SNPs GAPIT re-scanned per region (its ``table(aim_area)`` prints), in its order."""
+    lines = (GAPIT / f"BLINK_PCA0_{trait}.gapit_stdout.log").read_text().splitlines()
+    return [int(lines[i + 2].split()[1]) for i, line in enumerate(lines) if line == "aim_area"]
+
+
+def regions_by_hand(p, chromosome, position, threshold, window):
+    """Significant SNPs grouped along each chromosome; each group's best SNP and its neighbours."""
+    significant = [j for j in range(p.size) if p[j] < threshold]
+    significant.sort(key=lambda j: (int(chromosome[j]), position[j]))
+    groups: list[list[int]] = []
+    for j in significant:
+        last = groups[-1][-1] if groups else None
+        if (last is not None and chromosome[last] == chromosome[j]
+                and position[j] - position[last] < window):
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    regions = []
+    for group in groups:
+        core = min(group, key=lambda j: p[j])
+        region = [j for j in range(p.size) if chromosome[j] == chromosome[core]
+                  and abs(position[j] - position[core]) < window and j != core]
+        if len(region) >= 3:
+            regions.append((core, region))
+    return regions
+
+
+def ols_p(y, W, x):
+    """Two-sided t-test p of ``x`` in ``y ~ W + x`` by least squares (NaN if x is in W's span)."""
+    A = np.column_stack([W, x])
+    if np.linalg.matrix_rank(A) < A.shape[1]:
+        return math.nan
+    beta, *_ = np.linalg.lstsq(A, y, rcond=None)
+    df = len(y) - A.shape[1]
+    s2 = np.sum((y - A @ beta) ** 2) / df
+    se = math.sqrt(s2 * np.linalg.inv(A.T @ A)[-1, -1])
+    return 2 * scipy.stats.t.sf(abs(beta[-1] / se), df)
+
+
+def test_nyc_table_with_gapits_rules_is_gapits_nyc_table(maize):
+    # GAPIT's own regions (the sizes its log prints) and its NYC p-values:
+    # with rules="gapit" each region is scanned with the loop's model, as GAPIT
+    # 4.1 does on a HapMap input, so every p-value is the Kansas one.
+    trait, genotypes, y, snp, result, _ = maize
+    nyc = run_blink(genotypes, y, np.ones((len(y), 1)), table="nyc", rules="gapit")
+    regions = regions_by_hand(result.p, genotypes.chromosome, genotypes.position,
+                              0.05 / len(snp), 1e5)
+    assert [len(region) for _, region in regions] == gapit_region_sizes(trait)
+    gapit = gapit_table(f"BLINK_PCA0_{trait}.gwas.csv")
+    for j, name in enumerate(snp):
+        if name != GAPIT_FOUR_ALLELE_SNP:
+            ours = 0.0 if np.isnan(nyc.p[j]) else math.log10(nyc.p[j])
+            assert abs(ours - math.log10(float(gapit[name]["P.value"]))) < 1e-10, name
+    np.testing.assert_array_equal(nyc.beta, result.beta)
+    assert nyc.iterations == result.iterations
+
+
+def test_nyc_table_rescans_each_region_without_its_core(maize):
+    # cmlm's NYC table: every region's SNPs tested by least squares in
+    # y ~ 1 + (the pseudo-QTNs but the core) + x_j; every other SNP keeps the
+    # loop's p-value. On these runs the core masks its neighbours (EarHT:
+    # PZA03648.2, p 0.86 beside PZA03647.3, 7e-5 without it).
+    trait, genotypes, y, snp, result, _ = maize
+    nyc = run_blink(genotypes, y, np.ones((len(y), 1)), table="nyc")
+    regions = regions_by_hand(result.p, genotypes.chromosome, genotypes.position,
+                              0.05 / len(snp), 1e5)
+    assert len(regions) == {"EarHT": 2, "Sim1": 3}[trait]
+    rescanned = np.zeros(len(snp), dtype=bool)
+    for core, region in regions:
+        assert core in result.qtns
+        others = [q for q in result.qtns if q != core]
+        W = np.column_stack([np.ones(len(y)), genotypes.dosages[:, others]])
+        for j in region:
+            expected = ols_p(y, W, genotypes.dosages[:, j])
+            assert math.log10(nyc.p[j]) == pytest.approx(math.log10(expected), abs=1e-9), snp[j]
+        rescanned[region] = True
+    np.testing.assert_array_equal(nyc.p[~rescanned], result.p[~rescanned])
+    assert np.max(np.abs(np.log10(nyc.p[rescanned] / result.p[rescanned]))) > 1
+
+
+def test_gapits_nyc_pass_leaves_out_the_pseudo_qtn_after_the_core():
+    # A hand-made loop result. Chromosome 1: SNPs 0-4, the core 4 alone below
+    # 0.05 / m, its region 0-3 (within 100 kb), SNP 2 a pseudo-QTN. SNP 5, next
+    # in the file, is a pseudo-QTN on chromosome 3; SNPs 6-15 are on
+    # chromosome 2, 13 a pseudo-QTN. cmlm scans the region without the core,
+    # GAPIT without SNP 5, the core kept.
+    rng = np.random.default_rng(11)
+    n = 50
+    dosages = rng.integers(0, 3, size=(n, 16)).astype(float)
+    chromosome = np.array(["1"] * 5 + ["3"] + ["2"] * 10)
+    position = np.concatenate([[1_000, 20_000, 40_000, 60_000, 80_000, 500],
+                               10_000 * np.arange(10)])
+    y = dosages[:, 4] + 0.5 * dosages[:, 5] + rng.normal(size=n)
+    genotypes = DenseGenotypes(dosages, chromosome, position)
+    qtns = np.array([4, 5, 13, 2])
+    p = np.full(16, 0.5)
+    p[4] = 1e-9
+    loop = multilocus.MultiLocusResult("blink", np.zeros(16), np.ones(16), p, qtns, ((),), True)
+    X = np.ones((n, 1))
+    ours = blink.nyc_pass(genotypes, y, X, loop)
+    theirs = blink.nyc_pass(genotypes, y, X, loop, rules="gapit")
+    for j in (0, 1, 3):
+        assert ours.p[j] == pytest.approx(
+            ols_p(y, np.column_stack([X, dosages[:, [5, 13, 2]]]), dosages[:, j]), rel=1e-9)
+        assert theirs.p[j] == pytest.approx(
+            ols_p(y, np.column_stack([X, dosages[:, [4, 13, 2]]]), dosages[:, j]), rel=1e-9)
+    # The pseudo-QTN in the region is a covariate of the region's model: cmlm
+    # keeps its loop p-value, GAPIT cannot test it (it writes 1, cmlm NaN).
+    assert ours.p[2] == p[2]
+    assert np.isnan(theirs.p[2])
+    outside = np.arange(4, 16)
+    np.testing.assert_array_equal(ours.p[outside], p[outside])
+    np.testing.assert_array_equal(theirs.p[outside], p[outside])
 
 
 def brute_force_qtn_p(y, W, G, k):
@@ -314,6 +432,11 @@ def test_result_does_not_depend_on_sample_or_snp_order_or_chunk(seed, sample_see
     assert mapped == [list(q) for q in before.iterations]
     np.testing.assert_allclose(after.p, before.p[cols], rtol=1e-8)
     np.testing.assert_allclose(after.beta, before.beta[cols], rtol=1e-8)
+    # The NYC pass too (its regions: every SNP of a chromosome, 1 kb apart).
+    nyc_before = blink.nyc_pass(DenseGenotypes(G, chromosome, position), y, X, before)
+    nyc_after = blink.nyc_pass(DenseGenotypes(G[rows][:, cols], chromosome[cols], position[cols]),
+                               y[rows], X[rows], after)
+    np.testing.assert_allclose(nyc_after.p, nyc_before.p[cols], rtol=1e-8)
 
 
 def test_a_single_candidate_skips_ld_and_bic():
@@ -428,14 +551,32 @@ def test_gapit_rules_reach_blink_from_the_command_line(tmp_path):
     np.testing.assert_allclose(p["gapit"], np.minimum(plain ** (1 / scale), 1.0), rtol=1e-9)
 
 
-def test_nyc_table_is_refused(tmp_path):
-    result = run("--bfile", str(DATA / "mdp"), "--pheno", str(DATA / "mdp.pheno.tsv"),
-                 "--model", "blink", "--multilocus-table", "nyc", "--out", str(tmp_path / "b"))
-    expect_error(result, "cmlm does not reproduce GAPIT's second BLINK pass",
-                 "leave --multilocus-table out")
-    assert not list(tmp_path.iterdir())
-    with pytest.raises(ValueError, match="Kansas table only"):
-        run_blink(*simulated(1)[:2], np.ones((60, 1)), table="nyc")
+@pytest.mark.parametrize(("rules", "equal"), [("gapit", True), ("cmlm", False)])
+def test_nyc_table_from_the_command_line(tmp_path, rules, equal):
+    # --multilocus-table nyc on the bed: with GAPIT's rules GAPIT's NYC table
+    # (but for the 4-allele SNP), with cmlm's the regions re-scanned without
+    # their cores, as run_blink on GAPIT's coding (the bed with --impute middle).
+    result = run("--bfile", str(DATA / "mdp"), "--pheno", str(PHENO["EarHT"]), "--pheno-name",
+                 "EarHT", "--model", "blink", "--impute", "middle", "--multilocus-table", "nyc",
+                 "--multilocus-rules", rules, "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    ours = read_sumstats(tmp_path / "b.EarHT.sumstats.tsv")
+    assert "re-scanned with" in (tmp_path / "b.log").read_text()
+    genotypes, y, _, snp = gapit_coded(DATA / "mdp", PHENO["EarHT"], "EarHT")
+    expected = run_blink(genotypes, y, np.ones((len(y), 1)), table="nyc", rules=rules)
+    gapit = gapit_table("BLINK_PCA0_EarHT.gwas.csv")
+    differ = 0
+    for j, (name, p) in enumerate(zip(ours["variant_id"], ours["p_value"], strict=True)):
+        assert name == snp[j]
+        if name == GAPIT_FOUR_ALLELE_SNP:
+            continue
+        ours_p = 0.0 if np.isnan(p) else math.log10(p)  # GAPIT writes 1 where untestable
+        assert ours_p == pytest.approx(math.log10(np.nan_to_num(expected.p[j], nan=1.0)),
+                                       abs=1e-8), name
+        differ += abs(ours_p - math.log10(float(gapit[name]["P.value"]))) > 1e-8
+    assert (differ == 0) == equal
+    with pytest.raises(ValueError, match="unknown table"):
+        run_blink(*simulated(1)[:2], np.ones((60, 1)), table="new york")
 
 
 def test_too_few_individuals_for_the_bic_cap(tmp_path):
