@@ -66,11 +66,11 @@ def test_columns_shared_between_traits_are_formatted_once_and_alike():
         own["n"], own["df"] = np.full(B, 90), np.full(B, 87)
         own["p_value"][3] = np.nan
         columns = {**shared, **own}
-        assert sumstats.sumstats_rows(columns, formatted) == by_hand(columns)
+        assert sumstats.sumstats_text(columns, formatted) == "".join(by_hand(columns))
         assert formatted["variant_id"][0] is shared["variant_id"]
     # A column with the same name but another array is formatted anew.
     other = {**columns, "effect_allele_frequency": rng.uniform(size=B)}
-    assert sumstats.sumstats_rows(other, formatted) == by_hand(other)
+    assert sumstats.sumstats_text(other, formatted) == "".join(by_hand(other))
 
 
 def by_hand(columns):
@@ -115,9 +115,9 @@ def test_integer_columns_of_equal_values_share_their_text_floats_do_not():
                  "base_pair_location": np.arange(B), "n": np.full(B, 7),
                  "df": np.full(B, 4), "n_missing_calls": np.zeros(B, dtype=np.int64)})
     formatted: dict = {}
-    sumstats.sumstats_rows(base, formatted)
+    sumstats.sumstats_text(base, formatted)
     other = {**base, "n": np.full(B, 7), "beta": -np.zeros(B)}
-    lines = sumstats.sumstats_rows(other, formatted)
+    lines = sumstats.sumstats_text(other, formatted).splitlines(keepends=True)
     assert formatted["n"][0] is base["n"]
     assert formatted["beta"][0] is other["beta"]
     assert lines == by_hand(other)
