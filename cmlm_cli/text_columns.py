@@ -11,12 +11,14 @@ The text of a number is Python's ``"%.{digits}g" % v`` byte for byte
 (``NA`` where it is not finite): the kernel rounds ``|v| 10^k`` to
 ``digits`` digits from a double-double product (``10^k`` stored as two
 doubles, exact to 2^-106 relative, the product error-free by Dekker's
-splitting), which decides the rounding exactly unless the exact product
-lies within 1e-9 of a half unit of the last digit; such a value (a tie,
-which Python rounds to even on the exact binary value) and values outside
-[1e-280, 1e280] are formatted by Python instead. tests/test_text_columns.py
-checks the text against Python's on hypothesis' floats and on a million
-values of several scales.
+splitting), which decides the rounding unless the exact product lies within
+1e-9 of a half unit of the last digit. There, where ``10^k`` is a double
+(k <= 22: at 10 digits every ``|v|`` from 1e-13 to 1e10) the product is
+exact and so is the decision, a tie rounding to even as Python does on the
+exact binary value (allele frequencies such as 51/128 are ties at 6
+digits); elsewhere, and for values outside [1e-280, 1e280], Python formats
+the column. tests/test_text_columns.py checks the text against Python's on
+hypothesis' floats and on half a million values of several scales.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ _SPAN = 300
 # Values whose magnitude lies outside this range are formatted by Python
 # (10^k and the products stay normal doubles inside it).
 _RANGE = (1e-280, 1e280)
-# A rounding decided this close to a half unit of the last digit goes to
-# Python: the kernel's product is exact to ~1e-21 units, so 1e-9 sends
-# only about one value in a few hundred million, and every true tie.
+# A rounding this close to a half unit of the last digit is decided exactly
+# or by Python: the kernel's product is exact to ~1e-21 units, and 1e-9
+# takes every true tie and about one other value in a few hundred million.
 _TIE = 1e-9
 _SPLIT = 134217729.0  # 2^27 + 1: Dekker's splitting of a double into halves
+# 10^k is a double up to k = 22 (5^22 < 2^53): its low part is 0.
+_EXACT_POWER = 22
 
 
 def _powers_of_ten() -> tuple[np.ndarray, np.ndarray]:
@@ -100,11 +104,12 @@ def floats(values: np.ndarray, digits: int = 10) -> Column:
     ----------
     values : ndarray, shape (B,), float
     digits : int
-        Significant digits, 1 to 17.
+        Significant digits, 1 to 15 (the rounded digits are then an integer
+        below 2^53, exact in a double).
     """
     values = np.ascontiguousarray(values, dtype=np.float64)
-    if not 1 <= digits <= 17:
-        msg = f"digits must lie in 1..17, got {digits}"
+    if not 1 <= digits <= 15:
+        msg = f"digits must lie in 1..15, got {digits}"
         raise ValueError(msg)
     # A number takes at most digits + 8 bytes: sign, point, e-308, newline.
     text = np.empty(values.size * (digits + 8), dtype=np.uint8)
@@ -112,7 +117,8 @@ def floats(values: np.ndarray, digits: int = 10) -> Column:
     by_python = np.zeros(values.size, dtype=np.bool_)
     size = _format(values, digits, _POW_HI, _POW_LO, _NA, text, stops, by_python)
     if by_python.any():
-        # Rare (ties, extreme magnitudes): the whole column by Python.
+        # Rare (near-ties of large values, extreme magnitudes): the whole
+        # column by Python.
         spec = f"%.{digits}g"
         return strings([spec % v if math.isfinite(v) else MISSING for v in values.tolist()])
     return Column(text[:size], stops)
@@ -209,6 +215,8 @@ def _format(values, digits, pow_hi, pow_lo, na, out, stops, by_python):  # pragm
             e = int(math.floor(math.log10(a)))
             whole = 0.0
             frac = 0.0
+            err = 0.0
+            k = 0
             found = False
             for _ in range(3):
                 k = digits - 1 - e
@@ -230,10 +238,20 @@ def _format(values, digits, pow_hi, pow_lo, na, out, stops, by_python):  # pragm
                 else:
                     found = True
                     break
-            if not found or abs(frac - 0.5) < _TIE:
+            up = frac > 0.5
+            if found and abs(frac - 0.5) < _TIE:
+                if 0 <= k <= _EXACT_POWER:
+                    # 10^k is a double: a 10^k = p + err exactly, and with
+                    # p - whole - 0.5 exact the side of the half unit is
+                    # decided exactly; a tie rounds to even, as Python.
+                    half = (p - whole) - 0.5
+                    up = half > -err or (half == -err and whole % 2.0 == 1.0)
+                else:
+                    found = False
+            if not found:
                 by_python[i] = True
             else:
-                m = np.int64(whole) + (1 if frac > 0.5 else 0)
+                m = np.int64(whole) + (1 if up else 0)
                 if m >= np.int64(top):
                     # Rounded up to the next power of ten.
                     m //= 10

@@ -19,7 +19,7 @@ def python_text(values, digits):
 
 @settings(max_examples=500, deadline=None)
 @given(value=st.floats(allow_nan=True, allow_infinity=True, width=64),
-       digits=st.sampled_from([6, 10]))
+       digits=st.sampled_from([1, 6, 10, 15]))
 def test_a_number_is_python_percent_g(value, digits):
     assert text_columns.floats(np.array([value]), digits).strings() == python_text([value], digits)
 
@@ -34,6 +34,7 @@ def scales(rng, size):
         -np.exp(rng.uniform(-40, 40, size)),
         rng.integers(-10**15, 10**15, size).astype(np.float64),  # many digits, exact
         rng.integers(0, 10**7, size) / 1024.0,  # short binary fractions: ties
+        rng.integers(0, 4000, size) / 4096.0,
         np.round(rng.normal(size=size), 9),  # near the 10th digit
         edges,
         np.nextafter(edges, 0.0),  # just below a power of ten
@@ -45,7 +46,7 @@ def scales(rng, size):
     ]
 
 
-@pytest.mark.parametrize("digits", [6, 10])
+@pytest.mark.parametrize("digits", [3, 6, 10])
 def test_numbers_of_every_scale_are_python_percent_g(digits):
     rng = np.random.default_rng(7)
     for values in scales(rng, 40_000):
@@ -56,10 +57,15 @@ def test_numbers_of_every_scale_are_python_percent_g(digits):
         assert not wrong, wrong[:5]
 
 
-def test_ties_and_extreme_magnitudes_go_to_python():
-    # 12345678905 lies exactly between two 10-digit numbers: Python rounds
-    # half to even (the kernel cannot tell a tie from a near-tie); 1e-300 is
-    # outside the kernel's range. Both come out as Python writes them.
+def test_ties_round_to_even_as_python_does():
+    # 51/128 and 63/128 lie exactly between two 6-digit numbers: half to
+    # even, decided exactly in the kernel (10^6 is a double). 12345678905
+    # (10^-1 is not a double) and 1e-300 (outside the kernel's range) are
+    # left to Python. All come out as Python writes them.
+    assert text_columns.floats(np.array([0.3984375, 0.4921875, 0.0234375]), 6).strings() == [
+        "0.398438", "0.492188", "0.0234375"]
+    assert text_columns.floats(np.array([0.4921875, 1.5, 2.5, 0.25]), 1).strings() == [
+        "0.5", "2", "2", "0.2"]
     values = np.array([12345678905.0, 12345678915.0, 1e-300, 2.5])
     assert text_columns.floats(values).strings() == [
         "1.23456789e+10", "1.234567892e+10", "1e-300", "2.5"]
@@ -83,3 +89,5 @@ def test_refuses_columns_that_do_not_line_up():
         text_columns.join([text_columns.strings(["a"]), text_columns.strings(["a", "b"])])
     with pytest.raises(ValueError, match="holds a newline"):
         text_columns.strings(["a\nb"])
+    with pytest.raises(ValueError, match="1..15"):
+        text_columns.floats(np.zeros(1), 16)
