@@ -371,7 +371,7 @@ class Scanner:
             dots, ssw = stats.dots[:, tile], stats.ssw[tile]
             if pad:
                 if sums is not None:
-                    padded = _scratch("padded", (sums.shape[0], TILE), np.float64, "F")
+                    padded = scratch("padded", (sums.shape[0], TILE), np.float64, "F")
                     padded[:, : TILE - pad] = sums
                     padded[:, TILE - pad :] = 0.0
                     sums = padded
@@ -400,7 +400,7 @@ class Scanner:
         e = ssw / d
         f = dots[-1] / d
         if self.basis is not None and group_sums is not None:
-            RG = _scratch("product", group_sums.shape, self._R.dtype, "F")
+            RG = scratch("product", group_sums.shape, self._R.dtype, "F")
             RG[...] = group_sums
             triangular_product(self._R, RG, lower=self._lower)
             e += np.einsum("ij,ij->j", RG, RG, dtype=np.float64)
@@ -426,7 +426,7 @@ def decode(
         Decode over numba's threads (:func:`cmlm_cli.packed.statistics`).
     """
     # The group sums are used up by the test: a buffer of this thread's.
-    sums = _scratch("sums", (rows.shape[0], plan.starts.size - 1), np.float64, "C")
+    sums = scratch("sums", (rows.shape[0], plan.starts.size - 1), np.float64, "C")
     return packed.statistics(rows, plan, middle=impute == "middle", parallel=parallel, sums=sums)
 
 
@@ -590,7 +590,7 @@ class _Single:
 _SCRATCH = threading.local()
 
 
-def _scratch(name: str, shape: tuple[int, ...], dtype: Any, order: Literal["C", "F"]) -> np.ndarray:
+def scratch(name: str, shape: tuple[int, ...], dtype: Any, order: Literal["C", "F"]) -> np.ndarray:
     """An array of the calling thread's, reused while its shape and dtype stay.
 
     The scan's per-block arrays are tens of megabytes at large q: each fresh

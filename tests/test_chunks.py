@@ -212,7 +212,7 @@ def test_merge_refuses_parts_of_another_count(fitted):
 def test_interrupted_scan_leaves_no_part(fitted, monkeypatch):
     fit, out = fitted
     calls = []
-    real = sumstats.sumstats_rows
+    real = sumstats.sumstats_text
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -220,11 +220,11 @@ def test_interrupted_scan_leaves_no_part(fitted, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sumstats, "sumstats_rows", interrupted)
+    monkeypatch.setattr(sumstats, "sumstats_text", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_scan(fit, out, chunk="1/1")
     assert part_files(out) == []
-    monkeypatch.setattr(sumstats, "sumstats_rows", real)
+    monkeypatch.setattr(sumstats, "sumstats_text", real)
     run_scan(fit, out, chunk="1/1")
     assert len(part_files(out)) == 3
 

@@ -199,7 +199,7 @@ def write_sumstats(path: Path, chrom, pos, p, *, compress: bool = False) -> None
         df=np.full(m, 8), n_missing_calls=np.zeros(m, dtype=int))
     with files.atomic_open(path, compress=compress) as handle:
         handle.write("\t".join(sumstats.SUMSTATS_COLUMNS) + "\n")
-        handle.writelines(sumstats.sumstats_rows(columns))
+        handle.write(sumstats.sumstats_text(columns))
 
 
 @pytest.fixture

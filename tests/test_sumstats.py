@@ -66,11 +66,11 @@ def test_columns_shared_between_traits_are_formatted_once_and_alike():
         own["n"], own["df"] = np.full(B, 90), np.full(B, 87)
         own["p_value"][3] = np.nan
         columns = {**shared, **own}
-        assert sumstats.sumstats_rows(columns, formatted) == by_hand(columns)
+        assert sumstats.sumstats_text(columns, formatted) == "".join(by_hand(columns))
         assert formatted["variant_id"][0] is shared["variant_id"]
     # A column with the same name but another array is formatted anew.
     other = {**columns, "effect_allele_frequency": rng.uniform(size=B)}
-    assert sumstats.sumstats_rows(other, formatted) == by_hand(other)
+    assert sumstats.sumstats_text(other, formatted) == "".join(by_hand(other))
 
 
 def by_hand(columns):
@@ -99,3 +99,66 @@ def test_float_text_is_percent_g_whichever_values_repeat(values):
     array = np.array(values, dtype=np.float64)
     expected = ["%.10g" % v if np.isfinite(v) else "NA" for v in values]  # noqa: UP031
     assert format_float(array) == expected
+
+
+def test_integer_columns_of_equal_values_share_their_text_floats_do_not():
+    # Traits with the same individuals have the same n and df in other
+    # arrays: their text is reused. A float column equal in value but not
+    # the same array is formatted again (0.0 and -0.0 are equal and print
+    # differently).
+    from cmlm_cli import sumstats
+
+    B = 3
+    base = {name: np.zeros(B) for name in sumstats.SCANNED_COLUMNS}
+    base.update({"chromosome": np.array(["1"] * B), "variant_id": np.array(["a", "b", "c"]),
+                 "effect_allele": np.array(["A"] * B), "other_allele": np.array(["G"] * B),
+                 "base_pair_location": np.arange(B), "n": np.full(B, 7),
+                 "df": np.full(B, 4), "n_missing_calls": np.zeros(B, dtype=np.int64)})
+    formatted: dict = {}
+    sumstats.sumstats_text(base, formatted)
+    other = {**base, "n": np.full(B, 7), "beta": -np.zeros(B)}
+    lines = sumstats.sumstats_text(other, formatted).splitlines(keepends=True)
+    assert formatted["n"][0] is base["n"]
+    assert formatted["beta"][0] is other["beta"]
+    assert lines == by_hand(other)
+    assert lines[0].split("\t")[sumstats.SCANNED_COLUMNS.index("beta")] == "-0"
+
+
+def test_finish_joins_each_line_to_its_fdr_across_batches(tmp_path, monkeypatch):
+    # Batches of a few characters end inside lines: every line still gets
+    # its own FDR, as a line-by-line join gives it; the parts of a merge
+    # follow each other.
+    from cmlm_cli import sumstats
+
+    p = np.array([0.5, np.nan, 0.01, 0.2, 0.03])
+    lines = [f"line {i}\twith ünïcode {'x' * i}\n" for i in range(p.size)]
+    parts = [tmp_path / "a", tmp_path / "b"]
+    parts[0].write_text("".join(lines[:2]), encoding="utf-8")
+    parts[1].write_text("".join(lines[2:]), encoding="utf-8")
+    fdr = ["%.10g" % v if np.isfinite(v) else "NA" for v in fdr_bh(p)]  # noqa: UP031
+    expected = "\t".join(sumstats.SUMSTATS_COLUMNS) + "\n" + "".join(
+        f"{line[:-1]}\t{value}\n" for line, value in zip(lines, fdr, strict=True)
+    )
+    for batch in (3, 7, 1 << 22):
+        monkeypatch.setattr(sumstats, "_BATCH", batch)
+        out = tmp_path / f"out{batch}.tsv"
+        sumstats.finish([str(out)], [[str(x) for x in parts]],
+                        [sumstats.Tested(p**2, p)], gzip=False)
+        assert out.read_text(encoding="utf-8") == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("a\nb\nc\nd\n", "4 scanned lines for 3 SNPs"), ("a\nb\n", "2 scanned lines for 3 SNPs"),
+     ("a\nb\nc", "end inside a line")],
+)
+def test_finish_refuses_lines_that_are_not_one_per_snp(tmp_path, body, message):
+    from cmlm_cli import sumstats
+
+    part = tmp_path / "part"
+    part.write_text(body)
+    p = np.array([0.1, 0.2, 0.3])
+    out = tmp_path / "out.tsv"
+    with pytest.raises(AssertionError, match=message):
+        sumstats.finish([str(out)], [[str(part)]], [sumstats.Tested(p, p)], gzip=False)
+    assert not out.exists()
