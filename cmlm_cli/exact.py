@@ -52,7 +52,6 @@ for every SNP, so they are matrix products too; the test's ``x'Px``, ``x'Py``
 and ``yP*y`` are those of the evaluation that chose ``d``, and ``log|H|`` at
 that ``d`` (for GAPIT's R^2) a short series about the nearest grid point
 instead of q logarithms (:meth:`ExactScanner.log_det_h`).
-only says which likelihood chooses ``d``; the t-test is the same.
 """
 
 from __future__ import annotations
@@ -186,6 +185,9 @@ class ExactScanner(Scanner):
         Missing calls: SNP mean over the analysed individuals, or 1 (GAPIT).
     method : {"reml", "ml"}
         The likelihood maximised over ``d`` for every SNP.
+    basis : CompressedBasis, optional
+        The groups' eigenbasis (with its vectors), when a set of traits with
+        these groups and kinship shares one; by default the model's.
     """
 
     # The P3D factor (q x q, seconds at q = 5,000) is not needed here.
@@ -475,29 +477,14 @@ class ExactScanner(Scanner):
         """
         lik = self.exact_lik
         d = np.asarray(d, dtype=np.float64)
+        logdet = log_det_h(lik.s, d, lik.n) if values else np.full(d.size, np.nan)
         limit = np.isinf(d)
         s = np.where(limit[:, None], 0.0, lik.s[None, :])
         d = np.where(limit, 1.0, d)
         inv = 1.0 / (s + d[:, None])
         inv2 = inv * inv
-        logdet = np.full(d.size, np.nan)
-        if values:
-            logdet = self._log_det(s, d, limit)
         on_pairs = np.concatenate([inv, inv2]) @ self._TT
         return self._assemble(d, inv, inv2, on_pairs, np.sum(inv, axis=1), logdet)
-
-    def _log_det(self, s: np.ndarray, d: np.ndarray, limit: np.ndarray) -> np.ndarray:
-        """``log|H|``: 0 in the limit (``H = I``), else one logarithm per eigenvalue and ``d``.
-
-        The dearest part of a profile; ``s`` of shape (K, q) or (1, q).
-        """
-        lik = self.exact_lik
-        out = np.zeros(d.size)
-        finite = ~limit
-        out[finite] = np.sum(np.log(s + d[:, None])[finite], axis=1) + (lik.n - lik.q) * np.log(
-            d[finite]
-        )
-        return out
 
     def _assemble(
         self,
@@ -616,7 +603,7 @@ class ExactScanner(Scanner):
         Returns
         -------
         dict
-            ``rot``, ``rot2`` of shape (K, B, p); ``c``, ``c2`` of shape (K, B).
+            ``rot``, ``rot2`` of shape (p, K, B); ``c``, ``c2`` of shape (K, B).
         """
         UX, p = self._T[:, :-1], self.exact_lik.p
         K, B = null.d.size, UG.shape[1]
@@ -697,10 +684,9 @@ class ExactScanner(Scanner):
         b, b2 = rot + XwG / dd, rot2 + XwG / dd**2
         # The y column's products: one (2K x q) by (q x S) product.
         fy = (np.concatenate([null.inv, null.inv2]) * T[:, p]) @ UG
-        f = fy[:K] + ywG[None] / d[:, None]
-        f2 = fy[K:] + ywG[None] / d[:, None] ** 2
-        dv = d[:, None]
-        return _Forms(b, f, c + GwGw / dv, b2, f2, c2 + GwGw / dv**2)
+        f = fy[:K] + ywG[None] / dd
+        f2 = fy[K:] + ywG[None] / dd**2
+        return _Forms(b, f, c + GwGw / dd, b2, f2, c2 + GwGw / dd**2)
 
     def _flat(
         self, d: np.ndarray, stats: dict, snps: np.ndarray, *, values: bool
@@ -722,9 +708,8 @@ class ExactScanner(Scanner):
         both = weights.reshape(2 * S, lik.q)
         on_pairs = both @ self._TT
         inv_sum = np.sum(inv, axis=1)
-        logdet = (
-            self._log_det(lik.s[None, :], d, np.zeros(S, bool)) if values else np.full(S, np.nan)
-        )
+        # log|H|: q logarithms per SNP, the dearest part of a profile.
+        logdet = log_det_h(lik.s, d, lik.n) if values else np.full(S, np.nan)
         null = self._assemble(d, np.zeros(0), np.zeros(0), on_pairs, inv_sum, logdet)
         UGT = stats["UGT"][snps]
         weights *= UGT
