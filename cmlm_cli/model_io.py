@@ -134,7 +134,9 @@ def _content(array: np.ndarray) -> bytes:
     fortran = array.flags.f_contiguous and not array.flags.c_contiguous
     digest = hashlib.sha256()
     digest.update(repr((np.lib.format.dtype_to_descr(array.dtype), array.shape, fortran)).encode())
-    digest.update(np.ascontiguousarray(array.T if fortran else array).tobytes())
+    # Hashed in place, as bytes: no copy of a contiguous array.
+    data = np.ascontiguousarray(array.T if fortran else array)
+    digest.update(data.reshape(-1).view(np.uint8).data)
     return digest.digest()
 
 
