@@ -14,7 +14,10 @@ SNP ranges in N independent tasks (``cmlm scan --chunk K/N``) and joins them
   traits and covariates, and
   ``meta.json``: the options, the names and the fingerprint of the PLINK
   files (sizes and SHA-256 of the .fam, the .bim and the head of the .bed),
-  so that a scan against other files is refused;
+  so that a scan against other files is refused. Each distinct array is
+  stored once: traits fitted on the same individuals share their group
+  kinship, labels and design, and a later entry with the same content is
+  only named in ``meta.json`` (``shared``) and read back as the same array;
 - a part, chunk K of N: ``OUT.part-K-of-N.TRAIT.tsv`` (each trait's
   summary-statistics lines of the chunk, without header) and, written last,
   the manifest ``OUT.part-K-of-N.npz`` with the SHA-256 of the fit, the
@@ -32,14 +35,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ log = logging.getLogger("cmlm")
 FIT_FORMAT = "cmlm-fit"
 PART_FORMAT = "cmlm-part"
 # Raised when the layout of either file changes; older files are refused.
-FORMAT_VERSION = 2  # 2: null models keep Kc, not its eigenvectors
+FORMAT_VERSION = 3  # 2: null models keep Kc, not its eigenvectors; 3: arrays stored once
 _READ_CHUNK = 1 << 20
 
 
@@ -68,8 +69,22 @@ _READ_CHUNK = 1 << 20
 
 
 def _put(entries: dict[str, np.ndarray], prefix: str, obj: Any) -> None:
-    """Every field of a dataclass as ``prefix + name``; scalars as 0-d arrays."""
+    """Every saved field of a dataclass as ``prefix + name``; scalars as 0-d arrays.
+
+    Nested dataclasses are saved under ``prefix + name + "."``. A field
+    declared with ``dataclasses.field(default=..., metadata={"saved": False})``
+    is not written (a cache that can be computed again, or must not reach the
+    file): :func:`_get` gives it its default.
+
+    Raises
+    ------
+    TypeError
+        A saved field holds Python objects (dtype object), which only pickle
+        could save.
+    """
     for f in dataclasses.fields(obj):
+        if not _saved(f):
+            continue
         value = getattr(obj, f.name)
         key = prefix + f.name
         if dataclasses.is_dataclass(value):
@@ -82,15 +97,27 @@ def _put(entries: dict[str, np.ndarray], prefix: str, obj: Any) -> None:
         entries[key] = array
 
 
-def _get(archive: Any, prefix: str, cls: type, path: str, nested: dict[str, type]) -> Any:
-    """Rebuild a dataclass that :func:`_put` saved; 0-d entries become Python scalars."""
+def _saved(f: dataclasses.Field[Any]) -> bool:
+    """Is a dataclass field written to the file (not ``metadata={"saved": False}``)?"""
+    return bool(f.metadata.get("saved", True))
+
+
+def _get(
+    archive: dict[str, np.ndarray], prefix: str, cls: type, path: str, nested: dict[str, type]
+) -> Any:
+    """Rebuild a dataclass that :func:`_put` saved; 0-d entries become Python scalars.
+
+    Fields that are not saved take their default.
+    """
     values = {}
     for f in dataclasses.fields(cls):
+        if not _saved(f):
+            continue
         key = prefix + f.name
         if f.name in nested:
             values[f.name] = _get(archive, key + ".", nested[f.name], path, {})
             continue
-        if key not in archive.files:
+        if key not in archive:
             msg = f"{path}: '{key}' is missing; it was written by another version of cmlm, refit"
             raise CmlmError(msg)
         array = archive[key]
@@ -98,24 +125,115 @@ def _get(archive: Any, prefix: str, cls: type, path: str, nested: dict[str, type
     return cls(**values)
 
 
+def _content(array: np.ndarray) -> bytes:
+    """SHA-256 of what ``np.save`` writes of an array: dtype, shape, memory order, bytes.
+
+    The order is part of it so that an entry read back from another entry's
+    data has the layout it would have had (BLAS results may depend on it).
+    """
+    fortran = array.flags.f_contiguous and not array.flags.c_contiguous
+    digest = hashlib.sha256()
+    digest.update(repr((np.lib.format.dtype_to_descr(array.dtype), array.shape, fortran)).encode())
+    # Hashed in place, as bytes: no copy of a contiguous array.
+    data = np.ascontiguousarray(array.T if fortran else array)
+    digest.update(data.reshape(-1).view(np.uint8).data)
+    return digest.digest()
+
+
+def _deduplicate(
+    entries: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Each distinct array once: the entries to write and the others' holders.
+
+    Traits fitted on the same individuals hold the same arrays (one q x q
+    group kinship, the labels, X ... for all of them): written once, the fit
+    of 20 traits is not 20 times the size of one. The first entry of each
+    content holds the data; every later one is recorded as a reference to
+    it. Scalars (0-d) are always written: they cost less than a reference.
+
+    Returns
+    -------
+    stored : dict of str to ndarray
+        The entries to write.
+    shared : dict of str to str
+        Each left-out entry's key to the key of the stored entry with its data.
+    """
+    stored: dict[str, np.ndarray] = {}
+    shared: dict[str, str] = {}
+    holder_of_content: dict[bytes, str] = {}
+    # The same object is hashed once (a Kc of 5000 x 5000 is 200 MB); ids
+    # are stable because ``entries`` keeps every array alive meanwhile.
+    holder_of_id: dict[int, str] = {}
+    for key, array in entries.items():
+        if array.ndim == 0:
+            stored[key] = array
+            continue
+        holder = holder_of_id.get(id(array))
+        if holder is None:
+            holder = holder_of_content.setdefault(_content(array), key)
+            holder_of_id[id(array)] = holder
+        if holder == key:
+            stored[key] = array
+        else:
+            shared[key] = holder
+    return stored, shared
+
+
 def _write_archive(path: str, meta: dict[str, Any], entries: dict[str, np.ndarray]) -> None:
-    content: dict[str, Any] = {"meta.json": np.asarray(json.dumps(meta)), **entries}
+    """Write ``meta`` as ``meta.json`` and each distinct array once (:func:`_deduplicate`)."""
+    stored, shared = _deduplicate(entries)
+    meta = {**meta, "shared": shared}
+    content: dict[str, Any] = {"meta.json": np.asarray(json.dumps(meta)), **stored}
     with files.atomic_open_binary(path) as handle:
         np.savez(handle, **content)
 
 
-def _read_archive(path: str, expected: str, what: str) -> tuple[str, dict[str, Any], Any]:
-    """Read an archive whole: its SHA-256, its metadata and its entries."""
+def _read_archive(
+    path: str, expected: str, what: str
+) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    """Read an archive: its SHA-256, its metadata and its entries.
+
+    The file is read through one handle and never held whole in memory: the
+    metadata first (a file of another kind or format version is refused
+    before its arrays are read), then its SHA-256, then the arrays. An entry
+    written as a reference (:func:`_deduplicate`) is the same array object
+    as the entry holding its data, so memory holds one copy and
+    :func:`cmlm_cli.association.make_scans` hashes it once.
+
+    Raises
+    ------
+    CmlmError
+        The file is missing, is not a ``what`` of this format version, or is
+        damaged; the message names the file.
+    """
     try:
-        content = Path(path).read_bytes()
+        handle = open(path, "rb")
     except FileNotFoundError:
         msg = f"{what} '{path}' not found"
         raise CmlmError(msg) from None
-    try:
-        archive = np.load(io.BytesIO(content), allow_pickle=False)
-        meta = json.loads(str(archive["meta.json"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        meta = {}
+    with handle:
+        archive: Any = None
+        try:
+            archive = np.load(handle, allow_pickle=False)
+            # np.load also reads a lone .npy array, which is no archive.
+            meta = json.loads(str(archive["meta.json"])) if hasattr(archive, "files") else {}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            meta = {}
+        try:
+            _check_meta(path, meta, expected, what)
+            digest = hashlib.sha256()
+            handle.seek(0)
+            while chunk := handle.read(_READ_CHUNK):
+                digest.update(chunk)
+            entries = _entries(path, archive, meta, what)
+        finally:
+            if hasattr(archive, "close"):
+                archive.close()
+    return digest.hexdigest(), meta, entries
+
+
+def _check_meta(path: str, meta: Any, expected: str, what: str) -> None:
+    """Refuse a file that is not a ``what`` of this format version."""
     if not isinstance(meta, dict) or meta.get("format") != expected:
         msg = f"'{path}' is not a {what} written by cmlm (no '{expected}' metadata)"
         raise CmlmError(msg)
@@ -125,7 +243,21 @@ def _read_archive(path: str, expected: str, what: str) -> tuple[str, dict[str, A
             f"({__version__}) reads version {FORMAT_VERSION}; make it again with this version"
         )
         raise CmlmError(msg)
-    return hashlib.sha256(content).hexdigest(), meta, archive
+
+
+def _entries(path: str, archive: Any, meta: dict[str, Any], what: str) -> dict[str, np.ndarray]:
+    """Every entry of an archive, those written as references resolved to their holder's array."""
+    try:
+        entries = {key: archive[key] for key in archive.files if key != "meta.json"}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        msg = f"{what} '{path}' is damaged ({err}); make it again"
+        raise CmlmError(msg) from None
+    for key, holder in meta.get("shared", {}).items():
+        if holder not in entries:
+            msg = f"{what} '{path}' is damaged: '{key}' refers to '{holder}', which it lacks"
+            raise CmlmError(msg)
+        entries[key] = entries[holder]
+    return entries
 
 
 # --------------------------------------------------------------------------
