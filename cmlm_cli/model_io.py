@@ -70,6 +70,8 @@ _READ_CHUNK = 1 << 20
 def _put(entries: dict[str, np.ndarray], prefix: str, obj: Any) -> None:
     """Every field of a dataclass as ``prefix + name``; scalars as 0-d arrays."""
     for f in dataclasses.fields(obj):
+        if not f.metadata.get("saved", True):
+            continue
         value = getattr(obj, f.name)
         key = prefix + f.name
         if dataclasses.is_dataclass(value):
@@ -86,6 +88,8 @@ def _get(archive: Any, prefix: str, cls: type, path: str, nested: dict[str, type
     """Rebuild a dataclass that :func:`_put` saved; 0-d entries become Python scalars."""
     values = {}
     for f in dataclasses.fields(cls):
+        if not f.metadata.get("saved", True):
+            continue
         key = prefix + f.name
         if f.name in nested:
             values[f.name] = _get(archive, key + ".", nested[f.name], path, {})
