@@ -428,12 +428,16 @@ def _release_kinships(levels: list[Level]) -> None:
 def drop_kinships(levels: list[Level], keep: set[int]) -> None:
     """Replace, in place, every level not in ``keep`` by one without its q x q ``Kc``.
 
+    The fit's tridiagonal reduction of that ``Kc`` (:attr:`NullModel.reduction`)
+    goes with it.
+
     The numbers of the compression profile stay; only a level that may still
     be chosen keeps the matrix the scan and the BLUPs need.
     """
     for i, level in enumerate(levels):
         if i not in keep and level.model.Kc.size:
-            light = dataclasses.replace(level.model, Kc=np.zeros((0, 0)))
+            # With its Kc goes the fit's reduction of it (another q x q).
+            light = dataclasses.replace(level.model, Kc=np.zeros((0, 0)), reduction=None)
             levels[i] = dataclasses.replace(level, model=light)
 
 

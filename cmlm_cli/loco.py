@@ -192,6 +192,10 @@ def fit_loco(
                 model.ve,
                 model.h2,
             )
+            # One model per chromosome stays alive: without the fit's reduction
+            # of its Kc (one more q x q each), which only eigenvector scans
+            # (--exact, shared sets) use; they make it again.
+            model = dataclasses.replace(model, reduction=None)
             models.append(ChromosomeModel(chromosome.name, snps.size, n_kinship, groups, model))
         # This chromosome's n x n kinship and cuts go before the next is built.
         del K, cuts

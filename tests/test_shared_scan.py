@@ -6,7 +6,9 @@
 - the pipeline: any subset of traits gives each trait the p-values of its
   run alone (hypothesis), whichever route it took;
 - block size, thread count and the order of the traits change no byte;
-  chunks and merge write the serial run's bytes (Dask: tests/test_dask.py).
+  chunks and merge write the serial run's bytes (Dask: tests/test_dask.py);
+- the eigenbasis from the fit's tridiagonal reduction is the one made again
+  from the saved fit, to the bit.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import dense_scan, h_matrix
 
-from cmlm_cli import api
+from cmlm_cli import api, null_model
 from cmlm_cli.association import make_scans, scan_traits
 from cmlm_cli.chunks import run_fit, run_merge, run_scan
-from cmlm_cli.null_model import fit_null, null_model_at
+from cmlm_cli.null_model import CompressedBasis, fit_null, null_model_at
 from cmlm_cli.options import GwasOptions
 from cmlm_cli.pipeline import run_gwas
 from cmlm_cli.scan import Scanner
@@ -174,3 +176,50 @@ def test_exact_set_gives_each_trait_its_scan_alone_to_the_bit(fitted):
             for name in ("beta", "se", "p", "r2_with"):
                 assert np.array_equal(getattr(together[k], name), getattr(single, name),
                                       equal_nan=True), name
+
+
+def test_the_fits_reduction_gives_the_eigenbasis_made_again_to_the_bit(
+    traits_file, tmp_path, monkeypatch
+):
+    # Levels of 2 groups and more keep their tridiagonal reduction (as q >= 256
+    # do in a real run): the eigenvectors a set's scan asks for come from it,
+    # W = Q V, the same numbers to the bit as from a model without it (a
+    # saved fit, whose reduction is not written), and the full decomposition's
+    # eigenpairs to rounding.
+    monkeypatch.setattr(null_model, "FACTORED_MIN_Q", 2)
+    options = GwasOptions(groups="120", plots=False, block_size=500)
+    inputs = api.load(str(DATA / "mdp"), str(traits_file), options)
+    fits = api.fit(inputs, options)
+    model = fits[0].model
+    assert model.reduction is not None
+    decompositions = []
+    decompose = null_model._Tridiagonal.decompose
+
+    def counted(B):
+        decompositions.append(B.shape)
+        return decompose(B)
+
+    monkeypatch.setattr(null_model._Tridiagonal, "decompose", staticmethod(counted))
+    reused = model.basis(vectors=True)
+    assert decompositions == []  # not reduced again
+    again = dataclasses.replace(model, reduction=None).basis(vectors=True)
+    assert decompositions == [(model.q, model.q)]
+    assert np.array_equal(reused.W, again.W)
+    assert np.array_equal(reused.s, again.s)
+    full = CompressedBasis.build(model.labels, model.Kc)
+    root = np.sqrt(model.counts)
+    B = root[:, None] * model.Kc * root[None, :]
+    scale = full.s.max()
+    assert np.max(np.abs(reused.s - full.s)) <= 1e-12 * scale
+    assert np.max(np.abs(reused.W.T @ reused.W - np.eye(model.q))) < 1e-12
+    assert np.max(np.abs((reused.W * reused.s) @ reused.W.T - B)) < 1e-12 * scale
+    # The serial run reuses the fit's reduction; the chunks, from the saved
+    # fit, make it again: the same bytes.
+    run_gwas(str(DATA / "mdp"), str(traits_file), str(tmp_path / "one" / "r"), options)
+    fit = run_fit(str(DATA / "mdp"), str(traits_file), str(tmp_path / "two" / "r"), options)
+    with np.load(fit) as archive:
+        assert not [key for key in archive.files if "reduction" in key]
+    for k in (1, 2):
+        run_scan(fit, str(tmp_path / "two" / "r"), chunk=f"{k}/2")
+    run_merge(fit, str(tmp_path / "two" / "r"), chunks=2)
+    assert sumstats_bytes(tmp_path / "two" / "r") == sumstats_bytes(tmp_path / "one" / "r")
