@@ -69,11 +69,13 @@ bench-dosage: $(STAMP)
 	$(BIN)/python bench/dosage.py --size $(or $(DOSAGE_SIZE),S)
 
 # Twenty traits against one (the shared eigenbasis), with plink2 --glm on the
-# same 20 phenotypes and GEMMA per trait, on S and M (about half an hour);
-# the table goes to bench/results-traits.md.
+# same 20 phenotypes and GEMMA per trait (3 of its 20 runs), on S and M,
+# every command TRAIT_REPEATS times in turn (about an hour at 3); the table
+# goes to bench/results-traits.md.
 TRAIT_SIZES ?= S,M
+TRAIT_REPEATS ?= 3
 bench-traits: $(STAMP)
-	$(BIN)/python bench/traits.py --sizes $(TRAIT_SIZES)
+	$(BIN)/python bench/traits.py --sizes $(TRAIT_SIZES) --repeats $(TRAIT_REPEATS)
 
 # FarmCPU and BLINK against one plink2 --glm scan on S and M: seconds per
 # iteration and the ratio to (iterations + 1) scans; the table goes to
