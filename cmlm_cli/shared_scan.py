@@ -203,6 +203,10 @@ class SharedScanner(_TraitSet):
         # Rows t*p..(t+1)*p: trait t's (PX o w_t)'; row t of _MY: (Py_t o w_t)'.
         self._MX = np.vstack([(PX * weights[:, [t]]).T for t in range(self.size)])
         self._MY = (PY * weights).T
+        # The tests need W' alone (in _Wt): a float32 copy drops the float64
+        # W (200 MB at q = 5,000) for the rest of the scan; in float64 _Wt
+        # is W's own memory.
+        self.basis = dataclasses.replace(basis, W=np.zeros((0, 0)))
 
     def test(self, stats: packed.Statistics) -> list[ScanResult]:
         """Every trait's test from the block's sufficient statistics."""
