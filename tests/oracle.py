@@ -303,7 +303,7 @@ def gapit_r2(
 
 
 def _gapit_inverse_and_logdet(H: np.ndarray) -> tuple[np.ndarray, float]:
-    """``H^-1`` by ``np.linalg.inv`` and ``log|H|`` by ``slogdet``, as :func:`gapit_r2` uses them."""
+    """``H^-1`` by ``np.linalg.inv``, ``log|H|`` by ``slogdet``: what :func:`gapit_r2` uses."""
     return np.linalg.inv(H), float(np.linalg.slogdet(H)[1])
 
 
