@@ -18,10 +18,13 @@ demo: $(STAMP)
 
 # The tests use small matrices: one BLAS thread each keeps them fast and
 # steady when the machine is shared (threads fighting over 2 cores cost 10x).
+# Two pytest-xdist processes share the tests out (TEST_WORKERS=0 runs them in
+# this one process), so the suite keeps 2 cores busy: half the wall time.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check cmlm_cli tests conftest.py bench validate
 	$(BIN)/mypy
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # Calibration (null traits) and power (causal traits) of cmlm, mlm and glm on
 # simulated structured panels: a few minutes, so not part of `make test`.

@@ -274,22 +274,37 @@ class DenseScan:
     r2_with: np.ndarray
 
 
-def gapit_r2(y: np.ndarray, X: np.ndarray, H: np.ndarray) -> float:
+def gapit_r2(
+    y: np.ndarray,
+    X: np.ndarray,
+    H: np.ndarray,
+    *,
+    inverse_and_logdet: tuple[np.ndarray, float] | None = None,
+) -> float:
     """GAPIT's R^2 of the GLS fit of ``y`` on ``X`` with covariance ``H`` (dense).
 
     ``logL = -1/2 [n log(2 pi r'H^-1 r / n) + log|H| + n]`` at the GLS
     residual ``r``, against the same for the intercept alone with ``H = I``:
     ``R^2 = 1 - exp(-2 (logL - logL0) / n)`` (DESIGN.md, appendix).
+    ``inverse_and_logdet`` is ``(np.linalg.inv(H), np.linalg.slogdet(H)[1])``
+    when the caller has them already (a scan asks for one ``H`` per SNP): the
+    same numbers, computed once instead of per SNP.
     """
     n = y.size
-    Hinv = np.linalg.inv(H)
+    if inverse_and_logdet is None:
+        inverse_and_logdet = _gapit_inverse_and_logdet(H)
+    Hinv, logdet = inverse_and_logdet
     coef = np.linalg.solve(X.T @ Hinv @ X, X.T @ Hinv @ y)
     r = y - X @ coef
-    logdet = np.linalg.slogdet(H)[1]
     log_l = -0.5 * (n * np.log(2 * np.pi * float(r @ Hinv @ r) / n) + logdet + n)
     r0 = y - y.mean()
     log_l0 = -0.5 * (n * np.log(2 * np.pi * float(r0 @ r0) / n) + n)
     return float(1.0 - np.exp(-2.0 * (log_l - log_l0) / n))
+
+
+def _gapit_inverse_and_logdet(H: np.ndarray) -> tuple[np.ndarray, float]:
+    """``H^-1`` by ``np.linalg.inv``, ``log|H|`` by ``slogdet``: what :func:`gapit_r2` uses."""
+    return np.linalg.inv(H), float(np.linalg.slogdet(H)[1])
 
 
 def _allele_counts(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -332,6 +347,7 @@ def dense_scan(
     V = sigma2 * H
     Vinv = np.linalg.inv(V)
     Hinv = np.linalg.inv(H)
+    of_H = _gapit_inverse_and_logdet(H)
     B = G.shape[1]
     beta, se = np.full(B, np.nan), np.full(B, np.nan)
     r2 = np.full(B, np.nan)
@@ -340,7 +356,7 @@ def dense_scan(
         if not _testable(x):
             continue
         Xs = np.column_stack([X, x])
-        r2[j] = gapit_r2(y, Xs, H)
+        r2[j] = gapit_r2(y, Xs, H, inverse_and_logdet=of_H)
         cov = np.linalg.inv(Xs.T @ Vinv @ Xs)
         coef = cov @ (Xs.T @ Vinv @ y)
         beta[j] = coef[-1]
@@ -350,7 +366,7 @@ def dense_scan(
             resid = y - Xs @ coef
             s2 = float(resid @ Hinv @ resid) / df
             se[j] = np.sqrt(s2 * np.linalg.inv(Xs.T @ Hinv @ Xs)[-1, -1])
-    return _finish(beta, se, df, G, gapit_r2(y, X, H), r2)
+    return _finish(beta, se, df, G, gapit_r2(y, X, H, inverse_and_logdet=of_H), r2)
 
 
 def ols_scan(
@@ -360,6 +376,8 @@ def ols_scan(
     n, p = X.shape
     df = n - p - 1
     Gi = impute(G, impute_with)
+    eye = np.eye(n)
+    of_eye = _gapit_inverse_and_logdet(eye)
     B = G.shape[1]
     beta, se = np.full(B, np.nan), np.full(B, np.nan)
     r2 = np.full(B, np.nan)
@@ -373,8 +391,8 @@ def ols_scan(
         beta[j] = coef[-1]
         unit = np.linalg.lstsq(Xs, np.eye(n), rcond=None)[0]  # (X*'X*)^-1 X*'
         se[j] = np.sqrt(float(rss[0]) / df * float(unit[-1] @ unit[-1]))
-        r2[j] = gapit_r2(y, Xs, np.eye(n))
-    return _finish(beta, se, df, G, gapit_r2(y, X, np.eye(n)), r2)
+        r2[j] = gapit_r2(y, Xs, eye, inverse_and_logdet=of_eye)
+    return _finish(beta, se, df, G, gapit_r2(y, X, eye, inverse_and_logdet=of_eye), r2)
 
 
 def _finish(
