@@ -64,11 +64,6 @@ EIGEN_RTOL = 1e-10
 # Below this many groups a level's eigendecomposition takes milliseconds:
 # always form W there rather than keep only the tridiagonal reduction.
 FACTORED_MIN_Q = 256
-# Reflectors per block, and the columns from which apply_q takes blocks of
-# them (_Tridiagonal._apply_blocked) rather than dormqr's: the q x q
-# eigenvectors, not the fit's few vectors.
-WY_BLOCK = 256
-WY_MIN_COLUMNS = 256
 # Relative rounding error of a -2 log L value.
 ROUNDING = 1e-12
 EM_MAX_ITER = 50_000
@@ -292,7 +287,7 @@ class CompressedBasis:
 
         ``B = Q T Q'`` and ``T = V diag(s) V'`` give ``W = Q V``: the
         eigenvectors of ``T`` (``dstevd``) and one product by the reflectors
-        (:meth:`_Tridiagonal.apply_q`), without reducing ``B`` again. A basis that holds ``W``
+        (``dormqr``), without reducing ``B`` again. A basis that holds ``W``
         is returned as it is; one without either is decomposed whole.
         """
         if self.W.shape[0] == self.q:
@@ -461,16 +456,10 @@ class _Tridiagonal:
         """``Q'A`` (``transpose``) or ``Q A`` for ``A`` of shape (q,) or (q, k).
 
         ``overwrite``: the result in ``A`` itself (at q = 5,000 a q x q
-        product holds 200 MB; one copy less). From :data:`WY_MIN_COLUMNS`
-        columns on (the eigenvectors ``Q V``) the reflectors are applied in
-        blocks of :data:`WY_BLOCK` (:meth:`_apply_blocked`), otherwise by
-        ``dormqr``.
+        product holds 200 MB; one copy less).
         """
         lapack = scipy.linalg.lapack
         matrix = A.reshape(A.shape[0], -1)
-        if matrix.shape[1] >= WY_MIN_COLUMNS:
-            out = matrix if overwrite else matrix.copy(order="F")
-            return self._apply_blocked(out, transpose=transpose).reshape(A.shape)
         trans = "T" if transpose else "N"
         tail = np.asfortranarray(matrix[1:])
         lwork = int(lapack.dormqr("L", trans, self.reflectors, self.tau, tail, -1)[1][0])
@@ -483,40 +472,6 @@ class _Tridiagonal:
             msg = f"dormqr failed (info {info})"
             raise np.linalg.LinAlgError(msg)
         return out.reshape(A.shape)
-
-    def _apply_blocked(self, C: np.ndarray, *, transpose: bool) -> np.ndarray:
-        """``Q C`` or ``Q'C`` in place, the reflectors in blocks as ``I - V T V'``.
-
-        LAPACK's ``dormqr`` (reference code in OpenBLAS) applies blocks of 32
-        reflectors: two thin products per block, ~40 GFLOPS on 2 cores at
-        q = 5,000. Blocks of :data:`WY_BLOCK` make each block two large GEMMs
-        (the same 2 q^2 k flops): the eigenvectors ``Q V`` in about half the
-        time. ``T`` is the upper triangular factor of the block's compact WY
-        form (LAPACK's ``dlarft``, forward and columnwise), by its recurrence
-        ``T[:i, i] = -tau_i T[:i, :i] (V[:, :i]' v_i)``.
-
-        Parameters
-        ----------
-        C : ndarray, shape (q, k)
-            Overwritten with the result.
-        """
-        tail = C[1:]
-        k = self.tau.size
-        starts = list(range(0, k, WY_BLOCK))
-        # Q = H_1 ... H_k: Q C applies the last block first, Q'C the first.
-        for j0 in starts if transpose else reversed(starts):
-            j1 = min(k, j0 + WY_BLOCK)
-            b = j1 - j0
-            V = np.tril(self.reflectors[j0:, j0:j1], -1)
-            V[np.arange(b), np.arange(b)] = 1.0
-            S = V.T @ V
-            T = np.zeros((b, b))
-            for i in range(b):
-                T[i, i] = self.tau[j0 + i]
-                T[:i, i] = -self.tau[j0 + i] * (T[:i, :i] @ S[:i, i])
-            rows = tail[j0:]
-            rows -= V @ ((T.T if transpose else T) @ (V.T @ rows))
-        return C
 
 
 @numba.njit(cache=True, nogil=True)

@@ -341,33 +341,3 @@ def test_a_kinship_that_is_not_psd_is_fitted_as_its_nearest_psd_matrix(monkeypat
         H = np.eye(a.n) if np.isinf(a.delta) else h_matrix(a.delta, labels, nearest)
         dense = dense_profile(H, a.y, X, method="reml")
         assert a.neg2logL == pytest.approx(dense.neg2logL, rel=1e-10)
-
-
-@pytest.mark.parametrize("block", [7, 256])
-@pytest.mark.parametrize("transpose", [False, True])
-def test_blocked_reflectors_are_dormqrs_product(monkeypatch, block, transpose):
-    # Q C and Q'C in blocks of reflectors (compact WY, I - V T V'), a last
-    # block cut short included, against LAPACK's dormqr to rounding; Q is
-    # orthogonal and B = Q T Q' (so Q V is the eigenvectors of B).
-    rng = np.random.default_rng(5)
-    q = 60
-    A = rng.normal(size=(q, q + 3))
-    B = A @ A.T / q
-    s, factors = null_model._Tridiagonal.decompose(B.copy().T)
-    C = rng.normal(size=(q, q))
-    monkeypatch.setattr(null_model, "WY_BLOCK", block)
-    monkeypatch.setattr(null_model, "WY_MIN_COLUMNS", 10)
-    before = C.copy()
-    blocked = factors.apply_q(C, transpose=transpose)
-    assert np.array_equal(C, before)  # not overwritten
-    monkeypatch.setattr(null_model, "WY_MIN_COLUMNS", 10**9)
-    reference = factors.apply_q(C, transpose=transpose)
-    assert np.max(np.abs(blocked - reference)) < 1e-13 * np.abs(C).max() * q
-    monkeypatch.setattr(null_model, "WY_MIN_COLUMNS", 10)
-    Q = factors.apply_q(np.eye(q), transpose=False)
-    assert np.max(np.abs(Q.T @ Q - np.eye(q))) < 1e-13
-    T = factors.times(np.eye(q))
-    assert np.max(np.abs(Q @ T @ Q.T - B)) < 1e-13 * np.abs(B).max()
-    _, V = factors.eigenvectors()
-    W = factors.apply_q(V.copy(order="F"), transpose=False, overwrite=True)
-    assert np.max(np.abs((W * s) @ W.T - B)) < 1e-12 * s.max()
