@@ -113,9 +113,10 @@ class NullModel:
         (q of at least ``FACTORED_MIN_Q``), kept so that the eigenvectors a
         scan asks for (:meth:`basis`) cost the eigenvectors of ``T`` and one
         product by ``Q`` rather than a whole decomposition again (at
-        q = 5,000: 7.5 s instead of 17 s). A cache, not part of the model:
-        not compared, not saved (``metadata``), rebuilt from ``Kc`` by the
-        same call where it is missing, so that both give the same numbers.
+        q = 5,000: 9.4 s instead of 17 s on 2 threads). A cache, not part of
+        the model: not compared, not saved (``metadata``), rebuilt from
+        ``Kc`` by the same call where it is missing, so that both give the
+        same numbers.
     """
 
     method: str
