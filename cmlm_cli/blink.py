@@ -110,7 +110,10 @@ def _loop(genotypes: Genotypes, y: np.ndarray, X: np.ndarray, *, cutoff: float,
     y = np.asarray(y, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     m = genotypes.n_snps
-    order_key = _tie_order(genotypes, gapit=gapit)
+    # Ties in p: input order for GAPIT (R's stable ``order``, so which of two
+    # identical SNPs becomes a pseudo-QTN depends on the file); else chromosome
+    # and position, which a reordering of the input does not change.
+    order_key = SnpMap(genotypes.chromosome, genotypes.position, "gapit" if gapit else "cmlm").rank
     bic_X = X if not gapit else np.ones((len(y), 1))
     fit = _scan_with_qtns(genotypes, y, X, [])
     scanned: list[tuple[int, ...]] = [()]
@@ -390,25 +393,6 @@ def _gapit_rescaled(prior: np.ndarray) -> np.ndarray:
     """GAPIT's p-values when BLINK finds nothing: the 5% quantile moved to 10^-1.3 in log scale."""
     scale = -math.log10(float(np.quantile(prior, 0.05))) / 1.3
     return np.minimum(10 ** (np.log10(prior) / scale), 1.0)
-
-
-def _tie_order(genotypes: Genotypes, *, gapit: bool) -> np.ndarray:
-    """Rank of each SNP among equal p-values: input order for GAPIT, else chromosome and position.
-
-    GAPIT's ``order`` keeps SNPs with equal p in input order, so which of two
-    identical SNPs becomes a pseudo-QTN depends on the file; cmlm orders them
-    by chromosome (numbers numerically) and position, which a reordering of
-    the input does not change.
-    """
-    m = genotypes.n_snps
-    if gapit:
-        return np.arange(m)
-    labels = np.asarray(genotypes.chromosome).astype(str)
-    unique = sorted(set(labels.tolist()),
-                    key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
-    rank = {c: i for i, c in enumerate(unique)}
-    chromosome = np.array([rank[c] for c in labels], dtype=np.int64)
-    return np.lexsort((np.asarray(genotypes.position), chromosome)).argsort()
 
 
 def _result(fit: GlmScan, p: np.ndarray, qtns: list[int], scanned: list[tuple[int, ...]], *,

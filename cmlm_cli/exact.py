@@ -160,12 +160,13 @@ def _dot(a: np.ndarray | list, b: np.ndarray | list) -> np.ndarray | float:
     ``a`` has the covariates last (an array of shape (..., p)) or is a list;
     ``b`` has them first (shape (p, ...)) or is a list. 0.0 when p = 0.
     """
-    p = len(b)
-    if p == 0:
+    if isinstance(a, np.ndarray):
+        a = np.moveaxis(a, -1, 0)
+    if len(b) == 0:
         return 0.0
-    out = a[..., 0] * b[0] if isinstance(a, np.ndarray) else a[0] * b[0]
-    for i in range(1, p):
-        out = out + (a[..., i] if isinstance(a, np.ndarray) else a[i]) * b[i]
+    out = a[0] * b[0]
+    for i in range(1, len(b)):
+        out = out + a[i] * b[i]
     return out
 
 
@@ -422,10 +423,11 @@ class ExactScanner(Scanner):
         lo, hi, f_lo, f_hi = lo.copy(), hi.copy(), f_lo.copy(), f_hi.copy()
         # The two latest points, through which the secant goes.
         x_old, f_old, x_new, f_new = lo.copy(), f_lo.copy(), hi.copy(), f_hi.copy()
-        root = 0.5 * (lo + hi)
-        found = (np.full(lo.size, np.nan), np.full(lo.size, np.nan), np.full(lo.size, np.nan))
-        narrow = np.flatnonzero(hi - lo <= ROOT_XTOL)
-        active = np.flatnonzero(hi - lo > ROOT_XTOL)
+        # Every bracket is evaluated at least once (a bracket narrower than
+        # the tolerance then ends at its first point).
+        root = np.empty(lo.size)
+        found = (np.empty(lo.size), np.empty(lo.size), np.empty(lo.size))
+        active = np.arange(lo.size)
         for step in range(ROOT_MAX_ITER):
             if active.size == 0:
                 break
@@ -460,12 +462,6 @@ class ExactScanner(Scanner):
             done = ~(below | above)
             done |= hi[active] - lo[active] <= ROOT_XTOL
             active = active[~done]
-        if narrow.size:
-            # A bracket narrower than the tolerance (not one of the grid's):
-            # its midpoint.
-            on = self._at(np.exp(root[narrow]), stats, snps[narrow], values=False)
-            for mine, theirs in zip(found, (on.xPx, on.xPy, on.yPy), strict=True):
-                mine[narrow] = theirs
         return root, found
 
     def _null(self, d: np.ndarray, *, values: bool = True) -> _Null:
@@ -477,7 +473,7 @@ class ExactScanner(Scanner):
         """
         lik = self.exact_lik
         d = np.asarray(d, dtype=np.float64)
-        logdet = log_det_h(lik.s, d, lik.n) if values else np.full(d.size, np.nan)
+        logdet = log_det_h(lik.s, d, lik.n) if values else None
         limit = np.isinf(d)
         s = np.where(limit[:, None], 0.0, lik.s[None, :])
         d = np.where(limit, 1.0, d)
@@ -493,7 +489,7 @@ class ExactScanner(Scanner):
         inv2: np.ndarray,
         on_pairs: np.ndarray,
         inv_sum: np.ndarray,
-        logdet: np.ndarray,
+        logdet: np.ndarray | None,
     ) -> _Null:
         """The SNP-free quantities from the weighted products of [X, y].
 
@@ -508,8 +504,8 @@ class ExactScanner(Scanner):
             :attr:`_TT`, the m products of pairs of columns of ``U'[X, y]``.
         inv_sum : ndarray, shape (K,)
             ``sum 1 / (s + d)``.
-        logdet : ndarray, shape (K,)
-            ``log|H|`` (NaN when the value is not needed).
+        logdet : ndarray, shape (K,), or None
+            ``log|H|``; None when the value is not needed (NaN in the result).
         """
         lik, p = self.exact_lik, self.exact_lik.p
         K = d.size
@@ -529,10 +525,12 @@ class ExactScanner(Scanner):
         yPPy = TT2[:, p, p] + lik.ytyw / d**2 - np.einsum("ki,ki->k", beta, XH2y + XH2r)
         trace = inv_sum + (lik.n - lik.q) / d
         if self.method == "reml":
-            if not np.isnan(logdet).all():
+            if logdet is not None:
                 # (Only the values need it: not the root search's slopes.)
                 logdet = logdet + np.linalg.slogdet(A)[1]
             trace = trace - np.einsum("kij,kji->k", A_inv, M2)
+        if logdet is None:
+            logdet = np.full(K, np.nan)
         return _Null(d, inv, inv2, A_inv, beta, yPy, yPPy, trace, logdet, M2, XH2r)
 
     def log_det_h(self, d: np.ndarray) -> np.ndarray:
@@ -709,7 +707,7 @@ class ExactScanner(Scanner):
         on_pairs = both @ self._TT
         inv_sum = np.sum(inv, axis=1)
         # log|H|: q logarithms per SNP, the dearest part of a profile.
-        logdet = log_det_h(lik.s, d, lik.n) if values else np.full(S, np.nan)
+        logdet = log_det_h(lik.s, d, lik.n) if values else None
         null = self._assemble(d, np.zeros(0), np.zeros(0), on_pairs, inv_sum, logdet)
         UGT = stats["UGT"][snps]
         weights *= UGT

@@ -61,6 +61,8 @@ GRID_STEPS = 100
 # Eigenvalues of N^1/2 Kc N^1/2 below this fraction of the largest are zero:
 # round-off leaves tiny negative values for a singular Kc (VanRaden is).
 EIGEN_RTOL = 1e-10
+
+
 # Below this many groups a level's eigendecomposition takes milliseconds:
 # always form W there rather than keep only the tridiagonal reduction.
 FACTORED_MIN_Q = 256
@@ -72,6 +74,20 @@ NEWTON_MAX_ITER = 200
 # Iterative solvers stop when an iteration moves log(vg) and log(ve) by less
 # than this: a change in -2 log L alone stops too early on a flat optimum.
 PARAMETER_TOL = 1e-10
+
+
+def clip_eigenvalues(s: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix, those below ``EIGEN_RTOL`` x the largest set to 0 (round-off).
+
+    Parameters
+    ----------
+    s : ndarray, shape (q,)
+
+    Returns
+    -------
+    ndarray, shape (q,)
+    """
+    return np.where(s > EIGEN_RTOL * max(s.max(), 0.0), s, 0.0)
 
 
 @dataclass(frozen=True)
@@ -257,13 +273,12 @@ class CompressedBasis:
                 if factors is not None:
                     B = Kc * np.outer(root, root)
                     s, W = scipy.linalg.eigh(B.T, driver="evd", overwrite_a=True)
-                s = np.where(s > EIGEN_RTOL * top, s, 0.0)
+                s = clip_eigenvalues(s)
                 repaired = ((W * s) @ W.T) / np.outer(root, root)
             if factors is None:
                 return cls(labels, counts, W, s, repaired)
             return cls(labels, counts, W, s, (repaired + repaired.T) / 2)
-        s = np.where(s > EIGEN_RTOL * top, s, 0.0)
-        return cls(labels, counts, W, s, Kc, factors)
+        return cls(labels, counts, W, clip_eigenvalues(s), Kc, factors)
 
     @classmethod
     def in_groups(cls, labels: np.ndarray, Kc: np.ndarray) -> CompressedBasis:
@@ -300,9 +315,7 @@ class CompressedBasis:
             W = self.factors.apply_q(V, transpose=False, overwrite=True)
         # The reduction was made only of a positive semi-definite B (build):
         # negative values here are round-off.
-        top = max(s.max(), 0.0)
-        s = np.where(s > EIGEN_RTOL * top, s, 0.0)
-        return CompressedBasis(self.labels, self.counts, W, s, self.Kc)
+        return CompressedBasis(self.labels, self.counts, W, clip_eigenvalues(s), self.Kc)
 
     @property
     def q(self) -> int:
@@ -809,7 +822,7 @@ class CompressedLikelihood:
             # as with eigenvectors, so this likelihood takes them from now on.
             assert isinstance(self.op, _Tridiagonal)
             s, V = self.op.eigenvectors()
-            self.s = np.where(s > EIGEN_RTOL * max(s.max(), 0.0), s, 0.0)
+            self.s = clip_eigenvalues(s)
             self.rank_k = int(np.count_nonzero(self.s > 0))
             self.Uy, self.UX = V.T @ self.Uy, V.T @ self.UX
             self.op = _Diagonal(self.s)
@@ -1614,7 +1627,7 @@ class TraitProfiles:
             msg = "diag(s) + d I with s >= 0 and d > 0 did not factor"
             raise NotPositiveDefiniteError(msg)
         s, V = self._tridiagonal.eigenvectors()
-        self.s = np.where(s > EIGEN_RTOL * max(s.max(), 0.0), s, 0.0)
+        self.s = clip_eigenvalues(s)
         self.UX = np.ascontiguousarray(V.T @ self.UX)
         self.UY = np.ascontiguousarray(V.T @ self.UY)
         self._diagonal, self._offdiagonal = self.s, np.zeros(max(self.q - 1, 0))

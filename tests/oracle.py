@@ -292,7 +292,7 @@ def gapit_r2(
     """
     n = y.size
     if inverse_and_logdet is None:
-        inverse_and_logdet = _gapit_inverse_and_logdet(H)
+        inverse_and_logdet = np.linalg.inv(H), float(np.linalg.slogdet(H)[1])
     Hinv, logdet = inverse_and_logdet
     coef = np.linalg.solve(X.T @ Hinv @ X, X.T @ Hinv @ y)
     r = y - X @ coef
@@ -300,11 +300,6 @@ def gapit_r2(
     r0 = y - y.mean()
     log_l0 = -0.5 * (n * np.log(2 * np.pi * float(r0 @ r0) / n) + n)
     return float(1.0 - np.exp(-2.0 * (log_l - log_l0) / n))
-
-
-def _gapit_inverse_and_logdet(H: np.ndarray) -> tuple[np.ndarray, float]:
-    """``H^-1`` by ``np.linalg.inv``, ``log|H|`` by ``slogdet``: what :func:`gapit_r2` uses."""
-    return np.linalg.inv(H), float(np.linalg.slogdet(H)[1])
 
 
 def _allele_counts(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -347,7 +342,8 @@ def dense_scan(
     V = sigma2 * H
     Vinv = np.linalg.inv(V)
     Hinv = np.linalg.inv(H)
-    of_H = _gapit_inverse_and_logdet(H)
+    # gapit_r2's H^-1 and log|H|, once for the scan rather than per SNP.
+    of_H = (Hinv, float(np.linalg.slogdet(H)[1]))
     B = G.shape[1]
     beta, se = np.full(B, np.nan), np.full(B, np.nan)
     r2 = np.full(B, np.nan)
@@ -377,7 +373,7 @@ def ols_scan(
     df = n - p - 1
     Gi = impute(G, impute_with)
     eye = np.eye(n)
-    of_eye = _gapit_inverse_and_logdet(eye)
+    of_eye = (eye, 0.0)  # I^-1 and log|I|
     B = G.shape[1]
     beta, se = np.full(B, np.nan), np.full(B, np.nan)
     r2 = np.full(B, np.nan)

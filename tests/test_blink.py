@@ -23,6 +23,7 @@ from multilocus_oracle import DenseGenotypes, gapit_coded
 
 from cmlm_cli import blink, multilocus, plink
 from cmlm_cli.blink import bic_prefix, bic_values, run_blink
+from cmlm_cli.farmcpu import significant_regions as blink_regions
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GAPIT = TEST_DATA / "gapit_multilocus"
@@ -178,15 +179,25 @@ def ols_p(y, W, x):
     return 2 * scipy.stats.t.sf(abs(beta[-1] / se), df)
 
 
-def test_nyc_table_with_gapits_rules_is_gapits_nyc_table(maize):
+def test_nyc_table_with_gapits_rules_is_gapits_nyc_table(maize, monkeypatch):
     # GAPIT's own regions (the sizes its log prints) and its NYC p-values:
     # with rules="gapit" each region is scanned with the loop's model, as GAPIT
     # 4.1 does on a HapMap input, so every p-value is the Kansas one.
     trait, genotypes, y, snp, result, _ = maize
+    used = []
+
+    def recorded(*args, **kwargs):
+        regions = blink_regions(*args, **kwargs)
+        used.extend(regions)
+        return regions
+
+    monkeypatch.setattr(blink, "significant_regions", recorded)
     nyc = run_blink(genotypes, y, np.ones((len(y), 1)), table="nyc", rules="gapit")
     regions = regions_by_hand(result.p, genotypes.chromosome, genotypes.position,
                               0.05 / len(snp), 1e5)
     assert [len(region) for _, region in regions] == gapit_region_sizes(trait)
+    assert [([core], list(region)) for core, region in regions] == [
+        (cores.tolist(), region.tolist()) for cores, region in used]
     gapit = gapit_table(f"BLINK_PCA0_{trait}.gwas.csv")
     for j, name in enumerate(snp):
         if name != GAPIT_FOUR_ALLELE_SNP:
@@ -575,6 +586,9 @@ def test_nyc_table_from_the_command_line(tmp_path, rules, equal):
                                        abs=1e-8), name
         differ += abs(ours_p - math.log10(float(gapit[name]["P.value"]))) > 1e-8
     assert (differ == 0) == equal
+
+
+def test_unknown_table_is_refused():
     with pytest.raises(ValueError, match="unknown table"):
         run_blink(*simulated(1)[:2], np.ones((60, 1)), table="new york")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -364,3 +365,39 @@ def test_each_snps_d_is_the_root_of_the_slope_to_1e_12(method):
         assert x == pytest.approx(root, abs=2e-12), j
         checked += 1
     assert checked >= 4
+
+
+def test_root_search_safeguards_end_on_any_slope(monkeypatch):
+    # The safeguards of the secant search (a point outside the bracket or
+    # NaN is the midpoint; every other step a bisection after SECANT_STEPS)
+    # on slopes of known roots where the secant alone crawls or fails: a
+    # triple root, a step, and one whose secant leaves the bracket.
+    from cmlm_cli import exact
+
+    y, X, K, _ = _panel(seed=6)
+    scanner = ExactScanner(fit_null(y, X, np.arange(y.size), K))
+    r = 0.0123456789
+    slopes = [
+        lambda x: (x - r) ** 3,
+        lambda x: np.sign(x - r),
+        lambda x: np.arctan(50.0 * (x - r)),
+    ]
+    calls = []
+
+    def fake_at(d, stats, snps, *, values):
+        x = np.log(d)
+        calls.append(snps.size)
+        slope = np.array([slopes[i](v) for i, v in zip(snps, x, strict=True)])
+        return SimpleNamespace(slope=slope, xPx=x, xPy=x, yPy=x)
+
+    monkeypatch.setattr(scanner, "_at", fake_at)
+    lo, hi = np.full(3, -0.1), np.full(3, 0.1)
+    f_lo = np.array([f(-0.1) for f in slopes])
+    f_hi = np.array([f(0.1) for f in slopes])
+    root, found = scanner._roots({}, np.arange(3), lo, hi, f_lo, f_hi)
+    np.testing.assert_allclose(root, r, rtol=0, atol=1e-11)
+    # The quantities returned are those of the root's own evaluation (the
+    # fake returns log d, which is the point to rounding).
+    np.testing.assert_allclose(found[0], root, rtol=1e-14)
+    # The triple root needs the bisections, and they end it well before the cap.
+    assert exact.SECANT_STEPS < len(calls) < exact.ROOT_MAX_ITER
